@@ -1,0 +1,7 @@
+"""MURA as TensorFlow Datasets: importing this package registers `mura` and `mura_synthetic`."""
+
+from tfds_mura.features import BODY_PARTS, LABEL_NAMES, mura_features
+from tfds_mura.mura.mura_dataset_builder import Builder as Mura
+from tfds_mura.mura_synthetic.mura_synthetic_dataset_builder import Builder as MuraSynthetic
+
+__all__ = ["BODY_PARTS", "LABEL_NAMES", "Mura", "MuraSynthetic", "mura_features"]
