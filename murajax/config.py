@@ -1,0 +1,319 @@
+"""Experiment configuration: plain dataclasses and the one place that says what is legal.
+
+Configs are Python files under `experiments/configs/` whose `get_config(arg=None)` returns a
+`Config`. `validate(config)` checks every field once, before any compute, and raises a
+`ConfigError` whose one-line message names the field, the bad value and what would be valid.
+"""
+
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config field has an illegal value; the message names the field and what is valid."""
+
+
+# Choices are module constants so that the code that dispatches on them can share them.
+RESIZE_MODES = ("pad", "crop")
+NORMALIZATIONS = ("unit", "imagenet", "caffe")
+CNN_POOLINGS = ("avg", "flatten")
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
+CLASS_WEIGHTINGS = ("none", "global", "body_part")
+PARALLELISMS = ("jit", "pmap")
+AGGREGATIONS = ("mean", "max")
+THRESHOLD_METHODS = ("fixed", "youden")
+CHECKPOINT_SELECTIONS = ("best", "latest")
+EVAL_SPLITS = ("holdout", "validation")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data comes from and how images become model inputs."""
+
+    dataset: str = "mura_synthetic"  # a TFDS name, optionally with a config: "mura_synthetic/tiny"
+    data_dir: str | None = None  # None: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+    manual_dir: str | None = None  # holds MURA-v1.1/ or MURA-v1.1.zip (real MURA only)
+    build_if_missing: bool = True  # download_and_prepare on first use
+    image_size: int = 224
+    resize: str = "pad"  # aspect-preserving resize, then "pad" or "crop" to a square
+    normalization: str | None = None  # None: the model's own ("unit", "imagenet", "caffe")
+    holdout_fraction: float = 0.1  # patient-disjoint slice of train for model selection
+    num_workers: int = 0  # grain worker processes (0: in the main process)
+    # Train-time augmentation (the MURA paper: lateral flips, rotations up to 30 degrees).
+    flip: bool = True
+    rotation: float = 30.0  # degrees, uniform in [-rotation, +rotation]
+    zoom: float = 0.0  # random zoom/crop: scale uniform in [1, 1 + zoom]
+    brightness: float = 0.0  # additive, uniform in [-brightness, +brightness] on [0, 1] images
+    contrast: float = 0.0  # multiplicative, uniform in [1 - contrast, 1 + contrast]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which network, and the thesis's CNN's shape."""
+
+    name: str = "cnn"
+    num_classes: int = 2
+    dropout_rate: float = 0.5
+    weights: str | None = None  # a Keras .h5 weights file for vgg16 / densenet169
+    dtype: str = "float32"  # computation dtype; parameters stay float32
+    # The configurable CNN: blocks of `convs_per_block` 3x3 conv + ReLU (+BN) + 2x2 max-pool.
+    widths: tuple[int, ...] = (32, 64, 128)
+    convs_per_block: int = 1
+    batch_norm: bool = False
+    pooling: str = "avg"  # "avg" (global average pooling) or "flatten"
+    dense: tuple[int, ...] = (128,)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """The optax optimiser, its schedule and gradient clipping."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # sgd momentum; rmsprop momentum
+    nesterov: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    decay: float = 0.9  # rmsprop's moving-average decay
+    weight_decay: float = 1e-4  # adamw only
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_every: int = 1000  # "step": multiply by decay_factor every decay_every steps
+    decay_factor: float = 0.1  # "step" and "plateau"
+    plateau_patience: int = 2  # "plateau": holdout evaluations without improvement
+    min_learning_rate: float = 0.0
+    grad_clip_norm: float | None = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The training loop: length, batch, logging, checkpoints and the loss."""
+
+    steps: int = 10_000
+    batch_size: int = 32  # global, over all devices and processes
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # the latest few; the best by holdout kappa is kept as well
+    parallelism: str = "jit"
+    class_weighting: str = "global"  # the MURA paper's weighted cross-entropy
+    label_smoothing: float = 0.0
+    l2_weight: float = 0.0  # L2 penalty on kernels, added to the loss
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """How evaluation aggregates images into studies and scores them."""
+
+    batch_size: int = 64
+    aggregation: str = "mean"  # study probability: mean (the MURA paper) or max of its images
+    threshold: float = 0.5
+    threshold_method: str = "fixed"  # or "youden", chosen on the holdout
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    splits: tuple[str, ...] = ("validation",)  # evaluated at the end of training
+    checkpoint: str = "best"  # which checkpoint the final evaluation uses
+
+
+@dataclasses.dataclass
+class Config:
+    """A whole experiment."""
+
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fail(field: str, value: Any, valid: str) -> typing.NoReturn:
+    raise ConfigError(f"config.{field}={value!r} is invalid: expected {valid}")
+
+
+def _check_type(field: str, value: Any, annotation: Any) -> None:
+    """Checks `value` against a (simple) type annotation: int, float, str, bool, X | None, tuple."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return
+        inner = [a for a in options if a is not type(None)]
+        return _check_type(field, value, inner[0])
+    if origin is tuple:
+        (item_type, *_) = typing.get_args(annotation)
+        if not isinstance(value, tuple | list):
+            _fail(field, value, f"a tuple of {item_type.__name__}")
+        for item in value:
+            _check_type(field, item, item_type)
+        return
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    elif annotation is str:
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        _fail(field, value, f"a finite {annotation.__name__}" if annotation is float else
+              f"a {annotation.__name__}")
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                _fail(name, value, f"a {hints[f.name].__name__}")
+            _check_types(value, prefix=f"{name}.")
+        else:
+            _check_type(name, value, hints[f.name])
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _at_least(field: str, value: float, low: float) -> None:
+    if value < low:
+        _fail(field, value, f"a number >= {low}")
+
+
+def _positive(field: str, value: float) -> None:
+    if not value > 0:
+        _fail(field, value, "a number > 0")
+
+
+def _in_range(field: str, value: float, low: float, high: float, *, closed: bool = True) -> None:
+    ok = low <= value <= high if closed else low <= value < high
+    if not ok:
+        bracket = "]" if closed else ")"
+        _fail(field, value, f"a number in [{low}, {high}{bracket}")
+
+
+def validate(config: Config) -> Config:
+    """Checks every field of `config`; returns it unchanged or raises `ConfigError`."""
+    _check_types(config)
+    d, m, o, t, e = config.data, config.model, config.optim, config.train, config.eval
+    if not d.dataset.strip():
+        _fail("data.dataset", d.dataset, "a TFDS dataset name such as 'mura' or 'mura_synthetic'")
+    _in_range("data.image_size", d.image_size, 8, 4096)
+    _choice("data.resize", d.resize, RESIZE_MODES)
+    if d.normalization is not None:
+        _choice("data.normalization", d.normalization, NORMALIZATIONS)
+    _in_range("data.holdout_fraction", d.holdout_fraction, 0.0, 1.0, closed=False)
+    _at_least("data.num_workers", d.num_workers, 0)
+    _in_range("data.rotation", d.rotation, 0.0, 180.0)
+    _in_range("data.zoom", d.zoom, 0.0, 1.0)
+    _in_range("data.brightness", d.brightness, 0.0, 1.0)
+    _in_range("data.contrast", d.contrast, 0.0, 1.0)
+
+    _check_model_name(m.name)
+    if m.num_classes != 2:
+        _fail("model.num_classes", m.num_classes, "2 (normal, abnormal)")
+    _in_range("model.dropout_rate", m.dropout_rate, 0.0, 1.0, closed=False)
+    _choice("model.dtype", m.dtype, DTYPES)
+    if not m.widths:
+        _fail("model.widths", m.widths, "at least one block width")
+    for i, w in enumerate(m.widths):
+        _positive(f"model.widths[{i}]", w)
+    for i, w in enumerate(m.dense):
+        _positive(f"model.dense[{i}]", w)
+    _at_least("model.convs_per_block", m.convs_per_block, 1)
+    _choice("model.pooling", m.pooling, CNN_POOLINGS)
+
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _positive("optim.learning_rate", o.learning_rate)
+    _in_range("optim.momentum", o.momentum, 0.0, 1.0, closed=False)
+    _in_range("optim.b1", o.b1, 0.0, 1.0, closed=False)
+    _in_range("optim.b2", o.b2, 0.0, 1.0, closed=False)
+    _positive("optim.eps", o.eps)
+    _in_range("optim.decay", o.decay, 0.0, 1.0, closed=False)
+    _at_least("optim.weight_decay", o.weight_decay, 0.0)
+    _choice("optim.schedule", o.schedule, SCHEDULES)
+    _at_least("optim.warmup_steps", o.warmup_steps, 0)
+    if o.warmup_steps >= t.steps and o.schedule == "warmup_cosine":
+        _fail("optim.warmup_steps", o.warmup_steps, f"fewer than train.steps={t.steps}")
+    _at_least("optim.decay_every", o.decay_every, 1)
+    _in_range("optim.decay_factor", o.decay_factor, 0.0, 1.0, closed=False)
+    _at_least("optim.plateau_patience", o.plateau_patience, 1)
+    _at_least("optim.min_learning_rate", o.min_learning_rate, 0.0)
+    if o.grad_clip_norm is not None:
+        _positive("optim.grad_clip_norm", o.grad_clip_norm)
+
+    _at_least("train.steps", t.steps, 1)
+    _at_least("train.batch_size", t.batch_size, 1)
+    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _at_least(f"train.{name}", getattr(t, name), 1)
+    _choice("train.parallelism", t.parallelism, PARALLELISMS)
+    _choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)
+    _in_range("train.label_smoothing", t.label_smoothing, 0.0, 1.0, closed=False)
+    _at_least("train.l2_weight", t.l2_weight, 0.0)
+
+    _at_least("eval.batch_size", e.batch_size, 1)
+    _choice("eval.aggregation", e.aggregation, AGGREGATIONS)
+    _in_range("eval.threshold", e.threshold, 0.0, 1.0)
+    _choice("eval.threshold_method", e.threshold_method, THRESHOLD_METHODS)
+    _at_least("eval.bootstrap_samples", e.bootstrap_samples, 0)
+    _in_range("eval.confidence", e.confidence, 0.5, 1.0, closed=False)
+    for i, split in enumerate(e.splits):
+        _choice(f"eval.splits[{i}]", split, EVAL_SPLITS)
+    _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_SELECTIONS)
+    return config
+
+
+def _check_model_name(name: str) -> None:
+    """Accepts the built-in models and those registered with `murajax.models.register`."""
+    from murajax import models  # local import: the models package imports this module
+
+    _choice("model.name", name, tuple(models.registered_names()))
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as `dataclasses.asdict` gives it (what `config.json` holds)."""
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Config) -> str:
+    """The resolved config as pretty JSON."""
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuilds a `Config` from `to_dict`'s output (e.g. a workdir's `config.json`)."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "seed":
+            continue
+        section_type = typing.get_type_hints(Config)[f.name]
+        section_values = dict(values.get(f.name, {}))
+        hints = typing.get_type_hints(section_type)
+        for key, value in section_values.items():
+            if isinstance(value, list) and typing.get_origin(hints.get(key)) is tuple:
+                section_values[key] = tuple(value)
+        unknown = set(section_values) - {x.name for x in dataclasses.fields(section_type)}
+        if unknown:
+            raise ConfigError(f"config.{f.name} has unknown field(s): {', '.join(sorted(unknown))}")
+        sections[f.name] = section_type(**section_values)
+    return Config(seed=values.get("seed", 0), **sections)
