@@ -1,0 +1,1 @@
+"""Experiment configs: each module's `get_config(arg=None)` returns a `murajax.config.Config`."""

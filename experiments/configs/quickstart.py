@@ -1,0 +1,43 @@
+"""The 5-minute quickstart: a small CNN on `mura_synthetic`, on 2 CPU cores.
+
+    make demo    # = python -m experiments.main --config=experiments/configs/quickstart.py ...
+
+`quickstart.py:smoke` is a seconds-long variant on `mura_synthetic/tiny` for tests.
+"""
+
+from experiments.configs import default
+from murajax.config import Config
+
+
+def get_config(arg: str | None = None) -> Config:
+    """`default` on synthetic data, small enough for a CPU; `arg='smoke'` for a tiny run."""
+    config = default.get_config()
+    config.data.dataset = "mura_synthetic"
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.model.widths = (16, 32, 64)
+    config.model.convs_per_block = 1
+    config.model.batch_norm = False
+    config.model.dense = (64,)
+    config.model.dropout_rate = 0.3
+    config.optim.schedule = "constant"
+    config.train.steps = 600
+    config.train.log_every = 25
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
+    config.eval.bootstrap_samples = 200
+    if arg == "smoke":
+        config.data.dataset = "mura_synthetic/tiny"
+        config.data.image_size = 32
+        config.model.widths = (8, 16)
+        config.model.dense = (16,)
+        config.train.steps = 20
+        config.train.batch_size = 8
+        config.train.log_every = 5
+        config.train.eval_every = 10
+        config.train.checkpoint_every = 10
+        config.eval.bootstrap_samples = 20
+        config.eval.batch_size = 16
+    elif arg is not None:
+        raise ValueError(f"quickstart.py:{arg}: unknown variant, expected nothing or 'smoke'")
+    return config

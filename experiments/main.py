@@ -1,0 +1,44 @@
+"""Trains and evaluates one config: `python -m experiments.main --config=... --workdir=...`.
+
+    python -m experiments.main --config=experiments/configs/quickstart.py --workdir=/tmp/qs \
+        --config.optim.learning_rate=3e-4
+
+Rerunning on the same workdir resumes from its newest checkpoint; a finished run is only
+evaluated again.
+"""
+
+import experiments  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+from murajax import errors
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for multi-host training."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    from murajax import train
+
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run_main(main, errors.USER_ERRORS)

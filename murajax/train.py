@@ -1,0 +1,308 @@
+"""The training loop: pure jitted steps, periodic holdout evaluation, orbax checkpoints.
+
+`train_and_evaluate(config, workdir)` is the one entry point. Steps are pure functions,
+`train_step(state, batch) -> (state, metrics)`, so that data parallelism only changes how
+they are jitted, never what they compute.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from murajax import checkpoint as ckpt
+from murajax import config as config_lib
+from murajax import data, evaluation, losses, models, optim, writers
+from murajax.config import Config
+from tfds_mura.features import BODY_PARTS
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; a pytree that orbax saves as it is."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    key: jax.Array  # typed PRNG key; step randomness is fold_in(key, step)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, input_shape: tuple
+) -> TrainState:
+    """Initialises parameters (Glorot-uniform kernels, zero biases) from `key`."""
+    init_key, dropout_key, train_key = jax.random.split(key, 3)
+    variables = model.init(
+        {"params": init_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32)
+    )
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        key=train_key,
+    )
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    weight_table: jax.Array,
+    label_smoothing: float,
+    l2_weight: float,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
+
+    `weight_table[body_part, label]` is each example's loss weight (class weighting).
+    """
+    dropout_key = jax.random.fold_in(state.key, state.step)
+    weights = weight_table[batch["body_part"], batch["label"]]
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        outputs = model.apply(
+            _variables(params, state.batch_stats),
+            batch["image"],
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"] if state.batch_stats else [],
+        )
+        logits, updates = outputs
+        loss = losses.cross_entropy(
+            logits, batch["label"], weights=weights, label_smoothing=label_smoothing
+        )
+        if l2_weight:
+            loss = loss + l2_weight * losses.l2_penalty(params)
+        return loss, (updates.get("batch_stats", state.batch_stats), logits)
+
+    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    metrics = {
+        "loss": loss,
+        "accuracy": accuracy,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": optim.current_learning_rate(opt_state),
+    }
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]:
+    """Abnormality probability and unweighted cross-entropy of each image; pure."""
+    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
+    logits = logits.astype(jnp.float32)
+    return {
+        "prob": jax.nn.softmax(logits)[:, 1],
+        "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
+    }
+
+
+def class_weight_table(config: Config) -> np.ndarray:
+    """A (body parts, 2) table of loss weights from the training split's label counts."""
+    table = np.ones((len(BODY_PARTS), 2), np.float32)
+    if config.train.class_weighting == "none":
+        return table
+    info = data.split_info(config.data, "train")
+    if config.train.class_weighting == "global":
+        counts = info["label_counts"]
+        table[:] = losses.class_weights(counts["normal"], counts["abnormal"])
+        return table
+    for index, name in enumerate(BODY_PARTS):
+        counts = info["by_body_part"].get(name)
+        if counts and counts["normal"] and counts["abnormal"]:
+            table[index] = losses.class_weights(counts["normal"], counts["abnormal"])
+    return table
+
+
+def _write_config(config: Config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    new = config_lib.to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = _diff(old, new)
+        if changed:
+            print(f"[murajax] config differs from {path} in: {', '.join(changed)}; updating it")
+    with open(path, "w") as f:
+        f.write(config_lib.to_json(config) + "\n")
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif (list(a) if isinstance(a, list | tuple) else a) != (
+            list(b) if isinstance(b, list | tuple) else b
+        ):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _build_model(config: Config, model: nn.Module | None) -> nn.Module:
+    return model if model is not None else models.create_from_config(config.model)
+
+
+def _input_shape(config: Config, batch_size: int) -> tuple[int, int, int, int]:
+    _, channels = models.input_spec(config.model.name)
+    return (batch_size, config.data.image_size, config.data.image_size, channels)
+
+
+def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = None) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest checkpoint, then evaluates.
+
+    A custom Flax `model` may be passed (it must map NHWC images to 2 logits and accept
+    `train=`); otherwise `config.model` names one. Returns the final `metrics.json` bodies
+    by split.
+    """
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(config, workdir)
+    model = _build_model(config, model)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    if config.train.batch_size % process_count:
+        raise config_lib.ConfigError(
+            f"config.train.batch_size={config.train.batch_size} is invalid: expected a multiple"
+            f" of the number of processes ({process_count})"
+        )
+
+    tx = optim.make_optimizer(config.optim, config.train.steps)
+    state = create_train_state(
+        model, tx, jax.random.key(config.seed), _input_shape(config, config.train.batch_size)
+    )
+    train_iter = data.make_train_iterator(
+        config.data,
+        model_name=config.model.name,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    manager = ckpt.make_manager(workdir, keep_latest=config.train.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is not None:
+        state, _ = ckpt.restore(manager, latest, state, train_iter)
+        writers.truncate_after(workdir, latest)
+        print(f"[murajax] resumed from {workdir}/checkpoints/{latest}")
+    start = int(state.step)
+
+    writer = writers.MetricWriter(workdir, enabled=process_index == 0)
+    if start < config.train.steps:
+        state = _train_loop(config, workdir, model, tx, state, train_iter, manager, writer)
+    else:
+        print(f"[murajax] training already finished at step {start}; evaluating only")
+
+    results = {}
+    step = ckpt.select_step(manager, config.eval.checkpoint)
+    if step is not None and step != int(state.step):
+        state, _ = ckpt.restore(manager, step, state, None)
+    for split in config.eval.splits:
+        results[split] = evaluation.evaluate_and_write(
+            config, workdir, split, state, model, step=int(state.step), writer=writer
+        )
+        study = results[split]["study"]
+        print(
+            f"[murajax] {split} (checkpoint {int(state.step)}): study kappa {study['kappa']:.3f}"
+            f" [{study['kappa_ci'][0]:.3f}, {study['kappa_ci'][1]:.3f}],"
+            f" AUROC {study['auroc']:.3f}, n={study['n']} studies"
+        )
+    writer.close()
+    manager.close()
+    return results
+
+
+def _train_loop(
+    config: Config,
+    workdir: str,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    train_iter: Any,
+    manager: Any,
+    writer: writers.MetricWriter,
+) -> TrainState:
+    """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints."""
+    t = config.train
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            weight_table=jnp.asarray(class_weight_table(config)),
+            label_smoothing=t.label_smoothing,
+            l2_weight=t.l2_weight,
+        ),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    start = int(state.step)
+    progress = tqdm(
+        total=t.steps, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True
+    )
+    pending: list[Metrics] = []
+    tick, images = time.perf_counter(), 0
+    for step in range(start + 1, t.steps + 1):
+        batch = next(train_iter)
+        state, metrics = step_fn(state, batch)
+        pending.append(metrics)
+        images += len(batch["label"]) * jax.process_count()
+        progress.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+            summary["images_per_sec"] = images / (time.perf_counter() - tick)
+            writer.write(step, "train", summary)
+            progress.set_postfix(
+                loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_sec']:.0f}"
+            )
+            pending, tick, images = [], time.perf_counter(), 0
+        eval_metrics = None
+        if step % t.eval_every == 0 or step == t.steps:
+            eval_metrics = evaluation.evaluate_holdout(config, state, eval_fn)
+            writer.write(step, "holdout", eval_metrics)
+            state = state.replace(
+                opt_state=optim.plateau_update(state.opt_state, eval_metrics["loss"])
+            )
+            progress.write(
+                f"step {step}: holdout loss {eval_metrics['loss']:.4f},"
+                f" study kappa {eval_metrics['kappa']:.3f}, AUROC {eval_metrics['auroc']:.3f}"
+            )
+        if eval_metrics is not None or step % t.checkpoint_every == 0:
+            ckpt_metrics = {ckpt.BEST_METRIC: eval_metrics["kappa"]} if eval_metrics else None
+            meta = {"step": step, "config": dataclasses.asdict(config)}
+            ckpt.save(manager, step, state, train_iter, meta, ckpt_metrics)
+    progress.close()
+    return state
+
+
+EvalFn = Callable[[TrainState, Batch], dict[str, jax.Array]]
