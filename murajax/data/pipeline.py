@@ -1,0 +1,455 @@
+"""grain pipelines over random-access sources: endless shuffled train batches, padded eval batches.
+
+Determinism. Both pipelines are grain `MapDataset`s, random access all the way to the batch,
+so batch k is a pure function of (seed, k), whatever the number of worker processes, devices
+or hosts:
+
+    split record positions                 (np.int64, ascending; see `splits.py`)
+    .shuffle(seed).repeat()                train only: a new global permutation every epoch
+    .map_with_index(attach_index)          {'index': global stream index, 'record': position}
+    .batch(global_batch_size)              indices only, nothing is read yet
+    .map(ProcessSlice(p, P))               this process's rows [p*B/P, (p+1)*B/P)
+    .map(LoadBatch(source, spec, ...))     read + decode + resize (+ augment) + normalise
+    .to_iter_dataset(ReadOptions) [.mp_prefetch(MultiprocessingOptions)]
+
+Each process reads only its own share of a global batch. An image's augmentation draws from
+`np.random.default_rng([seed, epoch, position in epoch])`, so it does not depend on which
+thread, worker or host prepares it. Worker processes split the stream by whole batches, and
+grain hands their batches back in order.
+"""
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from murajax.config import DataConfig
+from murajax.data import preprocess, splits
+from murajax.data import sources as sources_lib
+
+_SHUFFLE_STREAM = 0  # SeedSequence spawn keys: the shuffle and the augmentation use
+_AUGMENT_STREAM = 1  # independent streams derived from the one experiment seed
+DEFAULT_READ_THREADS = 2
+DEFAULT_PREFETCH_BATCHES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that turns a record into a model input (picklable, for grain workers)."""
+
+    image_size: int = 224
+    resize: str = "pad"
+    normalization: str = "unit"
+    channels: int = 1
+    flip: bool = False
+    rotation: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @property
+    def photometric(self) -> bool:
+        """Whether brightness or contrast augmentation is on."""
+        return self.brightness > 0 or self.contrast > 0
+
+
+def model_input_spec(model_name: str) -> tuple[str, int]:
+    """(normalization, channels) that the registered model `model_name` wants."""
+    from murajax.models import registry  # the models package registers the built-ins
+
+    return registry.input_spec(model_name)
+
+
+def preprocess_spec(
+    config: DataConfig,
+    model_name: str | None = None,
+    *,
+    channels: int | None = None,
+    train: bool = False,
+) -> PreprocessSpec:
+    """The preprocessing for `model_name`: `config.normalization` (or else the model's own,
+    or else 'unit'), `channels` (or else the model's, or else 1); augmentation if `train`."""
+    model_norm, model_channels = model_input_spec(model_name) if model_name else ("unit", 1)
+    return PreprocessSpec(
+        image_size=config.image_size,
+        resize=config.resize,
+        normalization=config.normalization or model_norm,
+        channels=channels or model_channels,
+        flip=train and config.flip,
+        rotation=config.rotation if train else 0.0,
+        zoom=config.zoom if train else 0.0,
+        brightness=config.brightness if train else 0.0,
+        contrast=config.contrast if train else 0.0,
+    )
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """A 32-bit seed for one purpose (`stream`) of the experiment seed (any int)."""
+    sequence = np.random.SeedSequence(entropy=abs(int(seed)), spawn_key=(stream, int(seed < 0)))
+    return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+
+def augment_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of one image's augmentation: a function of (seed, epoch, position)."""
+    return np.random.default_rng([derive_seed(seed, _AUGMENT_STREAM), epoch, position])
+
+
+# --------------------------------------------------------------------------- grain transforms
+# Top-level classes (not closures) so that grain worker processes can unpickle them.
+
+
+def attach_index(index: int, record: Any) -> dict[str, np.int64]:
+    """`map_with_index` transform: pairs a record position with its global stream index."""
+    return {"index": np.int64(index), "record": np.int64(record)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSlice:
+    """Takes process `process_index`'s contiguous share of a global batch of indices."""
+
+    process_index: int = 0
+    process_count: int = 1
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        size = len(batch["index"]) // self.process_count
+        start = self.process_index * size
+        return {k: v[start : start + size] for k, v in batch.items()}
+
+
+def read_records(source: sources_lib.Source, positions: Sequence[int]) -> list[Mapping[str, Any]]:
+    """Reads records by position, batched where the source supports it (`__getitems__`)."""
+    positions = [int(p) for p in positions]
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(positions)) if getitems else [source[p] for p in positions]
+
+
+def prepare_images(
+    examples: Sequence[Mapping[str, Any]],
+    spec: PreprocessSpec,
+    rngs: Sequence[np.random.Generator] | None = None,
+) -> np.ndarray:
+    """Decodes, resizes, (augments if `rngs` are given) and normalises a batch of examples.
+
+    Returns float32 (B, S, S, C). Geometric augmentation runs per image on uint8;
+    brightness, contrast, the clip to [0, 1] and the normalisation run on the whole batch.
+    """
+    size = spec.image_size
+    images = np.zeros((len(examples), size, size, 1), dtype=np.uint8)
+    brightness = np.zeros(len(examples), dtype=np.float32)
+    contrast = np.ones(len(examples), dtype=np.float32)
+    for k, example in enumerate(examples):
+        image = preprocess.resize_to_square(
+            preprocess.decode_image(example["image"]), size, spec.resize
+        )
+        if rngs is not None:
+            params = preprocess.sample_augment_params(
+                rngs[k],
+                size,
+                flip=spec.flip,
+                rotation=spec.rotation,
+                zoom=spec.zoom,
+                brightness=spec.brightness,
+                contrast=spec.contrast,
+            )
+            image = preprocess.augment_geometry(image, params)
+            brightness[k], contrast[k] = params.brightness, params.contrast
+        images[k] = image
+    unit = preprocess.to_unit(images)
+    if rngs is not None and spec.photometric:
+        unit = preprocess.augment_photometric(unit, brightness, contrast)
+    return preprocess.normalize(unit, spec.normalization, spec.channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadTrainBatch:
+    """Reads and preprocesses one process's share of a train batch, with augmentation."""
+
+    source: sources_lib.Source
+    spec: PreprocessSpec
+    seed: int
+    epoch_length: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        examples = read_records(self.source, batch["record"])
+        epochs, positions = np.divmod(batch["index"], self.epoch_length)
+        rngs = [augment_rng(self.seed, e, p) for e, p in zip(epochs, positions, strict=True)]
+        return {
+            "image": prepare_images(examples, self.spec, rngs),
+            "label": np.asarray([int(e["label"]) for e in examples], dtype=np.int32),
+            "body_part": np.asarray([int(e["body_part"]) for e in examples], dtype=np.int32),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadEvalBatch:
+    """Reads and preprocesses one process's share of an eval batch; record -1 is padding."""
+
+    source: sources_lib.Source
+    spec: PreprocessSpec
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mask = batch["record"] >= 0
+        real = read_records(self.source, batch["record"][mask])
+        size = len(mask)
+        pad = {"image": np.zeros((1, 1, 1), np.uint8), "label": 0, "body_part": 0}
+        pad |= {"patient_id": -1, "study_id": "", "image_path": ""}
+        examples = [pad] * size
+        for k, example in zip(np.flatnonzero(mask), real, strict=True):
+            examples[k] = example
+        return {
+            "image": prepare_images(examples, self.spec),
+            "label": np.asarray([int(e["label"]) for e in examples], dtype=np.int32),
+            "body_part": np.asarray([int(e["body_part"]) for e in examples], dtype=np.int32),
+            "patient_id": np.asarray([int(e["patient_id"]) for e in examples], dtype=np.int64),
+            "study_id": np.asarray(
+                [sources_lib.as_str(e["study_id"]) for e in examples], dtype=str
+            ),
+            "image_path": np.asarray(
+                [sources_lib.as_str(e["image_path"]) for e in examples], dtype=str
+            ),
+            "mask": mask,
+        }
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _check_batch(batch_size: int, process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(
+            f"batch_size={batch_size} (global) must be a positive multiple of "
+            f"process_count={process_count}"
+        )
+
+
+def train_dataset(
+    source: sources_lib.Source,
+    positions: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    seed: int,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """Endless local train batches over `source[positions]`, reshuffled every epoch.
+
+    `batch_size` is global; each process gets `batch_size // process_count` rows. Batches
+    run on across epoch boundaries (the stream is the concatenation of the epochs).
+    """
+    _check_batch(batch_size, process_index, process_count)
+    if len(positions) == 0:
+        raise ValueError("the train split is empty")
+    return (
+        grain.MapDataset.source(np.asarray(positions, dtype=np.int64))
+        .shuffle(seed=derive_seed(seed, _SHUFFLE_STREAM))
+        .repeat()
+        .map_with_index(attach_index)
+        .batch(batch_size, drop_remainder=True)
+        .map(ProcessSlice(process_index, process_count))
+        .map(LoadTrainBatch(source, spec, seed, len(positions)))
+    )
+
+
+def pad_positions(positions: np.ndarray, batch_size: int) -> np.ndarray:
+    """`positions` followed by -1 up to a multiple of `batch_size` (at least one batch if any)."""
+    total = math.ceil(len(positions) / batch_size) * batch_size
+    padded = np.full(total, -1, dtype=np.int64)
+    padded[: len(positions)] = positions
+    return padded
+
+
+def eval_dataset(
+    source: sources_lib.Source,
+    positions: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """Local eval batches covering `source[positions]` once, in order, the last one padded."""
+    _check_batch(batch_size, process_index, process_count)
+    return (
+        grain.MapDataset.source(pad_positions(positions, batch_size))
+        .map_with_index(attach_index)
+        .batch(batch_size, drop_remainder=True)
+        .map(ProcessSlice(process_index, process_count))
+        .map(LoadEvalBatch(source, spec))
+    )
+
+
+def to_iterator(
+    dataset: grain.MapDataset,
+    num_workers: int = 0,
+    *,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+) -> grain.DatasetIterator:
+    """A grain iterator over `dataset`: `read_threads` threads prepare up to
+    `prefetch_batches` batches ahead in each process; `num_workers` > 0 adds that many
+    worker processes (each with its own threads), which take whole batches in turn."""
+    read_options = grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=prefetch_batches
+    )
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    if num_workers > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers)
+        )
+    return iter(iter_dataset)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _sources(
+    config: DataConfig, given: Mapping[str, sources_lib.Source] | None
+) -> Mapping[str, Any]:
+    return given if given is not None else sources_lib.open_sources(config)
+
+
+def split_source(
+    config: DataConfig, split: str, given: Mapping[str, sources_lib.Source] | None = None
+) -> tuple[sources_lib.Source, np.ndarray]:
+    """The source that holds `split` and the split's record positions in it.
+
+    `given` replaces the TFDS sources: a mapping with 'train' and 'validation' sources.
+    """
+    if split not in splits.SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {splits.SPLITS}")
+    all_sources = _sources(config, given)
+    if split == "validation":
+        source = all_sources["validation"]
+        return source, np.arange(len(source), dtype=np.int64)
+    source = all_sources["train"]
+    meta = sources_lib.metadata(source)
+    train, holdout = splits.train_holdout_positions(meta.patient_id, config.holdout_fraction)
+    return source, (train if split == "train" else holdout)
+
+
+def num_examples(
+    config: DataConfig, split: str, *, sources: Mapping[str, sources_lib.Source] | None = None
+) -> int:
+    """The number of images in `split` ('train', 'holdout' or 'validation')."""
+    return len(split_source(config, split, sources)[1])
+
+
+def split_info(
+    config: DataConfig, split: str, *, sources: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Counts of `split`, computed from metadata (no image is decoded):
+
+    `{'split', 'num_images', 'num_studies', 'num_patients', 'labels': {'normal': n,
+    'abnormal': n}, 'study_labels': {...}, 'by_body_part': {'XR_ELBOW': {same counts}, ...}}`.
+    `labels` counts images (what the MURA paper's class weights use), `study_labels` studies.
+    """
+    source, positions = split_source(config, split, sources)
+    meta = sources_lib.metadata(source).take(positions)
+    names = sources_lib.class_names(source, "body_part") or splits.DEFAULT_BODY_PARTS
+    return {"split": split, **splits.summarize(meta, names)}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def make_train_iterator(
+    data_config: DataConfig,
+    *,
+    model_name: str | None,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    channels: int | None = None,
+    sources: Mapping[str, Any] | None = None,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+) -> grain.DatasetIterator:
+    """An endless iterator of augmented train batches for this process.
+
+    Yields `{'image': float32 (B_local, S, S, C), 'label': int32 (B_local,), 'body_part':
+    int32 (B_local,)}` with `B_local = batch_size // process_count` (`batch_size` is global).
+    The batches depend only on (`seed`, step), not on `num_workers` or the process layout:
+    concatenating the processes' batches gives the single-process batch. The iterator's
+    `get_state()`/`set_state()` resume exactly, and it checkpoints with orbax through
+    `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+
+    `model_name` picks the normalization (unless `data_config.normalization` is set) and the
+    channels (unless `channels` is given); `sources` replaces the TFDS dataset (a mapping
+    with a 'train' source, see `murajax.data.sources`).
+    """
+    source, positions = split_source(data_config, "train", sources)
+    spec = preprocess_spec(data_config, model_name, channels=channels, train=True)
+    dataset = train_dataset(
+        source,
+        positions,
+        spec,
+        seed=seed,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return to_iterator(
+        dataset,
+        data_config.num_workers,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
+    )
+
+
+def _drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_eval_batches(
+    data_config: DataConfig,
+    split: str,
+    *,
+    model_name: str | None,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    channels: int | None = None,
+    sources: Mapping[str, Any] | None = None,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` ('holdout', 'validation' or 'train'), unaugmented, in order.
+
+    Every image appears exactly once over all processes. The global batches hold
+    `batch_size` rows, the last padded; each process gets its contiguous
+    `batch_size // process_count` rows of every global batch, so all processes see the same
+    number of batches of the same shapes. Each batch: 'image' float32 (B_local, S, S, C),
+    'label' int32, 'body_part' int32, 'patient_id' int64, 'study_id' str, 'image_path'
+    str, and 'mask' bool (False for padding rows, whose other fields are zeros / '' / -1).
+    """
+    source, positions = split_source(data_config, split, sources)
+    spec = preprocess_spec(data_config, model_name, channels=channels, train=False)
+    dataset = eval_dataset(
+        source,
+        positions,
+        spec,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    if len(dataset) == 0:
+        return iter(())
+    iterator = to_iterator(
+        dataset,
+        data_config.num_workers,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
+    )
+    return _drain(iterator)

@@ -1,0 +1,210 @@
+"""Opening the TFDS dataset and reading its per-image metadata without decoding images.
+
+A *source* is any random-access sequence of feature dicts, as `tfds.data_source` returns:
+`{'image': PNG bytes or uint8 (H, W, 1), 'label': int, 'body_part': int, 'patient_id': int,
+'study_id': bytes | str, 'image_path': bytes | str}`. `open_sources` gives the TFDS splits
+`train` and `validation` as such sources, with image decoding skipped (the pipeline decodes
+PNGs itself, with Pillow, where it also resizes them).
+
+Reading metadata (labels, patients, studies) visits every record of a split once: the records
+are read from disk and their protos parsed, but no PNG is decoded. For the real MURA train
+split (36,808 records, about 3 GB) that costs one sequential read of the split's files (a few
+seconds from the page cache, tens of seconds from a cold disk). The result is cached in memory
+per process and, where the dataset folder is writable, in a small file beside the data
+(`murajax-metadata-<split>.npz`, a few hundred KB), so that later runs skip the scan.
+"""
+
+import dataclasses
+import functools
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from murajax.config import DataConfig
+
+Source = Sequence[Mapping[str, Any]]
+TFDS_SPLITS: tuple[str, ...] = ("train", "validation")
+_CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be opened; the one-line message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """Per-image metadata of one source, in record order."""
+
+    label: np.ndarray  # int32 (N,), 0 = normal, 1 = abnormal
+    body_part: np.ndarray  # int32 (N,)
+    patient_id: np.ndarray  # int64 (N,)
+    study_id: np.ndarray  # str (N,)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, positions: np.ndarray) -> "Metadata":
+        """The metadata of the records at `positions`."""
+        return Metadata(*(getattr(self, f.name)[positions] for f in dataclasses.fields(self)))
+
+
+def as_str(value: bytes | str | np.ndarray) -> str:
+    """A TFDS text feature (bytes, str or a 0-d array of either) as str."""
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_metadata(source: Source, chunk: int = 1024) -> Metadata:
+    """Reads label, body part, patient and study of every record, in order.
+
+    Uses the source's batched `__getitems__` where it has one. The images are not decoded
+    when the source skips image decoding (as `open_sources`' sources do).
+    """
+    getitems = getattr(source, "__getitems__", None)
+    labels, parts, patients, studies = [], [], [], []
+    for start in range(0, len(source), chunk):
+        keys = list(range(start, min(start + chunk, len(source))))
+        examples = getitems(keys) if getitems else [source[k] for k in keys]
+        for example in examples:
+            labels.append(int(example["label"]))
+            parts.append(int(example["body_part"]))
+            patients.append(int(example["patient_id"]))
+            studies.append(as_str(example["study_id"]))
+    return Metadata(
+        label=np.asarray(labels, dtype=np.int32),
+        body_part=np.asarray(parts, dtype=np.int32),
+        patient_id=np.asarray(patients, dtype=np.int64),
+        study_id=np.asarray(studies, dtype=str),
+    )
+
+
+def _load_cached(path: str, num_records: int) -> Metadata | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != _CACHE_VERSION or len(data["label"]) != num_records:
+                return None
+            return Metadata(
+                label=data["label"],
+                body_part=data["body_part"],
+                patient_id=data["patient_id"],
+                study_id=data["study_id"],
+            )
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _save_cached(path: str, metadata: Metadata) -> None:
+    """Writes the cache atomically; a read-only dataset folder is not an error."""
+    try:
+        folder = os.path.dirname(path)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
+            np.savez(f, version=_CACHE_VERSION, **dataclasses.asdict(metadata))
+        os.replace(f.name, path)
+    except OSError:
+        pass
+
+
+_METADATA_CACHE: dict[tuple[str, str], Metadata] = {}
+
+
+def _tfds_metadata(source: Source, data_dir: str, split: str) -> Metadata:
+    """Metadata of a prepared TFDS split: from memory, the cache file, or one scan."""
+    key = (data_dir, split)
+    if key not in _METADATA_CACHE:
+        path = os.path.join(data_dir, f"murajax-metadata-{split}.npz")
+        cached = _load_cached(path, len(source))
+        if cached is None:
+            cached = read_metadata(source)
+            _save_cached(path, cached)
+        _METADATA_CACHE[key] = cached
+    return _METADATA_CACHE[key]
+
+
+def metadata(source: Source) -> Metadata:
+    """Metadata of `source`: cached for TFDS sources (see the module docstring), else read."""
+    info = getattr(source, "dataset_info", None)
+    split = getattr(source, "split", None)
+    data_dir = getattr(info, "data_dir", None)
+    if data_dir and split is not None:
+        return _tfds_metadata(source, str(data_dir), str(split))
+    return read_metadata(source)
+
+
+def _register_datasets() -> str | None:
+    """Imports `tfds_mura` so that `mura` and `mura_synthetic` are registered.
+
+    Returns the import error's text if that failed (reported only if the name is unknown).
+    """
+    try:
+        import tfds_mura  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    import_error = _register_datasets()
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as e:
+        hint = f" (import tfds_mura failed: {import_error})" if import_error else ""
+        raise DataError(f"unknown dataset {name!r}{hint}") from e
+
+
+def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """Returns the dataset's builder, building it first if it is missing and allowed.
+
+    Builds with `download_and_prepare` into `config.data_dir` in the array_record format,
+    reading a manual download from `config.manual_dir` (real MURA). Raises `DataError` if
+    the dataset is missing and `config.build_if_missing` is False, or if building fails.
+    """
+    builder = _builder(config.dataset, config.data_dir)
+    if builder.is_prepared():
+        return builder
+    where = builder.data_dir
+    if not config.build_if_missing:
+        raise DataError(
+            f"dataset {config.dataset!r} is not prepared in {where}; "
+            "set data.build_if_missing=True or build it with tfds"
+        )
+    print(f"murajax: building {config.dataset!r} into {where} (first use) ...", flush=True)
+    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except (AssertionError, FileNotFoundError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"building {config.dataset!r} failed (manual_dir={config.manual_dir!r}): {first_line}"
+        ) from e
+    return builder
+
+
+@functools.cache
+def _open_sources(dataset: str, data_dir: str | None) -> dict[str, Source]:
+    builder = _builder(dataset, data_dir)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    return {s: builder.as_data_source(split=s, decoders=decoders) for s in TFDS_SPLITS}
+
+
+def open_sources(config: DataConfig) -> dict[str, Source]:
+    """The TFDS splits 'train' and 'validation' as random-access sources, images undecoded.
+
+    Builds the dataset first if needed (see `prepare`). Opened once per process and
+    (dataset, data_dir); the sources pickle, so grain workers can read them.
+    """
+    prepare(config)
+    return _open_sources(config.dataset, config.data_dir)
+
+
+def class_names(source: Source, feature: str) -> tuple[str, ...] | None:
+    """The ClassLabel names of `feature` where the source carries TFDS dataset info."""
+    info = getattr(source, "dataset_info", None)
+    try:
+        return tuple(info.features[feature].names)
+    except (AttributeError, KeyError, TypeError):
+        return None
