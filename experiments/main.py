@@ -3,11 +3,11 @@
     python -m experiments.main --config=experiments/configs/quickstart.py --workdir=/tmp/qs \
         --config.optim.learning_rate=3e-4
 
+(`python -m` runs `experiments/__init__.py` first, which sets fast XLA:CPU flags.)
 Rerunning on the same workdir resumes from its newest checkpoint; a finished run is only
 evaluated again.
 """
 
-import experiments  # noqa: F401  (sets XLA_FLAGS before jax is imported)
 from absl import flags
 from ml_collections import config_flags
 

@@ -5,7 +5,6 @@ Configs are Python files under `experiments/configs/` whose `get_config(arg=None
 `ConfigError` whose one-line message names the field, the bad value and what would be valid.
 """
 
-
 import dataclasses
 import json
 import math
@@ -170,8 +169,13 @@ def _check_type(field: str, value: Any, annotation: Any) -> None:
     else:
         ok = isinstance(value, annotation)
     if not ok:
-        _fail(field, value, f"a finite {annotation.__name__}" if annotation is float else
-              f"a {annotation.__name__}")
+        _fail(
+            field,
+            value,
+            f"a finite {annotation.__name__}"
+            if annotation is float
+            else f"a {annotation.__name__}",
+        )
 
 
 def _check_types(obj: Any, prefix: str = "") -> None:

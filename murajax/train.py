@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -79,7 +78,6 @@ def train_step(
     `weight_table[body_part, label]` is each example's loss weight (class weighting).
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
-    weights = weight_table[batch["body_part"], batch["label"]]
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
         outputs = model.apply(
@@ -90,8 +88,12 @@ def train_step(
             mutable=["batch_stats"] if state.batch_stats else [],
         )
         logits, updates = outputs
-        loss = losses.cross_entropy(
-            logits, batch["label"], weights=weights, label_smoothing=label_smoothing
+        loss = losses.cross_entropy_loss(
+            logits,
+            batch["label"],
+            class_weights=weight_table,
+            body_parts=batch["body_part"],
+            label_smoothing=label_smoothing,
         )
         if l2_weight:
             loss = loss + l2_weight * losses.l2_penalty(params)
@@ -105,7 +107,7 @@ def train_step(
         "loss": loss,
         "accuracy": accuracy,
         "grad_norm": optax.global_norm(grads),
-        "learning_rate": optim.current_learning_rate(opt_state),
+        "learning_rate": optim.effective_learning_rate(opt_state),
     }
     new_state = state.replace(
         step=state.step + 1,
@@ -127,20 +129,23 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str,
 
 
 def class_weight_table(config: Config) -> np.ndarray:
-    """A (body parts, 2) table of loss weights from the training split's label counts."""
+    """A (body parts, 2) table of loss weights from the training split's image label counts.
+
+    'none' gives ones, 'global' the MURA paper's weights in every row, 'body_part' one row
+    of weights per body part (see `losses.body_part_class_weights`).
+    """
     table = np.ones((len(BODY_PARTS), 2), np.float32)
     if config.train.class_weighting == "none":
         return table
     info = data.split_info(config.data, "train")
+    by_part = info["by_body_part"]
+    counts = np.array(
+        [[by_part.get(n, {}).get(c, 0) for c in ("normal", "abnormal")] for n in BODY_PARTS]
+    )
     if config.train.class_weighting == "global":
-        counts = info["label_counts"]
-        table[:] = losses.class_weights(counts["normal"], counts["abnormal"])
+        table[:] = losses.class_weights(*counts.sum(axis=0))
         return table
-    for index, name in enumerate(BODY_PARTS):
-        counts = info["by_body_part"].get(name)
-        if counts and counts["normal"] and counts["abnormal"]:
-            table[index] = losses.class_weights(counts["normal"], counts["abnormal"])
-    return table
+    return losses.body_part_class_weights(counts)
 
 
 def _write_config(config: Config, workdir: str) -> None:
@@ -291,7 +296,9 @@ def _train_loop(
             eval_metrics = evaluation.evaluate_holdout(config, state, eval_fn)
             writer.write(step, "holdout", eval_metrics)
             state = state.replace(
-                opt_state=optim.plateau_update(state.opt_state, eval_metrics["loss"])
+                opt_state=optim.observe_holdout_loss(
+                    state.opt_state, eval_metrics["loss"], config.optim
+                )
             )
             progress.write(
                 f"step {step}: holdout loss {eval_metrics['loss']:.4f},"
@@ -303,6 +310,3 @@ def _train_loop(
             ckpt.save(manager, step, state, train_iter, meta, ckpt_metrics)
     progress.close()
     return state
-
-
-EvalFn = Callable[[TrainState, Batch], dict[str, jax.Array]]
