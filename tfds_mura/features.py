@@ -1,5 +1,6 @@
 """The features shared by `mura` and `mura_synthetic`: one place that says what an example is."""
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 LABEL_NAMES: tuple[str, ...] = ("normal", "abnormal")
@@ -27,10 +28,12 @@ def mura_features() -> tfds.features.FeaturesDict:
     """
     return tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(shape=(None, None, 1), dtype="uint8", encoding_format="png"),
+            "image": tfds.features.Image(
+                shape=(None, None, 1), dtype=np.uint8, encoding_format="png"
+            ),
             "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
             "body_part": tfds.features.ClassLabel(names=list(BODY_PARTS)),
-            "patient_id": tfds.features.Scalar(dtype="int64"),
+            "patient_id": tfds.features.Scalar(dtype=np.int64),
             "study_id": tfds.features.Text(),
             "image_path": tfds.features.Text(),
         }
