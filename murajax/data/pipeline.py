@@ -25,6 +25,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from murajax.config import DataConfig
 from murajax.data import preprocess, splits
@@ -157,10 +158,10 @@ def prepare_images(
             image = preprocess.augment_geometry(image, params)
             brightness[k], contrast[k] = params.brightness, params.contrast
         images[k] = image
-    unit = preprocess.to_unit(images)
     if rngs is not None and spec.photometric:
-        unit = preprocess.augment_photometric(unit, brightness, contrast)
-    return preprocess.normalize(unit, spec.normalization, spec.channels)
+        unit = preprocess.augment_photometric(preprocess.to_unit(images), brightness, contrast)
+        return preprocess.normalize(unit, spec.normalization, spec.channels)
+    return preprocess.normalize(images, spec.normalization, spec.channels)  # uint8: one pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +285,17 @@ def eval_dataset(
     )
 
 
+def ensure_flags_parsed(*_: Any) -> None:
+    """Marks absl flags as parsed (with their defaults) if no absl app has parsed them.
+
+    grain's multiprocessing reads its absl flags, in the main process and in the workers
+    (which re-import `__main__`); outside an absl app (pytest, notebooks, scripts) they are
+    unparsed and reading them raises. Also used as grain's `worker_init_fn`.
+    """
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def to_iterator(
     dataset: grain.MapDataset,
     num_workers: int = 0,
@@ -299,8 +311,10 @@ def to_iterator(
     )
     iter_dataset = dataset.to_iter_dataset(read_options)
     if num_workers > 0:
+        ensure_flags_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers)
+            grain.MultiprocessingOptions(num_workers=num_workers),
+            worker_init_fn=ensure_flags_parsed,
         )
     return iter(iter_dataset)
 
@@ -345,9 +359,11 @@ def split_info(
 ) -> dict[str, Any]:
     """Counts of `split`, computed from metadata (no image is decoded):
 
-    `{'split', 'num_images', 'num_studies', 'num_patients', 'labels': {'normal': n,
-    'abnormal': n}, 'study_labels': {...}, 'by_body_part': {'XR_ELBOW': {same counts}, ...}}`.
-    `labels` counts images (what the MURA paper's class weights use), `study_labels` studies.
+    `{'split', 'num_images', 'num_studies', 'num_patients', 'normal', 'abnormal',
+    'label_counts': {'normal': n, 'abnormal': n}, 'study_label_counts': {...},
+    'by_body_part': {'XR_ELBOW': {the same counts}, ...}}`. `normal` / `abnormal` (also in
+    `label_counts`) count images, as the MURA paper's class weights do; `study_label_counts`
+    counts studies.
     """
     source, positions = split_source(config, split, sources)
     meta = sources_lib.metadata(source).take(positions)

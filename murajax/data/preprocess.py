@@ -180,30 +180,54 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(image, channels, axis=-1)
 
 
+def normalization_affine(method: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), each float32 (channels,), such that a normalised channel c of a
+    gray image x in [0, 1] is `x * scale[c] + offset[c]` (see `normalize`)."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization {method!r}: expected one of {NORMALIZATIONS}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: expected 1 or 3")
+    if method == "unit":
+        scale, offset = np.ones(3), np.zeros(3)
+    elif method == "imagenet":
+        scale = 1.0 / np.asarray(IMAGENET_STD)
+        offset = -np.asarray(IMAGENET_MEAN) * scale
+    else:  # caffe: output channel c is BGR channel c of the RGB = (x, x, x) image
+        scale, offset = np.full(3, 255.0), -np.asarray(CAFFE_MEAN_BGR)
+    if channels == 1:
+        if method == "imagenet":
+            mean, std = np.mean(IMAGENET_MEAN), np.mean(IMAGENET_STD)
+            scale, offset = np.asarray([1.0 / std]), np.asarray([-mean / std])
+        else:
+            scale, offset = scale[:1], offset.mean(keepdims=True)
+    return scale.astype(np.float32), offset.astype(np.float32)
+
+
 def normalize(image: np.ndarray, method: str, channels: int = 1) -> np.ndarray:
-    """Maps (..., H, W, 1) float images in [0, 1] to the model's input convention, float32.
+    """Maps (..., H, W, 1) images in [0, 1] to the model's input convention, float32.
 
     - 'unit': unchanged, [0, 1].
     - 'imagenet': (x - IMAGENET_MEAN) / IMAGENET_STD per RGB channel (Keras 'torch' mode).
     - 'caffe': Keras VGG16 'caffe' mode: RGB -> BGR, x * 255 - CAFFE_MEAN_BGR per channel.
-    With `channels` = 3 the gray plane is first repeated to R = G = B; with `channels` = 1
-    'imagenet' and 'caffe' use the mean of their three per-channel constants.
+    With `channels` = 3 the gray plane becomes R = G = B; with `channels` = 1 'imagenet' and
+    'caffe' use the mean of their three per-channel constants. `image` is float in [0, 1], or
+    uint8 in [0, 255] (then a 256-entry lookup table does `to_unit` and the normalisation in
+    one gather, the fastest path). A 3-channel RGB input needs `channels` = 3.
     """
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"normalization {method!r}: expected one of {NORMALIZATIONS}")
-    image = to_channels(np.asarray(image, dtype=np.float32), channels)
-    if method == "unit":
-        return image
-    if method == "imagenet":
-        mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
-        if channels == 1:
-            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-        return ((image - mean.astype(np.float32)) / std.astype(np.float32)).astype(np.float32)
-    mean_bgr = np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
-    if channels == 1:
-        mean_bgr = mean_bgr.mean(keepdims=True)
-    bgr = image[..., ::-1]
-    return (bgr * np.float32(255.0) - mean_bgr).astype(np.float32)
+    image = np.asarray(image)
+    scale, offset = normalization_affine(method, channels)
+    if image.shape[-1] == 3:
+        if channels != 3:
+            raise ValueError("a 3-channel image needs channels=3")
+        rgb = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        return ((rgb[..., ::-1] if method == "caffe" else rgb) * scale + offset).astype(np.float32)
+    if image.shape[-1] != 1:
+        raise ValueError(f"expected 1 or 3 channels, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        lut = (np.arange(256)[:, None] / 255.0 * scale + offset).astype(np.float32)
+        return np.take(lut, image[..., 0], axis=0)
+    gray = image[..., 0].astype(np.float32, copy=False)
+    return np.stack([gray * scale[c] + offset[c] for c in range(channels)], axis=-1)
 
 
 # --------------------------------------------------------------------------- augmentation

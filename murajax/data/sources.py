@@ -25,14 +25,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from murajax.config import DataConfig
+from murajax.errors import DataError
 
 Source = Sequence[Mapping[str, Any]]
 TFDS_SPLITS: tuple[str, ...] = ("train", "validation")
 _CACHE_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """The dataset cannot be opened; the one-line message says why and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,17 +67,26 @@ def train_holdout_positions(
     return np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
 
 
+def _label_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(LABEL_NAMES))
+    return {name: int(counts[i]) for i, name in enumerate(LABEL_NAMES)}
+
+
 def _counts(meta: Metadata) -> dict[str, Any]:
-    """Image, study and patient counts and label counts (per image and per study)."""
-    image_labels = np.bincount(meta.label, minlength=2)
+    """Image, study and patient counts and label counts, per image and per study.
+
+    The image label counts appear twice: as `label_counts` and flat as `normal` / `abnormal`.
+    """
     _, first = np.unique(meta.study_id, return_index=True)
-    study_labels = np.bincount(meta.label[first], minlength=2)
+    image_labels = _label_counts(meta.label)
+    study_labels = _label_counts(meta.label[first])
     return {
         "num_images": int(len(meta)),
         "num_studies": int(len(first)),
         "num_patients": int(len(np.unique(meta.patient_id))),
-        "labels": {name: int(n) for name, n in zip(LABEL_NAMES, image_labels, strict=True)},
-        "study_labels": {name: int(n) for name, n in zip(LABEL_NAMES, study_labels, strict=True)},
+        **image_labels,
+        "label_counts": image_labels,
+        "study_label_counts": study_labels,
     }
 
 
