@@ -319,6 +319,66 @@ def to_iterator(
     return iter(iter_dataset)
 
 
+class BatchIterator(grain.DatasetIterator):
+    """Iterates a `MapDataset` of batches; its state is just the next batch's index.
+
+    grain's own iterator states depend on the number of worker processes (a state saved
+    with 2 workers does not restore into 0 or 4). Because the dataset is random access,
+    resuming only needs the batch index: `set_state` restarts the pipeline (threads and
+    workers) at `dataset[next_batch:]`. The state `{'next_batch': n}` is JSON, so
+    `grain.checkpoint.CheckpointSave/CheckpointRestore` save it with orbax.
+    """
+
+    def __init__(
+        self,
+        dataset: grain.MapDataset,
+        num_workers: int = 0,
+        *,
+        read_threads: int = DEFAULT_READ_THREADS,
+        prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+    ):
+        super().__init__()
+        self._dataset = dataset
+        self._options = {
+            "num_workers": num_workers,
+            "read_threads": read_threads,
+            "prefetch_batches": prefetch_batches,
+        }
+        self._next_batch = 0
+        self._iterator: grain.DatasetIterator | None = None
+
+    def _started(self) -> grain.DatasetIterator:
+        if self._iterator is None:
+            self._assert_not_closed()
+            rest = self._dataset[self._next_batch :]
+            self._iterator = to_iterator(rest, **self._options)
+        return self._iterator
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._started())
+        self._next_batch += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_batch": self._next_batch}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._stop()
+        self._next_batch = int(state["next_batch"])
+
+    def start_prefetch(self) -> None:
+        self._started().start_prefetch()
+
+    def _stop(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -386,15 +446,16 @@ def make_train_iterator(
     sources: Mapping[str, Any] | None = None,
     read_threads: int = DEFAULT_READ_THREADS,
     prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-) -> grain.DatasetIterator:
+) -> BatchIterator:
     """An endless iterator of augmented train batches for this process.
 
     Yields `{'image': float32 (B_local, S, S, C), 'label': int32 (B_local,), 'body_part':
     int32 (B_local,)}` with `B_local = batch_size // process_count` (`batch_size` is global).
     The batches depend only on (`seed`, step), not on `num_workers` or the process layout:
     concatenating the processes' batches gives the single-process batch. The iterator's
-    `get_state()`/`set_state()` resume exactly, and it checkpoints with orbax through
-    `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+    `get_state()`/`set_state()` resume exactly, also with another `num_workers`, and it
+    checkpoints with orbax through `grain.checkpoint.CheckpointSave(iterator)` /
+    `CheckpointRestore(iterator)` (see `BatchIterator`). Call `close()` when done with it.
 
     `model_name` picks the normalization (unless `data_config.normalization` is set) and the
     channels (unless `channels` is given); `sources` replaces the TFDS dataset (a mapping
@@ -411,7 +472,7 @@ def make_train_iterator(
         process_index=process_index,
         process_count=process_count,
     )
-    return to_iterator(
+    return BatchIterator(
         dataset,
         data_config.num_workers,
         read_threads=read_threads,
