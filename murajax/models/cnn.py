@@ -1,0 +1,144 @@
+"""The thesis's ab-initio CNN: VGG-style conv blocks, then pooling, dense layers and logits.
+
+    [conv3x3 'SAME' (+ BatchNorm) + ReLU] x convs_per_block, 2x2 max-pool   (one block per width)
+    global average pooling ("avg") or flatten ("flatten")
+    [Dense + ReLU + Dropout] per entry of `dense`
+    Dense(num_classes) -> logits (softmax belongs to the loss)
+
+Kernels are Glorot-uniform and biases zero (`murajax.initializers`). Parameters are float32;
+`dtype` sets the computation dtype ("bfloat16" halves activation memory). Logits come back as
+float32 whatever the computation dtype.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from murajax import initializers
+from murajax.config import CNN_POOLINGS
+from murajax.models.layers import max_pool_2x2
+from murajax.models.registry import register
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def as_dtype(dtype: Any) -> jnp.dtype:
+    """A computation dtype from its config name ("float32", "bfloat16") or a numpy/jax dtype."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
+        return jnp.dtype(_DTYPES[dtype])
+    return jnp.dtype(dtype)
+
+
+class CNN(nn.Module):
+    """A configurable plain CNN (see the module docstring).
+
+    Attributes:
+      num_classes: size of the logits; None returns the feature map after the last block
+        (NHWC, in the computation dtype), as Keras's `include_top=False` does.
+      widths: output channels of each block's convolutions; one block per entry.
+      convs_per_block: 3x3 convolutions before each 2x2 max-pool.
+      batch_norm: BatchNorm (Keras's momentum 0.99, epsilon 1e-3) after each convolution,
+        which then has no bias. Running statistics live in the "batch_stats" collection.
+      pooling: "avg" (global average pooling) or "flatten".
+      dense: widths of the hidden dense layers, each followed by ReLU and dropout.
+      dropout_rate: dropout after each hidden dense layer (uses the "dropout" rng in training).
+      dtype: computation dtype; parameters stay float32.
+    """
+
+    num_classes: int | None = 2
+    widths: Sequence[int] = (32, 64, 128)
+    convs_per_block: int = 1
+    batch_norm: bool = False
+    pooling: str = "avg"
+    dense: Sequence[int] = (128,)
+    dropout_rate: float = 0.5
+    dtype: Any = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Maps NHWC images to logits (float32), or to the last feature map if no classes."""
+        if self.pooling not in CNN_POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}: expected one of {CNN_POOLINGS}")
+        dtype = as_dtype(self.dtype)
+        x = jnp.asarray(x, dtype)
+        for block, width in enumerate(self.widths, start=1):
+            for i in range(1, self.convs_per_block + 1):
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    padding="SAME",
+                    use_bias=not self.batch_norm,
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=initializers.kernel_init,
+                    bias_init=initializers.bias_init,
+                    name=f"block{block}_conv{i}",
+                )(x)
+                if self.batch_norm:
+                    x = nn.BatchNorm(
+                        use_running_average=not train,
+                        momentum=0.99,
+                        epsilon=1e-3,
+                        dtype=dtype,
+                        param_dtype=jnp.float32,
+                        name=f"block{block}_bn{i}",
+                    )(x)
+                x = nn.relu(x)
+            x = max_pool_2x2(x)
+        if self.num_classes is None:
+            return x
+
+        if self.pooling == "avg":
+            x = jnp.mean(x, axis=(1, 2))
+        else:
+            x = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.dense, start=1):
+            x = nn.Dense(
+                width,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                kernel_init=initializers.kernel_init,
+                bias_init=initializers.bias_init,
+                name=f"dense{i}",
+            )(x)
+            x = nn.relu(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{i}")(x)
+        x = nn.Dense(
+            self.num_classes,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=initializers.kernel_init,
+            bias_init=initializers.bias_init,
+            name="logits",
+        )(x)
+        return x.astype(jnp.float32)
+
+
+@register("cnn", normalization="unit", channels=1)
+def cnn(
+    num_classes: int | None = 2,
+    *,
+    widths: Sequence[int] = (32, 64, 128),
+    convs_per_block: int = 1,
+    batch_norm: bool = False,
+    pooling: str = "avg",
+    dense: Sequence[int] = (128,),
+    dropout_rate: float = 0.5,
+    dtype: Any = "float32",
+) -> CNN:
+    """The thesis's CNN from scratch, for single-channel images in [0, 1] ("unit")."""
+    return CNN(
+        num_classes=num_classes,
+        widths=tuple(widths),
+        convs_per_block=convs_per_block,
+        batch_norm=batch_norm,
+        pooling=pooling,
+        dense=tuple(dense),
+        dropout_rate=dropout_rate,
+        dtype=dtype,
+    )
