@@ -248,7 +248,7 @@ def test_orbax_checkpoint_of_the_iterator_resumes_exactly(fake_sources, tmp_path
 
 
 def test_worker_count_does_not_change_batches(fake_sources):
-    """Spawns 2 grain worker processes (a few seconds of start-up)."""
+    """Spawns grain worker processes twice (a few seconds of start-up each)."""
     cfg = config(zoom=0.2, brightness=0.1)
     reference = train_batches(fake_sources, 5, cfg=cfg)
     iterator = data.make_train_iterator(
@@ -270,6 +270,11 @@ def test_worker_count_does_not_change_batches(fake_sources):
     )
     resumed.set_state(state)  # a state saved with workers restores without them
     assert_batches_equal(take(resumed, 2), reference[3:])
+    workers_cfg = dataclasses.replace(cfg, num_workers=2)
+    assert_batches_equal(
+        eval_batches(fake_sources, "validation", cfg=workers_cfg),
+        eval_batches(fake_sources, "validation", cfg=cfg),
+    )
 
 
 # --------------------------------------------------------------------------- eval
