@@ -59,6 +59,8 @@ def make_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
       down to `min_learning_rate` at `total_steps`.
     - "step": `learning_rate * decay_factor ** (step // decay_every)`, floored at
       `min_learning_rate` if that is > 0.
+
+    `warmup_steps` applies to "warmup_cosine" only.
     """
     lr = config.learning_rate
     if config.schedule in ("constant", "plateau"):
@@ -152,7 +154,7 @@ def observe_holdout_loss(
         holdout_loss,
         factor=config.decay_factor,
         patience=config.plateau_patience,
-        min_scale=config.min_learning_rate / config.learning_rate,
+        min_scale=min(1.0, config.min_learning_rate / config.learning_rate),
     )[0]
 
     def step(state: Any) -> Any:
