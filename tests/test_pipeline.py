@@ -377,6 +377,8 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(DataError, match="unknown dataset"):
         data.prepare(config(dataset="no_such_dataset", data_dir=str(tmp_path)))
+    with pytest.raises(DataError, match="cannot open dataset 'mura_synthetic/nope'"):
+        data.prepare(config(dataset="mura_synthetic/nope", data_dir=str(tmp_path)))
 
 
 def test_tiny_splits_and_metadata_cache(tiny, monkeypatch):

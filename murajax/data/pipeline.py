@@ -9,7 +9,7 @@ or hosts:
     .map_with_index(attach_index)          {'index': global stream index, 'record': position}
     .batch(global_batch_size)              indices only, nothing is read yet
     .map(ProcessSlice(p, P))               this process's rows [p*B/P, (p+1)*B/P)
-    .map(LoadBatch(source, spec, ...))     read + decode + resize (+ augment) + normalise
+    .map(LoadTrainBatch | LoadEvalBatch)   read + decode + resize (+ augment) + normalise
     .to_iter_dataset(ReadOptions) [.mp_prefetch(MultiprocessingOptions)]
 
 Each process reads only its own share of a global batch. An image's augmentation draws from

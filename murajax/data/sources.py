@@ -7,15 +7,15 @@ A *source* is any random-access sequence of feature dicts, as `tfds.data_source`
 PNGs itself, with Pillow, where it also resizes them).
 
 Reading metadata (labels, patients, studies) visits every record of a split once: the records
-are read from disk and their protos parsed, but no PNG is decoded. For the real MURA train
-split (36,808 records, about 3 GB) that costs one sequential read of the split's files (a few
-seconds from the page cache, tens of seconds from a cold disk). The result is cached in memory
+are read from disk and their protos parsed, but no PNG is decoded (measured: 3,118
+`mura_synthetic` records in 0.25 s, about 80 us a record). For the real MURA train split
+(36,808 records, about 3 GB of PNGs) that is one sequential read of the split's files: a few
+seconds from the page cache, tens of seconds from a cold disk. The result is cached in memory
 per process and, where the dataset folder is writable, in a small file beside the data
 (`murajax-metadata-<split>.npz`, a few hundred KB), so that later runs skip the scan.
 """
 
 import dataclasses
-import functools
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -151,6 +151,12 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     except tfds.core.registered.DatasetNotFoundError as e:
         hint = f" (import tfds_mura failed: {import_error})" if import_error else ""
         raise DataError(f"unknown dataset {name!r}{hint}") from e
+    except ValueError as e:  # e.g. an unknown config: "mura_synthetic/nope"
+        raise DataError(f"cannot open dataset {name!r}: {_first_line(e)}") from e
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
 
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
@@ -174,18 +180,14 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     try:
         builder.download_and_prepare(download_config=download_config)
     except (AssertionError, FileNotFoundError) as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DataError(
-            f"building {config.dataset!r} failed (manual_dir={config.manual_dir!r}): {first_line}"
+            f"building {config.dataset!r} failed (manual_dir={config.manual_dir!r}): "
+            + _first_line(e)
         ) from e
     return builder
 
 
-@functools.cache
-def _open_sources(dataset: str, data_dir: str | None) -> dict[str, Source]:
-    builder = _builder(dataset, data_dir)
-    decoders = {"image": tfds.decode.SkipDecoding()}
-    return {s: builder.as_data_source(split=s, decoders=decoders) for s in TFDS_SPLITS}
+_OPENED: dict[tuple[str, str | None], dict[str, Source]] = {}
 
 
 def open_sources(config: DataConfig) -> dict[str, Source]:
@@ -194,8 +196,12 @@ def open_sources(config: DataConfig) -> dict[str, Source]:
     Builds the dataset first if needed (see `prepare`). Opened once per process and
     (dataset, data_dir); the sources pickle, so grain workers can read them.
     """
-    prepare(config)
-    return _open_sources(config.dataset, config.data_dir)
+    key = (config.dataset, config.data_dir)
+    if key not in _OPENED:
+        builder = prepare(config)
+        decoders = {"image": tfds.decode.SkipDecoding()}
+        _OPENED[key] = {s: builder.as_data_source(split=s, decoders=decoders) for s in TFDS_SPLITS}
+    return _OPENED[key]
 
 
 def class_names(source: Source, feature: str) -> tuple[str, ...] | None:
