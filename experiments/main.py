@@ -8,7 +8,7 @@ Rerunning on the same workdir resumes from its newest checkpoint; a finished run
 evaluated again.
 """
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments import cli
@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     import jax
 
     if _COORDINATOR.value:
