@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 # Choices are module constants so that the code that dispatches on them can share them.
 RESIZE_MODES = ("pad", "crop")
 NORMALIZATIONS = ("unit", "imagenet", "caffe")
-CNN_POOLINGS = ("avg", "flatten")
+CNN_POOLINGS = ("avg", "max", "flatten")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
@@ -66,7 +66,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     convs_per_block: int = 1
     batch_norm: bool = False
-    pooling: str = "avg"  # "avg" (global average pooling) or "flatten"
+    pooling: str = "avg"  # global "avg" or "max" pooling, or "flatten"
     dense: tuple[int, ...] = (128,)
 
 

@@ -71,7 +71,7 @@ def test_max_pool_ties_keep_the_window_gradient():
 # --------------------------------------------------------------------------- the CNN
 
 
-@pytest.mark.parametrize("pooling, dense_in", [("avg", 8), ("flatten", 4 * 4 * 8)])
+@pytest.mark.parametrize("pooling, dense_in", [("avg", 8), ("max", 8), ("flatten", 4 * 4 * 8)])
 def test_cnn_output_shapes(pooling, dense_in):
     model = models.create("cnn", num_classes=2, pooling=pooling, **TINY)
     chex.assert_shape(shapes(model)["params"]["dense1"]["kernel"], (dense_in, 8))
@@ -166,7 +166,7 @@ def test_dropout_only_in_training_and_deterministic_given_the_rng():
 
 def test_unknown_pooling_and_dtype_are_rejected():
     with pytest.raises(ValueError, match="pooling"):
-        shapes(models.create("cnn", pooling="max", **TINY))
+        shapes(models.create("cnn", pooling="mean", **TINY))
     with pytest.raises(ValueError, match="dtype"):
         shapes(models.create("cnn", dtype="float16", **TINY))
 
@@ -244,3 +244,17 @@ def test_registering_a_user_model_makes_configs_accept_it(clean_registry):
     model = models.create_from_config(config.model)
     assert isinstance(model, _Tiny) and seen["dropout_rate"] == 0.5 and "name" not in seen
     chex.assert_shape(jax.eval_shape(lambda: model.apply(init(model), IMAGES)), (2, 2))
+
+
+def test_global_pooling_reduces_the_feature_map_as_named():
+    features = models.create("cnn", num_classes=None, **TINY)
+    variables = features.init(jax.random.key(0), IMAGES)
+    fmap = features.apply(variables, IMAGES)
+    for pooling, reduce in (("avg", jnp.mean), ("max", jnp.max)):
+        model = models.create("cnn", num_classes=2, pooling=pooling, **TINY)
+        head = model.init(jax.random.key(1), IMAGES)["params"]
+        full = {"params": {**head, **variables["params"]}}
+        pooled = reduce(fmap, axis=(1, 2))
+        hidden = jax.nn.relu(pooled @ head["dense1"]["kernel"] + head["dense1"]["bias"])
+        expected = hidden @ head["logits"]["kernel"] + head["logits"]["bias"]
+        chex.assert_trees_all_close(model.apply(full, IMAGES), expected, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 """The thesis's ab-initio CNN: VGG-style conv blocks, then pooling, dense layers and logits.
 
     [conv3x3 'SAME' (+ BatchNorm) + ReLU] x convs_per_block, 2x2 max-pool   (one block per width)
-    global average pooling ("avg") or flatten ("flatten")
+    global average ("avg") or max ("max") pooling, or flatten ("flatten")
     [Dense + ReLU + Dropout] per entry of `dense`
     Dense(num_classes) -> logits (softmax belongs to the loss)
 
@@ -44,7 +44,8 @@ class CNN(nn.Module):
       convs_per_block: 3x3 convolutions before each 2x2 max-pool.
       batch_norm: BatchNorm (Keras's momentum 0.99, epsilon 1e-3) after each convolution,
         which then has no bias. Running statistics live in the "batch_stats" collection.
-      pooling: "avg" (global average pooling) or "flatten".
+      pooling: "avg" (global average pooling), "max" (global max pooling: suits small
+        local findings such as a fracture line) or "flatten".
       dense: widths of the hidden dense layers, each followed by ReLU and dropout.
       dropout_rate: dropout after each hidden dense layer (uses the "dropout" rng in training).
       dtype: computation dtype; parameters stay float32.
@@ -95,6 +96,8 @@ class CNN(nn.Module):
 
         if self.pooling == "avg":
             x = jnp.mean(x, axis=(1, 2))
+        elif self.pooling == "max":
+            x = jnp.max(x, axis=(1, 2))
         else:
             x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.dense, start=1):
