@@ -1,10 +1,28 @@
-"""Runs a model over an evaluation split and writes `eval/<split>/` in the contract's format."""
+"""Evaluation: image predictions over a split, and `eval/<split>/` in the contract's format.
+
+Two halves that meet in image-level predictions (a `metrics.EvalState`, or a dict of its
+arrays):
+
+    predict_state(config, state, eval_fn, split) -> EvalState    run a model over a split
+    write_evaluation(config, workdir, split, predictions, step) -> metrics.json body
+
+so that predictions from elsewhere (an ensemble's averaged probabilities, another tool's
+model) are scored and written the same way. `write_evaluation` writes, into
+`eval/<split>/`: `metrics.json`, `predictions.csv` (one row per study),
+`image_predictions.csv` (one row per image) and the plots `roc.png`,
+`confusion_matrix.png`, `calibration.png` and `kappa_by_body_part.png`.
+
+Thresholds: `eval.threshold_method='fixed'` uses `eval.threshold` (0.5, the MURA paper's);
+'youden' chooses the threshold on the *holdout* (Youden's J on study probabilities, see
+`choose_threshold`) and uses it for every split, so that the validation split, everyone's
+test set, never picks its own threshold.
+"""
 
 import csv
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -13,19 +31,38 @@ import numpy as np
 
 from murajax import data, metrics
 from murajax.config import Config
+from murajax.metrics import EvalState
 from tfds_mura.features import BODY_PARTS
 
 EvalFn = Callable[[Any, dict[str, Any]], dict[str, jax.Array]]
+Predictions = EvalState | Mapping[str, np.ndarray]
+
+METRICS_FILE = "metrics.json"
+STUDY_PREDICTIONS_FILE = "predictions.csv"
+IMAGE_PREDICTIONS_FILE = "image_predictions.csv"
+PLOT_FILES = {
+    "roc": "roc.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "calibration": "calibration.png",
+    "kappa_by_body_part": "kappa_by_body_part.png",
+}
 
 
-def predict_split(config: Config, state: Any, eval_fn: EvalFn, split: str) -> dict[str, np.ndarray]:
-    """Image-level predictions over every example of `split` exactly once (padding dropped).
+def eval_dir(workdir: str, split: str) -> str:
+    """`<workdir>/eval/<split>`, where an evaluation of `split` writes its files."""
+    return os.path.join(workdir, "eval", split)
 
-    Returns arrays `prob`, `loss`, `label`, `body_part`, `study_id`, `image_path`.
+
+# --------------------------------------------------------------------------- predicting
+
+
+def predict_state(config: Config, state: Any, eval_fn: EvalFn, split: str) -> EvalState:
+    """Image-level predictions of `eval_fn` over every example of `split` exactly once.
+
+    Each process predicts its share of every batch; the shares are merged batch by batch and
+    gathered across processes, so every process returns the whole split (padding dropped).
+    `eval_fn(state, {'image', 'label'})` returns per-image `prob` (abnormal) and `loss`.
     """
-    columns: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("prob", "loss", "label", "body_part", "study_id", "image_path")
-    }
     batches = data.make_eval_batches(
         config.data,
         split,
@@ -34,36 +71,159 @@ def predict_split(config: Config, state: Any, eval_fn: EvalFn, split: str) -> di
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    parts = []
     for batch in batches:
-        mask = np.asarray(batch["mask"], bool)
         outputs = eval_fn(state, {"image": batch["image"], "label": batch["label"]})
-        for key in ("prob", "loss"):
-            columns[key].append(np.asarray(outputs[key])[mask])
-        for key in ("label", "body_part", "study_id", "image_path"):
-            columns[key].append(np.asarray(batch[key])[mask])
-    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()}
+        outputs = {k: np.asarray(outputs[k]) for k in ("prob", "loss") if k in outputs}
+        parts.append(EvalState.from_batch(batch, outputs))
+    local = EvalState.merge_all(parts)
+    return metrics.gather_state(local, process_count=jax.process_count())
+
+
+def predict_split(config: Config, state: Any, eval_fn: EvalFn, split: str) -> dict[str, np.ndarray]:
+    """`predict_state` as a dict of arrays: `prob`, `loss`, `label`, `body_part`,
+    `study_id`, `image_path` (every process gets the whole split)."""
+    return predict_state(config, state, eval_fn, split).as_dict()
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def choose_threshold(config: Config, holdout: Predictions) -> float:
+    """The decision threshold that `config.eval` asks for, given holdout predictions.
+
+    'fixed': `eval.threshold`. 'youden': the threshold maximising Youden's J on the
+    holdout's study probabilities (aggregated as `eval.aggregation` says).
+    """
+    if config.eval.threshold_method == "fixed":
+        return float(config.eval.threshold)
+    studies = EvalState.from_dict(holdout).studies(config.eval.aggregation)
+    return metrics.youden_threshold(studies["label"], studies["prob"])
+
+
+def holdout_threshold(config: Config, state: Any, eval_fn: EvalFn) -> float:
+    """`choose_threshold` on the holdout predictions of `state` (predicts only if needed)."""
+    if config.eval.threshold_method == "fixed":
+        return float(config.eval.threshold)
+    return choose_threshold(config, predict_state(config, state, eval_fn, "holdout"))
+
+
+def _resolve_threshold(
+    config: Config, split: str, predictions: EvalState, threshold: float | None
+) -> float:
+    if threshold is not None:
+        return float(threshold)
+    if config.eval.threshold_method == "fixed" or split == "holdout":
+        return choose_threshold(config, predictions)
+    raise ValueError(
+        f"eval.threshold_method='youden' chooses the threshold on the holdout: pass"
+        f" threshold=evaluation.choose_threshold(config, holdout_predictions) to evaluate"
+        f" {split!r}"
+    )
+
+
+# --------------------------------------------------------------------------- scoring
 
 
 def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, float]:
-    """Holdout loss and study-level kappa/AUROC/accuracy for model selection (no CIs)."""
-    preds = predict_split(config, state, eval_fn, "holdout")
-    result, _ = metrics.evaluate_predictions(
-        preds["study_id"],
-        preds["prob"],
-        preds["label"],
-        preds["body_part"],
-        aggregation=config.eval.aggregation,
-        threshold=config.eval.threshold,
-        bootstrap_samples=0,
+    """Holdout loss and study-level kappa/AUROC/accuracy for model selection (no CIs).
+
+    With `threshold_method='youden'` the holdout chooses its own threshold (reported as
+    `threshold`), so that checkpoints are compared at their best operating point.
+    """
+    predictions = predict_state(config, state, eval_fn, "holdout")
+    threshold = choose_threshold(config, predictions)
+    scores = predictions.compute(
+        aggregation=config.eval.aggregation, threshold=threshold, bootstrap_samples=0
     )
-    study = result["study"]
+    study = scores["study"]
     return {
-        "loss": float(np.mean(preds["loss"])),
+        "loss": predictions.mean_loss(),
         "kappa": study["kappa"],
         "auroc": study["auroc"],
         "accuracy": study["accuracy"],
-        "image_accuracy": result["image"]["accuracy"],
+        "sensitivity": study["sensitivity"],
+        "specificity": study["specificity"],
+        "image_accuracy": scores["image"]["accuracy"],
+        "threshold": threshold,
     }
+
+
+def metrics_body(
+    config: Config, split: str, predictions: Predictions, step: int, threshold: float
+) -> dict[str, Any]:
+    """The `metrics.json` body of `predictions` scored at `threshold` (see module doc)."""
+    state = EvalState.from_dict(predictions)
+    e = config.eval
+    scores = state.compute(
+        aggregation=e.aggregation,
+        threshold=threshold,
+        bootstrap_samples=e.bootstrap_samples,
+        confidence=e.confidence,
+        seed=config.seed,
+    )
+    loss = state.mean_loss()
+    scores["study"]["loss"] = loss  # the mean image loss, also under "image"
+    scores["image"]["loss"] = loss
+    body: dict[str, Any] = {
+        "step": int(step),
+        "split": split,
+        "aggregation": e.aggregation,
+        "threshold": float(threshold),
+        "threshold_method": e.threshold_method,
+    }
+    if e.threshold_method == "youden":
+        body["threshold_chosen_on"] = "holdout"
+    body["bootstrap"] = {
+        "samples": e.bootstrap_samples,
+        "confidence": e.confidence,
+        "seed": config.seed,
+        "resampled": "studies",
+    }
+    body.update(scores)
+    return body
+
+
+def write_evaluation(
+    config: Config,
+    workdir: str,
+    split: str,
+    predictions: Predictions,
+    step: int,
+    *,
+    threshold: float | None = None,
+    writer: Any | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Scores image-level `predictions` of `split` and writes `eval/<split>/` (process 0).
+
+    `predictions`: an `EvalState` or a dict of image arrays `study_id`, `body_part`,
+    `label`, `prob`, optionally `image_path` and `loss` (all processes must pass the whole
+    split, e.g. from `predict_state`). `threshold`: None takes `eval.threshold` ('fixed'),
+    or with 'youden' chooses it on `predictions` if `split == 'holdout'` and otherwise
+    raises (pass `choose_threshold(config, holdout_predictions)`). `writer`: a
+    `writers.MetricWriter` that also logs the study-level scalars to `metrics.jsonl`.
+    Returns the `metrics.json` body.
+    """
+    state = EvalState.from_dict(predictions)
+    threshold = _resolve_threshold(config, split, state, threshold)
+    body = metrics_body(config, split, state, step, threshold)
+    if jax.process_index() != 0:
+        return body
+    out = eval_dir(workdir, split)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, METRICS_FILE), "w") as f:
+        json.dump(json_safe(body), f, indent=2)
+        f.write("\n")
+    studies = state.studies(config.eval.aggregation, threshold)
+    write_study_predictions(os.path.join(out, STUDY_PREDICTIONS_FILE), studies)
+    write_image_predictions(os.path.join(out, IMAGE_PREDICTIONS_FILE), state)
+    if plots:
+        write_plots(out, state, studies, body)
+    if writer is not None:
+        scalars = {k: v for k, v in body["study"].items() if _scalar(v)}
+        writer.write(step, split, {**scalars, "threshold": threshold})
+    return body
 
 
 def evaluate_and_write(
@@ -75,37 +235,26 @@ def evaluate_and_write(
     *,
     step: int,
     writer: Any | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluates `state` on `split`; writes `eval/<split>/metrics.json` and `predictions.csv`."""
+    """Evaluates `state` of `model` on `split` and writes `eval/<split>/` (see
+    `write_evaluation`). With `threshold_method='youden'` and no `threshold`, the
+    threshold is chosen on the holdout predictions of `state`."""
     from murajax.train import eval_step  # local: train imports this module
 
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
-    preds = predict_split(config, state, eval_fn, split)
-    result, studies = metrics.evaluate_predictions(
-        preds["study_id"],
-        preds["prob"],
-        preds["label"],
-        preds["body_part"],
-        aggregation=config.eval.aggregation,
-        threshold=config.eval.threshold,
-        bootstrap_samples=config.eval.bootstrap_samples,
-        confidence=config.eval.confidence,
-        seed=config.seed,
+    predictions = predict_state(config, state, eval_fn, split)
+    if threshold is None and config.eval.threshold_method == "youden" and split != "holdout":
+        threshold = holdout_threshold(config, state, eval_fn)
+    return write_evaluation(
+        config, workdir, split, predictions, step, threshold=threshold, writer=writer
     )
-    body = {"step": step, "split": split, **result}
-    body["study"]["loss"] = float(np.mean(preds["loss"]))
-    if jax.process_index() == 0:
-        out = os.path.join(workdir, "eval", split)
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(_json_safe(body), f, indent=2)
-        write_study_predictions(os.path.join(out, "predictions.csv"), studies)
-        if writer is not None:
-            writer.write(step, split, {k: v for k, v in body["study"].items() if _scalar(v)})
-    return body
 
 
-def write_study_predictions(path: str, studies: dict[str, np.ndarray]) -> None:
+# --------------------------------------------------------------------------- files
+
+
+def write_study_predictions(path: str, studies: Mapping[str, np.ndarray]) -> None:
     """One row per study: study_id, body_part, label, prob, pred, n_images (1 = abnormal)."""
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
@@ -114,7 +263,7 @@ def write_study_predictions(path: str, studies: dict[str, np.ndarray]) -> None:
             out.writerow(
                 [
                     studies["study_id"][i],
-                    BODY_PARTS[studies["body_part"][i]],
+                    _body_part_name(studies["body_part"][i]),
                     int(studies["label"][i]),
                     f"{studies['prob'][i]:.6f}",
                     int(studies["pred"][i]),
@@ -123,18 +272,97 @@ def write_study_predictions(path: str, studies: dict[str, np.ndarray]) -> None:
             )
 
 
+def write_image_predictions(path: str, predictions: Predictions) -> None:
+    """One row per image: image_path, study_id, body_part, label, prob (1 = abnormal)."""
+    state = EvalState.from_dict(predictions)
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image_path", "study_id", "body_part", "label", "prob"])
+        for i in range(len(state)):
+            out.writerow(
+                [
+                    state.image_path[i],
+                    state.study_id[i],
+                    _body_part_name(state.body_part[i]),
+                    int(state.label[i]),
+                    f"{state.prob[i]:.6f}",
+                ]
+            )
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    """The rows of a `predictions.csv` or `image_predictions.csv` as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_plots(
+    directory: str, state: EvalState, studies: Mapping[str, np.ndarray], body: Mapping[str, Any]
+) -> dict[str, str]:
+    """The evaluation's plots (see `PLOT_FILES`) into `directory`; returns name -> path.
+
+    A plot that fails is reported and skipped: the metrics are written already.
+    """
+    from murajax import plots  # local: matplotlib only when plotting
+
+    part = np.asarray(studies["body_part"])
+    curves = {"overall": (studies["label"], studies["prob"])}
+    for index, name in enumerate(BODY_PARTS):
+        rows = part == index
+        if rows.any():
+            curves[name] = (studies["label"][rows], studies["prob"][rows])
+    image_curve = {"images": (state.label, state.prob)}
+    names = list(body["by_body_part"])
+    split = body["split"]
+    jobs: dict[str, Callable[[str], str]] = {
+        "roc": lambda p: plots.roc_curves(curves, p, title=f"ROC, studies ({split})"),
+        "confusion_matrix": lambda p: plots.confusion_matrix(
+            studies["label"],
+            studies["pred"],
+            p,
+            title=f"Studies ({split}), threshold {body['threshold']:.3g}",
+        ),
+        "calibration": lambda p: plots.calibration(
+            {"studies": curves["overall"], **image_curve}, p, title=f"Calibration ({split})"
+        ),
+        "kappa_by_body_part": lambda p: plots.kappa_by_body_part(
+            ["overall", *names],
+            [body["study"]["kappa"]] + [body["by_body_part"][n]["kappa"] for n in names],
+            [body["study"]["kappa_ci"]] + [body["by_body_part"][n]["kappa_ci"] for n in names],
+            p,
+            title=f"Study kappa by body part ({split})",
+        ),
+    }
+    written = {}
+    for name, job in jobs.items():
+        path = os.path.join(directory, PLOT_FILES[name])
+        try:
+            written[name] = job(path)
+        except Exception as error:  # noqa: BLE001  (a plot must not lose an evaluation)
+            print(f"[murajax] warning: plot {name} failed: {type(error).__name__}: {error}")
+    return written
+
+
+def _body_part_name(index: Any) -> str:
+    index = int(index)
+    return BODY_PARTS[index] if 0 <= index < len(BODY_PARTS) else str(index)
+
+
 def _scalar(value: Any) -> bool:
-    return isinstance(value, int | float)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN becomes null; tuples become lists; numpy scalars become Python numbers."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+_json_safe = json_safe  # the former private name

@@ -1,0 +1,264 @@
+"""Evaluation plots as small pure functions: arrays in, one PNG out (returns its path).
+
+Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`, rendered by
+Agg), never through pyplot, so that plotting neither needs a display nor changes the
+global backend of a user's notebook, and figures are freed when they go out of scope.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import calibration as sk_calibration
+from sklearn import metrics as skm
+
+# Cohen's kappa of the MURA paper's DenseNet-169 on its (hidden) test set, Rajpurkar et al.
+# 2017, "MURA: Large Dataset for Abnormality Detection in Musculoskeletal Radiographs",
+# Table 2 (model row). A reference only: that test set is not the data evaluated here.
+PAPER_KAPPA: dict[str, float] = {
+    "overall": 0.705,
+    "XR_ELBOW": 0.710,
+    "XR_FINGER": 0.389,
+    "XR_FOREARM": 0.737,
+    "XR_HAND": 0.851,
+    "XR_HUMERUS": 0.600,
+    "XR_SHOULDER": 0.729,
+    "XR_WRIST": 0.931,
+}
+PAPER_AUROC = 0.929  # overall, same source
+PAPER_LABEL = "MURA paper, DenseNet-169 (its test set: a reference, not the same data)"
+DPI = 100
+
+
+def _save(figure: Figure, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _short(name: str) -> str:
+    """'XR_WRIST' -> 'wrist'."""
+    return name.removeprefix("XR_").lower()
+
+
+def roc_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str, *, title: str = "ROC"
+) -> str:
+    """ROC curves of `{name: (labels, probs)}`, AUROC in the legend; 'overall' drawn bold.
+
+    Curves without both classes are listed in the legend as undefined.
+    """
+    figure = Figure(figsize=(6.5, 6))
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
+    for name, (labels, probs) in curves.items():
+        labels = np.asarray(labels).astype(int)
+        overall = name == "overall"
+        style: dict[str, Any] = {"linewidth": 2.5, "color": "black"} if overall else {"lw": 1.2}
+        if len(np.unique(labels)) < 2:
+            ax.plot([], [], label=f"{_short(name)}: AUROC undefined (one class)", **style)
+            continue
+        fpr, tpr, _ = skm.roc_curve(labels, probs)
+        auroc = skm.roc_auc_score(labels, probs)
+        ax.plot(fpr, tpr, label=f"{_short(name)}: AUROC {auroc:.3f} (n={len(labels)})", **style)
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def confusion_matrix(
+    labels: np.ndarray, preds: np.ndarray, path: str, *, title: str = "Confusion matrix"
+) -> str:
+    """The 2x2 confusion matrix (rows: truth, columns: prediction), counts and row shares."""
+    matrix = skm.confusion_matrix(np.asarray(labels), np.asarray(preds), labels=[0, 1])
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure = Figure(figsize=(4.5, 4))
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        color = "white" if shares[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{count}\n({shares[i, j]:.0%})", ha="center", va="center", color=color)
+    ax.set_xticks([0, 1], ["normal", "abnormal"])
+    ax.set_yticks([0, 1], ["normal", "abnormal"])
+    ax.set(xlabel="predicted", ylabel="radiologist's label", title=title)
+    figure.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
+    return _save(figure, path)
+
+
+def calibration(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str,
+    *,
+    n_bins: int = 10,
+    title: str = "Calibration",
+) -> str:
+    """Reliability diagram (`sklearn.calibration.calibration_curve`, uniform bins) of
+    `{name: (labels, probs)}`, with the Brier score in the legend."""
+    figure = Figure(figsize=(6, 6))
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, (labels, probs) in curves.items():
+        labels = np.asarray(labels).astype(int)
+        probs = np.clip(np.asarray(probs, dtype=np.float64), 0, 1)
+        if len(labels) == 0:
+            continue
+        true, predicted = sk_calibration.calibration_curve(labels, probs, n_bins=n_bins)
+        brier = skm.brier_score_loss(labels, probs, labels=[0, 1])
+        ax.plot(predicted, true, marker="o", label=f"{name}: Brier {brier:.3f} (n={len(labels)})")
+    ax.set(
+        xlabel="mean predicted probability of abnormal",
+        ylabel="fraction abnormal",
+        title=title,
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(figure, path)
+
+
+def kappa_by_body_part(
+    names: Sequence[str],
+    kappas: Sequence[float | None],
+    intervals: Sequence[Sequence[float | None]],
+    path: str,
+    *,
+    reference: Mapping[str, float] | None = None,
+    reference_label: str = PAPER_LABEL,
+    title: str = "Cohen's kappa by body part",
+) -> str:
+    """Kappa with CI error bars per group, beside `reference` values where known.
+
+    `reference` defaults to the MURA paper's DenseNet-169 test kappas (`PAPER_KAPPA`);
+    undefined (None/NaN) kappas are marked 'n/a'.
+    """
+    reference = PAPER_KAPPA if reference is None else reference
+    x = np.arange(len(names), dtype=np.float64)
+    values = np.array([np.nan if k is None else k for k in kappas], dtype=np.float64)
+    low = np.array([np.nan if c[0] is None else c[0] for c in intervals], dtype=np.float64)
+    high = np.array([np.nan if c[1] is None else c[1] for c in intervals], dtype=np.float64)
+    has_ci = ~np.isnan(low) & ~np.isnan(high) & ~np.isnan(values)
+    errors = np.vstack([np.where(has_ci, values - low, 0), np.where(has_ci, high - values, 0)])
+    figure = Figure(figsize=(max(6.0, 0.9 * len(names) + 2), 4.5))
+    ax = figure.subplots()
+    ax.errorbar(
+        x - 0.12,
+        values,
+        yerr=np.maximum(errors, 0),
+        fmt="o",
+        capsize=4,
+        color="tab:blue",
+        label="this model (95% bootstrap CI)",
+    )
+    known = [i for i, n in enumerate(names) if n in reference]
+    if known:
+        ax.scatter(
+            x[known] + 0.12,
+            [reference[names[i]] for i in known],
+            marker="D",
+            color="tab:orange",
+            label=reference_label,
+        )
+    for i in np.flatnonzero(np.isnan(values)):
+        ax.text(x[i] - 0.12, 0.0, "n/a", ha="center", va="bottom", fontsize=8)
+    ax.axhline(0, color="0.8", linewidth=0.8)
+    ax.set_xticks(x, [_short(n) for n in names], rotation=30)
+    finite = np.concatenate([values[~np.isnan(values)], low[has_ci], [0.0, 1.0]])
+    ax.set_ylim(min(-0.05, float(finite.min()) - 0.05), 1.05)
+    ax.set(ylabel="Cohen's kappa (studies)", title=title)
+    ax.legend(loc="best", fontsize=8)
+    return _save(figure, path)
+
+
+def training_curves(
+    rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Training curves"
+) -> str:
+    """Train and holdout loss, and holdout study kappa, against step (`metrics.jsonl` rows).
+
+    The step of the best holdout kappa is marked: where it stops rising while the train
+    loss keeps falling, over-fitting has started.
+    """
+
+    def series(split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        points = [
+            (r["step"], r[key]) for r in rows if r.get("split") == split and r.get(key) is not None
+        ]
+        return (
+            np.array([p[0] for p in points], dtype=np.float64),
+            np.array([p[1] for p in points], dtype=np.float64),
+        )
+
+    figure = Figure(figsize=(10, 4))
+    loss_ax, kappa_ax = figure.subplots(1, 2)
+    for split, style in (("train", {"alpha": 0.8}), ("holdout", {"marker": "o"})):
+        steps, values = series(split, "loss")
+        if len(steps):
+            loss_ax.plot(steps, values, label=f"{split} loss", **style)
+    loss_ax.set(xlabel="step", ylabel="cross-entropy", title="loss")
+    steps, kappa = series("holdout", "kappa")
+    if len(steps):
+        kappa_ax.plot(steps, kappa, marker="o", color="tab:green", label="holdout study kappa")
+        defined = ~np.isnan(kappa)
+        if defined.any():
+            best = int(np.nanargmax(kappa))
+            kappa_ax.axvline(
+                steps[best], color="0.6", linestyle=":", label=f"best: step {steps[best]:.0f}"
+            )
+    steps, auroc = series("holdout", "auroc")
+    if len(steps):
+        kappa_ax.plot(steps, auroc, marker=".", color="tab:purple", label="holdout study AUROC")
+    kappa_ax.set(xlabel="step", ylabel="score", title="holdout (model selection)")
+    for ax in (loss_ax, kappa_ax):
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no rows logged", ha="center", va="center", transform=ax.transAxes)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def image_grid(
+    images: Sequence[Sequence[np.ndarray | None]],
+    path: str,
+    *,
+    row_labels: Sequence[str] = (),
+    column_labels: Sequence[str] = (),
+    captions: Sequence[Sequence[str]] | None = None,
+    title: str = "",
+    cell_inches: float = 1.8,
+) -> str:
+    """A grid of images (rows x columns; None leaves a cell empty): grayscale 2-D arrays or
+    RGB (H, W, 3), with optional row and column labels and per-cell captions."""
+    rows = len(images)
+    columns = max((len(r) for r in images), default=0)
+    if rows == 0 or columns == 0:
+        raise ValueError("image_grid needs at least one image")
+    figure = Figure(figsize=(cell_inches * columns + 1.0, cell_inches * rows + 0.6))
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
+    for i in range(rows):
+        for j in range(columns):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            image = images[i][j] if j < len(images[i]) else None
+            if image is not None:
+                image = np.asarray(image)
+                if image.ndim == 3 and image.shape[-1] == 1:
+                    image = image[..., 0]
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+            if captions is not None and j < len(captions[i]) and captions[i][j]:
+                ax.set_title(captions[i][j], fontsize=7)
+            if j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=9)
+            if i == 0 and j < len(column_labels) and not (captions and captions[i][j]):
+                ax.set_title(column_labels[j], fontsize=9)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
