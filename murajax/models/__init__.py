@@ -1,15 +1,23 @@
 """Models: `create(name, num_classes=..., **kw)` builds a registered Flax linen Module.
 
-Built-in: "cnn" (the thesis's CNN from scratch). A user's own module becomes available to
-configs (`model.name`) by registering a factory:
+Built-in: "cnn" (the thesis's CNN from scratch), "vgg16" and "densenet169" (Keras's
+applications, layer for layer; `load_keras_weights` fills them from Keras's ImageNet files and
+`pretrained_variables` puts those into a model's initial variables when `model.weights` is
+set). A user's own module becomes available to configs (`model.name`) by registering a factory:
 
     @murajax.models.register("tiny")
     def tiny(num_classes=2, **kwargs):
         return MyModule(num_classes=num_classes)
 """
 
-from murajax.models import cnn  # noqa: F401  (registers "cnn")
+from murajax.models import cnn, densenet, vgg  # noqa: F401  (register "cnn", "densenet169", "vgg16")
 from murajax.models.cnn import CNN
+from murajax.models.densenet import DenseNet
+from murajax.models.keras_weights import (
+    WeightsError,
+    load_keras_weights,
+    pretrained_variables,
+)
 from murajax.models.layers import max_pool_2x2
 from murajax.models.registry import (
     create,
@@ -18,13 +26,19 @@ from murajax.models.registry import (
     register,
     registered_names,
 )
+from murajax.models.vgg import VGG16
 
 __all__ = [
     "CNN",
+    "DenseNet",
+    "VGG16",
+    "WeightsError",
     "create",
     "create_from_config",
     "input_spec",
+    "load_keras_weights",
     "max_pool_2x2",
+    "pretrained_variables",
     "register",
     "registered_names",
 ]

@@ -1,0 +1,140 @@
+"""DenseNet-169 (Huang et al. 2017), layer for layer as `keras.applications.DenseNet169`.
+
+    zero-pad 3, conv7x7/2 (64) "conv1_conv", BN "conv1_bn", ReLU, zero-pad 1, max-pool 3x3/2
+    dense block "conv2" (6 blocks), transition "pool2"
+    dense block "conv3" (12 blocks), transition "pool3"
+    dense block "conv4" (32 blocks), transition "pool4"
+    dense block "conv5" (32 blocks), BN "bn", ReLU          <- the feature map (1664 channels)
+
+A block `convK_blockI` is BN `_0_bn`, ReLU, conv1x1(128) `_1_conv`, BN `_1_bn`, ReLU,
+conv3x3(32) `_2_conv`, and concatenates its 32 new channels to its input. A transition
+`poolK` is BN `_bn`, ReLU, conv1x1 `_conv` halving the channels, 2x2 average pooling.
+Convolutions have no bias; BatchNorm has Keras's epsilon 1.001e-5 and momentum 0.99.
+
+Flax names cannot hold '/': Keras 2 calls the stem 'conv1/conv' and 'conv1/bn', Keras 3 and
+murajax 'conv1_conv' and 'conv1_bn'; `load_keras_weights` reads both. The backbone has
+12,642,880 variables (12,484,480 parameters and 158,400 BatchNorm statistics), Keras's
+`count_params()` with `include_top=False`. Keras's weights expect 'imagenet' inputs.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from murajax import initializers
+from murajax.models.cnn import as_dtype
+from murajax.models.heads import ClassifierHead
+from murajax.models.registry import register
+
+DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
+"""Building blocks in DenseNet-169's four dense blocks."""
+
+GROWTH_RATE = 32
+BN_EPSILON = 1.001e-5
+BN_MOMENTUM = 0.99
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling with stride 2 over NHWC `x` ('valid': odd sizes drop the last row
+    or column), as a reshape and a mean, like `layers.max_pool_2x2`."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :]
+    return x.reshape(n, h2, 2, w2, 2, c).mean(axis=(2, 4))
+
+
+class DenseNet(nn.Module):
+    """A Keras-layout DenseNet backbone, and optionally a new classification head.
+
+    Attributes:
+      blocks: building blocks per dense block; (6, 12, 32, 32) is DenseNet-169.
+      num_classes: size of the logits; None returns the backbone's feature map (NHWC, after
+        the final BN and ReLU, in the computation dtype): Keras's `include_top=False,
+        pooling=None`.
+      dropout_rate: dropout in the head, before the logits.
+      dtype: computation dtype ("float32", "bfloat16"); parameters and BatchNorm statistics
+        stay float32.
+    """
+
+    blocks: Sequence[int] = DENSENET169_BLOCKS
+    num_classes: int | None = 2
+    dropout_rate: float = 0.5
+    dtype: Any = "float32"
+
+    def _conv(self, x: jax.Array, features: int, size: int, name: str, **kw: Any) -> jax.Array:
+        return nn.Conv(
+            features,
+            (size, size),
+            use_bias=False,
+            dtype=as_dtype(self.dtype),
+            param_dtype=jnp.float32,
+            kernel_init=initializers.kernel_init,
+            name=name,
+            **kw,
+        )(x)
+
+    def _bn_relu(self, x: jax.Array, name: str, train: bool) -> jax.Array:
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=as_dtype(self.dtype),
+            param_dtype=jnp.float32,
+            name=name,
+        )(x)
+        return nn.relu(x)
+
+    def _conv_block(self, x: jax.Array, name: str, train: bool) -> jax.Array:
+        y = self._bn_relu(x, f"{name}_0_bn", train)
+        y = self._conv(y, 4 * GROWTH_RATE, 1, f"{name}_1_conv")
+        y = self._bn_relu(y, f"{name}_1_bn", train)
+        y = self._conv(y, GROWTH_RATE, 3, f"{name}_2_conv", padding="SAME")
+        return jnp.concatenate([x, y], axis=-1)
+
+    def _transition(self, x: jax.Array, name: str, train: bool) -> jax.Array:
+        x = self._bn_relu(x, f"{name}_bn", train)
+        x = self._conv(x, x.shape[-1] // 2, 1, f"{name}_conv")
+        return avg_pool_2x2(x)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Maps NHWC images (3 channels, 'imagenet'-normalised) to logits or the feature map."""
+        dtype = as_dtype(self.dtype)
+        x = jnp.asarray(x, dtype)
+        x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+        x = self._conv(x, 64, 7, "conv1_conv", strides=(2, 2), padding="VALID")
+        x = self._bn_relu(x, "conv1_bn", train)
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")  # Keras's "pool1"
+        for stage, count in enumerate(self.blocks, start=2):
+            for i in range(1, count + 1):
+                x = self._conv_block(x, f"conv{stage}_block{i}", train)
+            if stage < len(self.blocks) + 1:
+                x = self._transition(x, f"pool{stage}", train)
+        x = self._bn_relu(x, "bn", train)
+        if self.num_classes is None:
+            return x
+        return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
+
+
+@register("densenet169", normalization="imagenet", channels=3)
+def densenet169(
+    num_classes: int | None = 2,
+    *,
+    dropout_rate: float = 0.5,
+    dtype: Any = "float32",
+    weights: str | None = None,
+) -> DenseNet:
+    """DenseNet-169 for 3-channel 'imagenet' inputs (the MURA paper's model); `weights` (a
+    Keras .h5 file) is loaded at initialisation by the trainer
+    (`murajax.models.pretrained_variables`), not here."""
+    del weights  # the module holds no weights; see `pretrained_variables`
+    return DenseNet(
+        blocks=DENSENET169_BLOCKS,
+        num_classes=num_classes,
+        dropout_rate=dropout_rate,
+        dtype=dtype,
+    )

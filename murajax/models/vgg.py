@@ -1,0 +1,79 @@
+"""VGG16 (Simonyan & Zisserman 2014), layer for layer as `keras.applications.VGG16`.
+
+    block1: conv3x3(64) x2,  2x2 max-pool      block4: conv3x3(512) x3, 2x2 max-pool
+    block2: conv3x3(128) x2, 2x2 max-pool      block5: conv3x3(512) x3, 2x2 max-pool
+    block3: conv3x3(256) x3, 2x2 max-pool
+
+Every convolution is 'SAME', with bias and ReLU, named as in Keras (`block1_conv1` ...
+`block5_conv3`), so that `murajax.models.load_keras_weights("vgg16", path)` fills it from
+Keras's ImageNet file. The backbone has 14,714,688 parameters, Keras's `count_params()` with
+`include_top=False`. Keras's weights expect 'caffe' inputs (BGR, minus the ImageNet mean, in
+[0, 255]): the registry tells the input pipeline so.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from murajax import initializers
+from murajax.models.cnn import as_dtype
+from murajax.models.heads import ClassifierHead
+from murajax.models.layers import max_pool_2x2
+from murajax.models.registry import register
+
+VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+"""(width, convolutions) of VGG16's five blocks."""
+
+
+class VGG16(nn.Module):
+    """VGG16's convolutional backbone, and optionally a new classification head.
+
+    Attributes:
+      num_classes: size of the logits; None returns the backbone's feature map (NHWC, after
+        block5_pool, in the computation dtype): Keras's `include_top=False, pooling=None`.
+      dropout_rate: dropout in the head, before the logits.
+      dtype: computation dtype ("float32", "bfloat16"); parameters stay float32.
+    """
+
+    num_classes: int | None = 2
+    dropout_rate: float = 0.5
+    dtype: Any = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Maps NHWC images (3 channels, 'caffe'-normalised) to logits or the feature map."""
+        dtype = as_dtype(self.dtype)
+        x = jnp.asarray(x, dtype)
+        for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
+            for i in range(1, convs + 1):
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    padding="SAME",
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=initializers.kernel_init,
+                    bias_init=initializers.bias_init,
+                    name=f"block{block}_conv{i}",
+                )(x)
+                x = nn.relu(x)
+            x = max_pool_2x2(x)  # Keras's MaxPooling2D((2, 2), strides=(2, 2)), 'valid'
+        if self.num_classes is None:
+            return x
+        return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
+
+
+@register("vgg16", normalization="caffe", channels=3)
+def vgg16(
+    num_classes: int | None = 2,
+    *,
+    dropout_rate: float = 0.5,
+    dtype: Any = "float32",
+    weights: str | None = None,
+) -> VGG16:
+    """VGG16 for 3-channel 'caffe' inputs; `weights` (a Keras .h5 file) is loaded at
+    initialisation by the trainer (`murajax.models.pretrained_variables`), not here."""
+    del weights  # the module holds no weights; see `pretrained_variables`
+    return VGG16(num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype)
