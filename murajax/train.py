@@ -42,13 +42,23 @@ class TrainState:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, input_shape: tuple
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    input_shape: tuple,
+    model_config: config_lib.ModelConfig | None = None,
 ) -> TrainState:
-    """Initialises parameters (Glorot-uniform kernels, zero biases) from `key`."""
+    """Initialises parameters (Glorot-uniform kernels, zero biases) from `key`.
+
+    With `model_config.weights` set, the backbone then comes from that Keras file
+    (`models.pretrained_variables`); the head stays as initialised.
+    """
     init_key, dropout_key, train_key = jax.random.split(key, 3)
     variables = model.init(
         {"params": init_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32)
     )
+    if model_config is not None:
+        variables = models.pretrained_variables(model_config, variables)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -204,7 +214,11 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
 
     tx = optim.make_optimizer(config.optim, config.train.steps)
     state = create_train_state(
-        model, tx, jax.random.key(config.seed), _input_shape(config, config.train.batch_size)
+        model,
+        tx,
+        jax.random.key(config.seed),
+        _input_shape(config, config.train.batch_size),
+        config.model,
     )
     train_iter = data.make_train_iterator(
         config.data,
