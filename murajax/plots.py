@@ -195,10 +195,13 @@ def training_curves(
 
     figure = Figure(figsize=(10, 4))
     loss_ax, kappa_ax = figure.subplots(1, 2)
-    for split, style in (("train", {"alpha": 0.8}), ("holdout", {"marker": "o"})):
+    for split, label, style in (
+        ("train", "train loss (as optimised: class weights, L2)", {"alpha": 0.8}),
+        ("holdout", "holdout loss (unweighted)", {"marker": "o"}),
+    ):
         steps, values = series(split, "loss")
         if len(steps):
-            loss_ax.plot(steps, values, label=f"{split} loss", **style)
+            loss_ax.plot(steps, values, label=label, **style)
     loss_ax.set(xlabel="step", ylabel="cross-entropy", title="loss")
     steps, kappa = series("holdout", "kappa")
     if len(steps):
@@ -240,6 +243,8 @@ def image_grid(
         raise ValueError("image_grid needs at least one image")
     figure = Figure(figsize=(cell_inches * columns + 1.0, cell_inches * rows + 0.6))
     axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
+    shapes = [np.shape(image)[:2] for row in images for image in row if image is not None]
+    blank = np.ones(shapes[0] if shapes else (8, 8))  # keeps the layout of empty cells
     for i in range(rows):
         for j in range(columns):
             ax = axes[i, j]
@@ -253,6 +258,8 @@ def image_grid(
                 if image.ndim == 3 and image.shape[-1] == 1:
                     image = image[..., 0]
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+            else:
+                ax.imshow(blank, cmap="gray", vmin=0, vmax=1)
             if captions is not None and j < len(captions[i]) and captions[i][j]:
                 ax.set_title(captions[i][j], fontsize=7)
             if j == 0 and i < len(row_labels):

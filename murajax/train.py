@@ -258,7 +258,22 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
         )
     writer.close()
     manager.close()
+    if process_index == 0:
+        _write_report(config, workdir, model, state)
     return results
+
+
+def _write_report(config: Config, workdir: str, model: nn.Module, state: TrainState) -> None:
+    """`report.md` in the workdir; a failure is reported, not raised (the results are saved)."""
+    from murajax import report  # local: plotting only at the end of a run
+
+    try:
+        path = report.write_report(
+            config, workdir, model=model, variables=_variables(state.params, state.batch_stats)
+        )
+        print(f"[murajax] report: {path}")
+    except Exception as error:  # noqa: BLE001
+        print(f"[murajax] warning: report.md not written: {type(error).__name__}: {error}")
 
 
 def _train_loop(

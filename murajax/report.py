@@ -1,0 +1,537 @@
+"""`report.md` at the workdir root: one page that says what was trained, on what, and how well.
+
+Sections: the configuration; the data (images, studies and patients per split, body part
+and label, as the thesis's section 3.3 tabulates them); a grid of example radiographs per
+body part and label (`report/examples.png`, the thesis's figures 2-4); the results of every
+evaluation in `eval/<split>/metrics.json` (per body part: studies, kappa and AUROC with
+their 95% bootstrap CIs, beside the MURA paper's kappas) with links to its plots; the
+training curves (`report/training_curves.png`); and heatmaps of a few correctly and wrongly
+classified validation studies (`report/heatmaps.png`) where `murajax.heatmaps` is
+available and a model is given.
+
+Everything is read from the workdir and the dataset, so the report can be written again at
+any time (`write_report(config, workdir)`), e.g. by `experiments.evaluate`. A section whose
+inputs are missing says so instead of failing the report.
+"""
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from murajax import config as config_lib
+from murajax import data, evaluation, writers
+from murajax.config import Config
+from tfds_mura.features import BODY_PARTS, LABEL_NAMES
+
+REPORT_FILE = "report.md"
+ASSETS_DIR = "report"  # the report's own images, next to report.md
+EXAMPLES_FILE = "examples.png"
+TRAINING_CURVES_FILE = "training_curves.png"
+HEATMAPS_FILE = "heatmaps.png"
+DATA_SPLITS: tuple[str, ...] = ("train", "holdout", "validation")
+HEATMAPS_MODULE = "murajax.heatmaps"
+PLOT_TITLES = {
+    "roc": "ROC curves",
+    "confusion_matrix": "Confusion matrix (studies)",
+    "calibration": "Calibration",
+    "kappa_by_body_part": "Kappa by body part",
+}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _undefined(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_score(value: float | None, interval: Sequence[float | None] | None = None) -> str:
+    """'0.712 [0.650, 0.771]'; 'n/a' for an undefined value (None or NaN)."""
+    if _undefined(value):
+        return "n/a"
+    text = f"{value:.3f}"
+    if interval is not None and len(interval) == 2 and not any(map(_undefined, interval)):
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (first column left-aligned, the others right)."""
+    align = [":--"] + ["--:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _link(path: str, workdir: str) -> str:
+    """`path` relative to the workdir, with forward slashes (for markdown links)."""
+    return os.path.relpath(path, workdir).replace(os.sep, "/")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def config_section(config: Config) -> str:
+    """The resolved config as a JSON block (as in `config.json`)."""
+    return "## Configuration\n\n```json\n" + config_lib.to_json(config) + "\n```\n"
+
+
+def data_tables(infos: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown tables of `murajax.data.split_info` results, by split and by body part."""
+    splits = list(infos)
+    overall = [
+        [
+            split,
+            info["num_images"],
+            info["num_studies"],
+            info["num_patients"],
+            "{normal} / {abnormal}".format(**info["study_label_counts"]),
+            "{normal} / {abnormal}".format(**info["label_counts"]),
+        ]
+        for split, info in infos.items()
+    ]
+    text = markdown_table(
+        [
+            "Split",
+            "Images",
+            "Studies",
+            "Patients",
+            "Studies normal / abnormal",
+            "Images normal / abnormal",
+        ],
+        overall,
+    )
+    rows = []
+    names = list(dict.fromkeys(n for info in infos.values() for n in info["by_body_part"]))
+    for name in names:
+        row: list[Any] = [name]
+        for split in splits:
+            part = infos[split]["by_body_part"].get(name)
+            if part is None:
+                row.append("-")
+                continue
+            counts = part["study_label_counts"]
+            row.append(
+                f"{part['num_studies']} ({counts['normal']} / {counts['abnormal']})"
+                f" · {part['num_images']} · {part['num_patients']}"
+            )
+        rows.append(row)
+    legend = "By body part: studies (normal / abnormal) · images · patients."
+    return text + f"\n\n{legend}\n\n" + markdown_table(["Body part", *splits], rows)
+
+
+def data_section(config: Config, splits: Sequence[str] = DATA_SPLITS) -> str:
+    """Images, studies and patients per split, body part and label (no image decoded)."""
+    infos, problems = {}, []
+    for split in splits:
+        try:
+            infos[split] = data.split_info(config.data, split)
+        except Exception as error:  # noqa: BLE001  (the report says what it could not read)
+            problems.append(f"{split}: {type(error).__name__}: {error}")
+    lines = ["## Data", ""]
+    lines.append(
+        f"Dataset `{config.data.dataset}`. The holdout is a patient-disjoint"
+        f" {config.data.holdout_fraction:.0%} of the patients of TFDS train, used for model"
+        " selection; validation is the official MURA valid set, never used to choose"
+        " anything. Labels: 1 = abnormal."
+    )
+    lines.append("")
+    if infos:
+        lines.append(data_tables(infos))
+        lines.append("")
+    for problem in problems:
+        lines.append(f"> Not available: {problem}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def example_radiographs(
+    config: Config, split: str = "validation", per_cell: int = 2
+) -> tuple[list[list[np.ndarray | None]], list[str], list[str]]:
+    """Up to `per_cell` radiographs per body part (rows) and label (columns) of `split`.
+
+    Each from a different study, the first ones in record order (deterministic). Returns the
+    image grid (uint8 (H, W) arrays, None where a cell has no image), row and column labels.
+    """
+    from murajax.data import pipeline, preprocess
+    from murajax.data import sources as sources_lib
+
+    source, positions = data.split_source(config.data, split)
+    meta = sources_lib.metadata(source).take(positions)
+    names = sources_lib.class_names(source, "body_part") or BODY_PARTS
+    rows, row_labels = [], []
+    for part, name in enumerate(names):
+        if not np.any(meta.body_part == part):
+            continue
+        row: list[np.ndarray | None] = []
+        for label in range(len(LABEL_NAMES)):
+            chosen, seen = [], set()
+            for k in np.flatnonzero((meta.body_part == part) & (meta.label == label)):
+                if meta.study_id[k] not in seen:
+                    seen.add(meta.study_id[k])
+                    chosen.append(int(positions[k]))
+                if len(chosen) == per_cell:
+                    break
+            records = pipeline.read_records(source, chosen) if chosen else []
+            images = [preprocess.decode_image(r["image"])[..., 0] for r in records]
+            row += images + [None] * (per_cell - len(images))
+        rows.append(row)
+        row_labels.append(name)
+    columns = [f"{label} {i + 1}" for label in LABEL_NAMES for i in range(per_cell)]
+    return rows, row_labels, columns
+
+
+def examples_section(config: Config, workdir: str, split: str = "validation") -> str:
+    """The example grid (`report/examples.png`) and its caption."""
+    from murajax import plots
+
+    lines = ["## Example radiographs", ""]
+    try:
+        grid, row_labels, columns = example_radiographs(config, split)
+        path = plots.image_grid(
+            grid,
+            os.path.join(workdir, ASSETS_DIR, EXAMPLES_FILE),
+            row_labels=row_labels,
+            column_labels=columns,
+            title=f"{config.data.dataset} {split}: examples per body part and label",
+        )
+    except Exception as error:  # noqa: BLE001
+        lines += [f"> Not available: {type(error).__name__}: {error}", ""]
+        return "\n".join(lines)
+    lines += [
+        f"Radiographs of the {split} split, rows by body part, columns normal then abnormal"
+        " (each from a different study):",
+        "",
+        f"![Example radiographs]({_link(path, workdir)})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_evaluations(workdir: str) -> dict[str, dict[str, Any]]:
+    """The `eval/<split>/metrics.json` bodies of a workdir: validation first, then holdout,
+    then any others."""
+    root = os.path.join(workdir, "eval")
+    if not os.path.isdir(root):
+        return {}
+    found = {}
+    for split in sorted(os.listdir(root)):
+        path = os.path.join(root, split, evaluation.METRICS_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                found[split] = json.load(f)
+    order = {"validation": 0, "holdout": 1}
+    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], 2), item[0])))
+
+
+def metrics_table(body: Mapping[str, Any]) -> str:
+    """The paper-style table: per body part and overall, studies, kappa and AUROC with CIs,
+    sensitivity, specificity, and the MURA paper's kappa for reference."""
+    from murajax.plots import PAPER_KAPPA
+
+    def row(name: str, scores: Mapping[str, Any]) -> list[Any]:
+        return [
+            name,
+            f"{scores.get('n', '-')} ({scores.get('normal', '-')} / {scores.get('abnormal', '-')})",
+            format_score(scores.get("kappa"), scores.get("kappa_ci")),
+            format_score(scores.get("auroc"), scores.get("auroc_ci")),
+            format_score(scores.get("sensitivity"), scores.get("sensitivity_ci")),
+            format_score(scores.get("specificity"), scores.get("specificity_ci")),
+            format_score(PAPER_KAPPA.get(name)),
+        ]
+
+    rows = [row(name, scores) for name, scores in body.get("by_body_part", {}).items()]
+    rows.append(row("overall", body["study"]))
+    rows[-1][0] = "**overall**"
+    return markdown_table(
+        [
+            "Body part",
+            "Studies (normal / abnormal)",
+            "Kappa [95% CI]",
+            "AUROC [95% CI]",
+            "Sensitivity [95% CI]",
+            "Specificity [95% CI]",
+            "Paper's kappa*",
+        ],
+        rows,
+    )
+
+
+def levels_table(body: Mapping[str, Any]) -> str:
+    """Every score at the study and the image level, overall, with CIs."""
+    names = ["kappa", "auroc", "accuracy", "sensitivity", "specificity", "precision", "f1"]
+    rows = []
+    for level in ("study", "image"):
+        scores = body.get(level)
+        if scores:
+            rows.append(
+                [level, scores.get("n", "-")]
+                + [format_score(scores.get(n), scores.get(f"{n}_ci")) for n in names]
+            )
+    return markdown_table(["Level", "n"] + [n.capitalize() for n in names], rows)
+
+
+def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) -> str:
+    """One subsection per evaluated split: the tables and links to its plots."""
+    from murajax.plots import PAPER_LABEL
+
+    lines = ["## Results", ""]
+    if not evaluations:
+        lines += ["> No evaluation found (`eval/<split>/metrics.json`).", ""]
+        return "\n".join(lines)
+    for split, body in evaluations.items():
+        threshold = body.get("threshold")
+        method = body.get("threshold_method", "fixed")
+        chosen = " (chosen on the holdout by Youden's J)" if method == "youden" else ""
+        boot = body.get("bootstrap", {})
+        lines += [
+            f"### {split} (checkpoint step {body.get('step')})",
+            "",
+            f"Study probability = {body.get('aggregation', 'mean')} of its images'"
+            f" probabilities; abnormal if >= {format_score(threshold)}{chosen}. 95% CIs:"
+            f" percentile bootstrap over studies ({boot.get('samples', '?')} resamples,"
+            f" seed {boot.get('seed', '?')}).",
+            "",
+            metrics_table(body),
+            "",
+            f"\\* {PAPER_LABEL}: Rajpurkar et al. 2017, Table 2.",
+            "",
+            levels_table(body),
+            "",
+        ]
+        directory = evaluation.eval_dir(workdir, split)
+        files = [
+            (title, os.path.join(directory, evaluation.PLOT_FILES[name]))
+            for name, title in PLOT_TITLES.items()
+        ]
+        present = [(t, p) for t, p in files if os.path.isfile(p)]
+        if present:
+            lines += [" ".join(f"![{t}]({_link(p, workdir)})" for t, p in present), ""]
+        tables = [evaluation.STUDY_PREDICTIONS_FILE, evaluation.IMAGE_PREDICTIONS_FILE]
+        links = [
+            f"[{name}]({_link(os.path.join(directory, name), workdir)})"
+            for name in tables
+            if os.path.isfile(os.path.join(directory, name))
+        ]
+        if links:
+            lines += ["Predictions: " + ", ".join(links) + ".", ""]
+    return "\n".join(lines)
+
+
+def training_section(workdir: str) -> str:
+    """Train and holdout loss and holdout kappa against step (`report/training_curves.png`)."""
+    from murajax import plots
+
+    lines = ["## Training curves", ""]
+    rows = writers.read_metrics(workdir)
+    if not rows:
+        lines += ["> No training logged (`metrics.jsonl` is missing or empty).", ""]
+        return "\n".join(lines)
+    path = plots.training_curves(rows, os.path.join(workdir, ASSETS_DIR, TRAINING_CURVES_FILE))
+    holdout = [r for r in rows if r.get("split") == "holdout" and r.get("kappa") is not None]
+    if holdout:
+        best = max(holdout, key=lambda r: r["kappa"])
+        lines += [
+            f"Best holdout study kappa {best['kappa']:.3f} at step {best['step']}"
+            f" (of {len(holdout)} holdout evaluations).",
+            "",
+        ]
+    lines += [f"![Training curves]({_link(path, workdir)})", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- heatmaps
+
+
+def heatmaps_module() -> Any | None:
+    """`murajax.heatmaps` if it exists, else None (imported only when present)."""
+    if importlib.util.find_spec(HEATMAPS_MODULE) is None:
+        return None
+    return importlib.import_module(HEATMAPS_MODULE)
+
+
+def pick_studies(rows: Sequence[Mapping[str, str]], count: int = 4) -> list[tuple[str, str]]:
+    """`count` studies of `predictions.csv` rows (fewer if there are fewer), half correct
+    and half wrong where there are enough of each.
+
+    Returns (study_id, kind) pairs, kind in 'true positive', 'true negative', 'false
+    positive', 'false negative': the most confident of each kind first, the kinds taken in
+    turn; missing wrong (or correct) studies are made up for by the others.
+    """
+
+    def kind(row: Mapping[str, str]) -> str:
+        label, pred = int(row["label"]), int(row["pred"])
+        return ("true " if label == pred else "false ") + ("positive" if pred else "negative")
+
+    def confidence(row: Mapping[str, str]) -> float:
+        prob = float(row["prob"])
+        return prob if int(row["pred"]) else 1 - prob
+
+    ranked: dict[str, list[str]] = {}
+    for row in sorted(rows, key=confidence, reverse=True):
+        ranked.setdefault(kind(row), []).append(row["study_id"])
+    pools = {k: list(v) for k, v in ranked.items()}
+    chosen: list[tuple[str, str]] = []
+
+    def take(kinds: Sequence[str], want: int) -> None:
+        while want > 0 and any(pools.get(k) for k in kinds):
+            for k in kinds:
+                if pools.get(k) and want > 0:
+                    chosen.append((pools[k].pop(0), k))
+                    want -= 1
+
+    correct, wrong = ("true positive", "true negative"), ("false positive", "false negative")
+    take(correct, count // 2)
+    take(wrong, count - len(chosen))
+    take(correct + wrong, count - len(chosen))  # too few of one kind: more of the other
+    return chosen
+
+
+def heatmap_grid(
+    config: Config,
+    module: Any,
+    model: Any,
+    variables: Any,
+    studies: Sequence[tuple[str, str, float]],
+    split: str = "validation",
+) -> tuple[list[list[np.ndarray | None]], list[str]]:
+    """For each (study_id, kind, prob): its first image and the overlay of its Grad-CAM
+    (`module.gradcam(model, variables, images (N, S, S, C)) -> (N, S, S)` in [0, 1] and
+    `module.overlay(image, heatmap) -> uint8 RGB`), and the row labels."""
+    from murajax.data import pipeline, preprocess
+    from murajax.data import sources as sources_lib
+
+    source, positions = data.split_source(config.data, split)
+    meta = sources_lib.metadata(source).take(positions)
+    spec = pipeline.preprocess_spec(config.data, config.model.name, train=False)
+    records, labels = [], []
+    for study_id, kind, prob in studies:
+        found = np.flatnonzero(meta.study_id == study_id)
+        if len(found) == 0:
+            continue
+        records += pipeline.read_records(source, [int(positions[found[0]])])
+        part = BODY_PARTS[int(meta.body_part[found[0]])]
+        labels.append(f"{kind}\n{part}, p={prob:.2f}")
+    if not records:
+        return [], []
+    maps = np.asarray(module.gradcam(model, variables, pipeline.prepare_images(records, spec)))
+    grid = []
+    for record, heatmap in zip(records, maps, strict=True):
+        picture = preprocess.resize_to_square(
+            preprocess.decode_image(record["image"]), spec.image_size, spec.resize
+        )[..., 0]
+        grid.append([picture, np.asarray(module.overlay(picture, heatmap))])
+    return grid, labels
+
+
+def heatmaps_section(
+    config: Config,
+    workdir: str,
+    *,
+    model: Any | None = None,
+    variables: Any | None = None,
+    count: int = 4,
+    split: str = "validation",
+) -> str:
+    """Grad-CAM heatmaps of a few correct and wrong studies of `split`, or why there are none."""
+    lines = ["## Heatmaps", ""]
+    module = heatmaps_module()
+    table = os.path.join(evaluation.eval_dir(workdir, split), evaluation.STUDY_PREDICTIONS_FILE)
+    if module is None:
+        reason = f"`{HEATMAPS_MODULE}` is not available in this version of murajax."
+    elif model is None or variables is None:
+        reason = (
+            "no model was given to `write_report` (pass `model=` and `variables=`, as"
+            " `train_and_evaluate` does)."
+        )
+    elif not os.path.isfile(table):
+        reason = f"no `{_link(table, workdir)}` to choose studies from."
+    else:
+        reason = ""
+    if reason:
+        lines += [f"> Heatmaps not drawn: {reason}", ""]
+        return "\n".join(lines)
+    rows = evaluation.read_csv(table)
+    probs = {r["study_id"]: float(r["prob"]) for r in rows}
+    chosen = [(sid, kind, probs[sid]) for sid, kind in pick_studies(rows, count)]
+    try:
+        from murajax import plots
+
+        grid, labels = heatmap_grid(config, module, model, variables, chosen, split)
+        path = plots.image_grid(
+            grid,
+            os.path.join(workdir, ASSETS_DIR, HEATMAPS_FILE),
+            row_labels=labels,
+            column_labels=["radiograph (first view)", "Grad-CAM"],
+            title=f"{split}: where the model looks",
+            cell_inches=2.4,
+        )
+    except Exception as error:  # noqa: BLE001
+        lines += [f"> Heatmaps not drawn: {type(error).__name__}: {error}", ""]
+        return "\n".join(lines)
+    wrong = sum(label.startswith("false") for label in labels)
+    lines += [
+        f"Grad-CAM of the first image of {len(grid)} {split} studies, {len(grid) - wrong}"
+        f" correct and {wrong} wrong, the most confident of each kind (p = the study's"
+        " probability of abnormal; the map explains the abnormal logit).",
+        "",
+        f"![Heatmaps]({_link(path, workdir)})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write_report(
+    config: Config,
+    workdir: str,
+    *,
+    model: Any | None = None,
+    variables: Any | None = None,
+    examples: bool = True,
+    heatmaps: int = 4,
+) -> str:
+    """Writes `<workdir>/report.md` (and its images under `<workdir>/report/`); returns its
+    path.
+
+    `model` and `variables` (a Flax module and its variables) enable the heatmaps section;
+    `examples=False` skips the example grid, `heatmaps=0` the heatmaps.
+    """
+    evaluations = read_evaluations(workdir)
+    steps = [body.get("step") for body in evaluations.values()]
+    title = f"# murajax report: `{config.model.name}` on `{config.data.dataset}`"
+    summary = [title]
+    if "validation" in evaluations:
+        study = evaluations["validation"]["study"]
+        summary += [
+            "",
+            f"Validation (checkpoint step {evaluations['validation'].get('step')}): study"
+            f" kappa {format_score(study.get('kappa'), study.get('kappa_ci'))}, AUROC"
+            f" {format_score(study.get('auroc'), study.get('auroc_ci'))},"
+            f" {study.get('n')} studies.",
+        ]
+    elif steps:
+        summary += ["", f"Evaluated at step(s) {', '.join(map(str, steps))}."]
+    sections = ["\n".join(summary), results_section(workdir, evaluations)]
+    if heatmaps:
+        sections.append(
+            heatmaps_section(config, workdir, model=model, variables=variables, count=heatmaps)
+        )
+    sections += [training_section(workdir), data_section(config)]
+    if examples:
+        sections.append(examples_section(config, workdir))
+    sections.append(config_section(config))
+    contents = [s.splitlines()[0].removeprefix("## ") for s in sections[1:]]
+    sections[0] += "\n\nContents: " + " · ".join(contents) + "\n"
+    path = os.path.join(workdir, REPORT_FILE)
+    with open(path, "w") as f:
+        f.write("\n".join(s.rstrip() + "\n" for s in sections))
+    return path
