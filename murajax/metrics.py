@@ -595,6 +595,8 @@ def average_states(states: Sequence[EvalState]) -> EvalState:
         other = np.argsort(state.image_path)
         if not np.array_equal(state.image_path[other], first.image_path[order]):
             raise ValueError("average_states: the states hold different images")
+        if not np.array_equal(state.label[other], first.label[order]):
+            raise ValueError("average_states: the states disagree on labels of the same images")
         aligned = np.empty_like(total)
         aligned[order] = state.prob[other]
         total += aligned
