@@ -133,10 +133,9 @@ def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, f
     """
     predictions = predict_state(config, state, eval_fn, "holdout")
     threshold = choose_threshold(config, predictions)
-    scores = predictions.compute(
-        aggregation=config.eval.aggregation, threshold=threshold, bootstrap_samples=0
-    )
-    study = scores["study"]
+    studies = predictions.studies(config.eval.aggregation, threshold)
+    study = metrics.point_scores(studies["label"], studies["prob"], threshold)
+    image_preds = metrics.predict(predictions.prob, threshold)
     return {
         "loss": predictions.mean_loss(),
         "kappa": study["kappa"],
@@ -144,7 +143,9 @@ def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, f
         "accuracy": study["accuracy"],
         "sensitivity": study["sensitivity"],
         "specificity": study["specificity"],
-        "image_accuracy": scores["image"]["accuracy"],
+        "image_accuracy": float(np.mean(image_preds == predictions.label))
+        if len(predictions)
+        else float("nan"),
         "threshold": threshold,
     }
 

@@ -420,7 +420,7 @@ def _column(values: Any, dtype: Any) -> np.ndarray:
     return array.astype(dtype).reshape(-1)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare columns, not states
 class EvalState:
     """Image-level predictions that merge: the state of an evaluation, kauldron style.
 

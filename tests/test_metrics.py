@@ -1,5 +1,10 @@
 """Metrics: equal to scikit-learn, bootstrap CIs over studies, aggregation, Youden, EvalState."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -339,3 +344,62 @@ def test_average_states_matches_images_by_path():
     relabelled = EvalState.from_dict({**a.as_dict(), "label": 1 - a.label})
     with pytest.raises(ValueError, match="labels"):
         metrics.average_states([a, relabelled])
+
+
+GATHER_SCRIPT = """
+import json, sys
+import numpy as np
+import jax
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+from murajax import metrics
+n = 3 + 4 * pid  # the hosts hold different numbers of images and string lengths
+state = metrics.EvalState.create(
+    study_id=[f"host{pid}/stüdy{i // 2}" for i in range(n)],
+    body_part=[pid] * n,
+    label=[(i // 2) % 2 for i in range(n)],
+    prob=np.linspace(0.0, 1.0, n),
+    image_path=[f"host{pid}/image{i}.png" + "x" * pid for i in range(n)],
+    loss=np.full(n, pid + 0.5),
+)
+gathered = metrics.gather_state(state, process_count=jax.process_count())
+print("RESULT " + json.dumps({k: np.asarray(v).tolist() for k, v in gathered.as_dict().items()}))
+"""
+
+
+def test_gather_state_across_two_processes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(pid), port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for pid in (0, 1)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=90)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    results = []
+    for pid, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == 0, f"process {pid}:\n{out[-2000:]}"
+        (line,) = [x for x in out.splitlines() if x.startswith("RESULT ")]
+        results.append(json.loads(line.removeprefix("RESULT ")))
+    assert results[0] == results[1]
+    result = results[0]
+    assert len(result["prob"]) == 3 + 7
+    assert result["study_id"][0] == "host0/stüdy0" and result["study_id"][-1] == "host1/stüdy3"
+    assert result["image_path"][-1] == "host1/image6.pngx"
+    assert result["loss"] == [0.5] * 3 + [1.5] * 7
