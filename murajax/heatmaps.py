@@ -17,10 +17,16 @@ no CAM in the strict sense; `cam` warns and returns Grad-CAM for it.
 How the feature map is reached (`feature_split`):
 - `murajax.models.CNN`: the model with `num_classes=None` computes the feature map and the
   same model with no conv blocks (`widths=()`) is exactly its head, sharing the parameters.
-- any other registered model that follows the `num_classes=None` convention: the backbone's
-  output is found among the submodule calls of the full model (`flax.linen.intercept_methods`:
-  the last call whose output equals the `num_classes=None` feature map) and perturbed there.
-  A model whose feature map is not the output of a submodule call is reported as such.
+- any other model that follows the `num_classes=None` convention (VGG16, DenseNet-169, a
+  user's module): the feature map is found among the submodule calls of the full model
+  (`flax.linen.intercept_methods`): the last submodule output equal to the `num_classes=None`
+  feature map (a backbone submodule), or else the first submodule input equal to it (a head
+  submodule, such as `murajax.models.heads.ClassifierHead`), and it is perturbed there. A
+  model whose feature map neither leaves nor enters a submodule is reported as such.
+
+CAM is known structurally for the CNN (average pooling, no dense layers) and for
+`ClassifierHead` (GAP, dropout, one Dense: VGG16 and DenseNet-169 as murajax builds them); for
+other models `cam_maps` checks numerically that the head behaves as GAP + linear.
 
 Heatmaps come back as float arrays (N, H, W) in [0, 1] at the input's size (bilinear
 upsampling), each divided by its own maximum; an all-zero map stays zero.
@@ -40,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from murajax.models.cnn import CNN
+from murajax.models.heads import ClassifierHead
 
 ABNORMAL = 1
 """The class index whose evidence the heatmaps show (label 1 = abnormal)."""
@@ -86,30 +93,69 @@ def _cnn_split(model: CNN) -> FeatureSplit:
     return FeatureSplit(run, "the CNN's last conv block (after max-pooling)", weights)
 
 
-def _module_calls(model: nn.Module, variables: Variables, images: jax.Array) -> list[tuple]:
-    """Every submodule method call of `model.apply`, in order: (path, method, output or None).
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One submodule method call seen while the model runs: its first argument and output."""
 
-    Runs jitted (the calls are recorded while tracing); outputs that are not arrays are None.
+    path: tuple[str, ...]
+    method: str
+    occurrence: int  # how many earlier calls of the same (path, method) there were
+    module_type: type
+    first_arg: Any
+    output: Any
+
+
+def _module_calls(model: nn.Module, variables: Variables, images: jax.Array) -> list[_Call]:
+    """Every submodule method call of `model.apply`, in the order the calls finish.
+
+    Runs jitted (the calls are recorded while tracing); values that are not arrays are None.
     """
-    calls: list[tuple] = []
+    seen: list[tuple] = []
+    values: list[tuple] = []
 
     def record(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         out = next_fun(*args, **kwargs)
-        calls.append((tuple(context.module.path), context.method_name, out))
+        seen.append((tuple(context.module.path), context.method_name, type(context.module)))
+        values.append((args[0] if args else None, out))
         return out
 
     def traced(variables: Variables, images: jax.Array) -> list[Any]:
-        calls.clear()
+        seen.clear()
+        values.clear()
         with nn.intercept_methods(record):
             model.apply(variables, images, train=False)
-        return [out if isinstance(out, jax.Array) else None for _, _, out in calls]
+        array = lambda v: v if isinstance(v, jax.Array) else None  # noqa: E731
+        return [(array(a), array(o)) for a, o in values]
 
     outputs = jax.jit(traced)(variables, images)
-    return [(path, method, out) for (path, method, _), out in zip(calls, outputs, strict=True)]
+    calls, counts = [], {}
+    for (path, method, module_type), (first_arg, output) in zip(seen, outputs, strict=True):
+        occurrence = counts.get((path, method), 0)
+        counts[(path, method)] = occurrence + 1
+        calls.append(_Call(path, method, occurrence, module_type, first_arg, output))
+    return calls
+
+
+def _equals(value: Any, reference: np.ndarray) -> bool:
+    return (
+        value is not None
+        and value.shape == reference.shape
+        and np.allclose(np.asarray(value, np.float32), reference, rtol=1e-4, atol=1e-5)
+    )
+
+
+def _find_site(calls: list[_Call], reference: np.ndarray) -> tuple[_Call, str] | None:
+    """Where the feature map appears: the last submodule output equal to it, or else the
+    first submodule input (e.g. a classification head's) equal to it."""
+    outputs = [c for c in calls if c.path and _equals(c.output, reference)]
+    if outputs:
+        return outputs[-1], "output"
+    inputs = [c for c in calls if c.path and _equals(c.first_arg, reference)]
+    return (inputs[0], "input") if inputs else None
 
 
 def _intercept_split(model: nn.Module, variables: Variables, images: jax.Array) -> FeatureSplit:
-    """Finds the submodule call whose output is the `num_classes=None` feature map."""
+    """Cuts a model where its `num_classes=None` feature map leaves or enters a submodule."""
     if not hasattr(model, "num_classes"):
         raise ValueError(
             f"{type(model).__name__} has no `num_classes` attribute: heatmaps need a model "
@@ -123,35 +169,30 @@ def _intercept_split(model: nn.Module, variables: Variables, images: jax.Array) 
             f"{type(model).__name__}(num_classes=None) returns shape {reference.shape}, "
             "not an NHWC feature map"
         )
-    calls = _module_calls(model, variables, images)
-    target = None
-    for index, (path, method, out) in enumerate(calls):
-        if (
-            path
-            and out is not None
-            and out.shape == reference.shape
-            and np.allclose(np.asarray(out, np.float32), reference, rtol=1e-4, atol=1e-5)
-        ):
-            occurrence = sum(1 for p, m, _ in calls[:index] if (p, m) == (path, method))
-            target = (path, method, occurrence)
-    if target is None:
+    found = _find_site(_module_calls(model, variables, images), reference)
+    if found is None:
         raise ValueError(
-            f"no submodule of {type(model).__name__} outputs its num_classes=None feature map "
-            f"(shape {reference.shape}): heatmaps cannot reach it"
+            f"no submodule of {type(model).__name__} outputs or takes its num_classes=None "
+            f"feature map (shape {reference.shape}): heatmaps cannot reach it"
         )
-    path, method, occurrence = target
+    site, where = found
+    key = (site.path, site.method)
 
     def run(variables: Variables, images: jax.Array, delta: jax.Array) -> tuple[Any, Any]:
         captured: list[Any] = []
-        seen = [0]
+        count = [0]
 
         def hook(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+            if (tuple(context.module.path), context.method_name) != key:
+                return next_fun(*args, **kwargs)
+            count[0] += 1
+            if count[0] - 1 != site.occurrence:
+                return next_fun(*args, **kwargs)
+            if where == "input":
+                captured.append(args[0])
+                args = ((args[0] + delta).astype(args[0].dtype), *args[1:])
+                return next_fun(*args, **kwargs)
             out = next_fun(*args, **kwargs)
-            if (tuple(context.module.path), context.method_name) != (path, method):
-                return out
-            seen[0] += 1
-            if seen[0] - 1 != occurrence:
-                return out
             captured.append(out)
             return (out + delta).astype(out.dtype)
 
@@ -159,7 +200,18 @@ def _intercept_split(model: nn.Module, variables: Variables, images: jax.Array) 
             logits = model.apply(variables, images, train=False)
         return logits, captured[0]
 
-    return FeatureSplit(run, f"the output of {'/'.join(path)}.{method}")
+    cam_weights = None
+    if where == "input" and issubclass(site.module_type, ClassifierHead):
+        cam_weights = functools.partial(_head_kernel, path=site.path)
+    return FeatureSplit(run, f"the {where} of {'/'.join(site.path)}.{site.method}", cam_weights)
+
+
+def _head_kernel(variables: Variables, *, path: tuple[str, ...]) -> jax.Array:
+    """The logits kernel (K, classes) of the `ClassifierHead` at `path` (GAP + linear)."""
+    params = variables["params"]
+    for name in path:
+        params = params[name]
+    return params["logits"]["kernel"]
 
 
 def feature_split(model: nn.Module, variables: Variables, images: Any) -> FeatureSplit:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from murajax import heatmaps
 from murajax.models import CNN, max_pool_2x2
+from murajax.models.heads import ClassifierHead
 
 SIZE = 16
 PATCH = (slice(2, 6), slice(10, 14))  # rows 2-5, columns 10-13
@@ -167,9 +168,7 @@ def test_generic_model_through_method_interception():
     model = _GenericNet()
     images = jax.random.uniform(jax.random.key(6), (2, SIZE, SIZE, 1))
     variables = _init(model, 7, images)
-    split = heatmaps.feature_split(model, variables, images)
-    assert "backbone" in split.description
-    features = model.clone(num_classes=None).apply(variables, images)
+    features = jax.jit(model.clone(num_classes=None).apply)(variables, images)
     kernel = variables["params"]["head"]["kernel"][:, 1]
     expected = np.einsum("nhwk,k->nhw", features, kernel)
     np.testing.assert_allclose(heatmaps.cam_maps(model, variables, images), expected, rtol=1e-4)
@@ -183,7 +182,32 @@ def test_generic_model_through_method_interception():
     hidden = _GenericNet(hidden=8)
     variables = _init(hidden, 8, images)
     assert heatmaps.cam_maps(hidden, variables, images) is None
-    assert heatmaps.gradcam(hidden, variables, images).shape == (2, SIZE, SIZE)
+
+
+class _HeadNet(nn.Module):
+    """Features made inline, then murajax's ClassifierHead (as VGG16 and DenseNet-169)."""
+
+    num_classes: int | None = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = max_pool_2x2(nn.relu(nn.Conv(4, (3, 3), name="conv")(x)))
+        if self.num_classes is None:
+            return x
+        return ClassifierHead(self.num_classes, 0.5, name="head")(x, train)
+
+
+def test_feature_map_entering_a_classifier_head():
+    model = _HeadNet()
+    images = jax.random.uniform(jax.random.key(11), (2, SIZE, SIZE, 1))
+    variables = _init(model, 12, images)
+    split = heatmaps.feature_split(model, variables, images)
+    assert split.description == "the input of head.__call__"
+    assert split.cam_weights is not None
+    raw_cam = heatmaps.cam_maps(model, variables, images)
+    raw_grad = heatmaps.gradcam_maps(model, variables, images)
+    h, w = raw_cam.shape[1:]
+    np.testing.assert_allclose(raw_grad, np.maximum(raw_cam, 0) / (h * w), rtol=1e-4, atol=1e-7)
 
 
 class _NoSubmoduleFeatures(nn.Module):
