@@ -14,6 +14,7 @@ from PIL import Image
 
 from experiments import evaluate, predict
 from murajax import data, evaluation, inference, train
+from murajax.config import Config
 from tests.test_train import TrivialMura, _config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +228,7 @@ def test_body_part_of():
 def test_heatmap_to_original_undoes_the_square_resize(mode):
     tall = np.zeros((40, 20), np.uint8)
     tall[:20] = 255  # the top half is bright
-    square = inference.model_view(_config("unused").__class__(), tall)  # default size 224
+    square = inference.model_view(Config(), tall)  # the default image size, 224
     heat = square.astype(np.float32) / 255.0  # a heatmap that follows the model's view
     back = inference.heatmap_to_original(heat, tall.shape, square.shape[0], mode)
     assert back.shape == tall.shape
