@@ -7,8 +7,8 @@ Reads `W/config.json`, restores the checkpoint(s) read-only (a run may still be 
 beside it) and writes `W/eval/<split>/` (metrics.json, predictions.csv,
 image_predictions.csv, plots) like the end of training does. `--ensemble=K` averages the
 image probabilities of the K checkpoints with the best holdout kappa (the MURA paper's final
-model is an ensemble of 5; a run keeps `train.keep_checkpoints` latest checkpoints plus the
-best one, so raise that to keep more). Prints one summary line.
+model is an ensemble of 5; a run keeps its `train.keep_best` best checkpoints, 5 by default,
+besides the `train.keep_checkpoints` latest). Prints one summary line.
 """
 
 import json

@@ -101,7 +101,8 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 1000
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 3  # the latest few; the best by holdout kappa is kept as well
+    keep_checkpoints: int = 3  # the latest few checkpoints
+    keep_best: int = 5  # and the best few by holdout kappa (for `evaluate --ensemble=K`)
     parallelism: str = "jit"
     class_weighting: str = "global"  # the MURA paper's weighted cross-entropy
     label_smoothing: float = 0.0
@@ -265,7 +266,7 @@ def validate(config: Config) -> Config:
 
     _at_least("train.steps", t.steps, 1)
     _at_least("train.batch_size", t.batch_size, 1)
-    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best"):
         _at_least(f"train.{name}", getattr(t, name), 1)
     _choice("train.parallelism", t.parallelism, PARALLELISMS)
     _choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)

@@ -228,7 +228,9 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
         process_index=process_index,
         process_count=process_count,
     )
-    manager = ckpt.make_manager(workdir, keep_latest=config.train.keep_checkpoints)
+    manager = ckpt.make_manager(
+        workdir, keep_latest=config.train.keep_checkpoints, keep_best=config.train.keep_best
+    )
     latest = manager.latest_step()
     if latest is not None:
         state, _ = ckpt.restore(manager, latest, state, train_iter)
