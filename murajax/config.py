@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 # Choices are module constants so that the code that dispatches on them can share them.
 RESIZE_MODES = ("pad", "crop")
-NORMALIZATIONS = ("unit", "imagenet", "caffe")
+NORMALIZATIONS = ("unit", "imagenet", "caffe", "standardize")
 CNN_POOLINGS = ("avg", "max", "flatten")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
@@ -42,7 +42,7 @@ class DataConfig:
     build_if_missing: bool = True  # download_and_prepare on first use
     image_size: int = 224
     resize: str = "pad"  # aspect-preserving resize, then "pad" or "crop" to a square
-    normalization: str | None = None  # None: the model's own ("unit", "imagenet", "caffe")
+    normalization: str | None = None  # None: the model's own; or one of NORMALIZATIONS
     holdout_fraction: float = 0.1  # patient-disjoint slice of train for model selection
     num_workers: int = 0  # grain worker processes (0: in the main process)
     # Train-time augmentation (the MURA paper: lateral flips, rotations up to 30 degrees).

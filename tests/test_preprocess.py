@@ -267,3 +267,17 @@ def test_to_channels():
     x = np.zeros((4, 4, 1), np.float32)
     chex.assert_shape(pp.to_channels(x, 3), (4, 4, 3))
     assert pp.to_channels(x, 1) is x
+
+
+def test_standardize_gives_each_image_zero_mean_and_unit_variance():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, size=(2, 8, 8, 1)).astype(np.uint8)
+    bright = (dark.astype(np.int32) * 3 + 40).astype(np.uint8)  # same picture, other exposure
+    for channels in (1, 3):
+        out = pp.normalize(np.concatenate([dark, bright]), "standardize", channels)
+        assert out.shape == (4, 8, 8, channels) and out.dtype == np.float32
+        np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(out[:2], out[2:], atol=1e-4)  # exposure removed
+    flat = np.full((1, 4, 4, 1), 7, np.uint8)
+    assert np.all(pp.normalize(flat, "standardize") == 0.0)  # no division by zero

@@ -26,15 +26,14 @@ import math
 import numpy as np
 from PIL import Image
 
+from murajax.config import NORMALIZATIONS, RESIZE_MODES
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """ImageNet per-channel mean of RGB images in [0, 1] (torchvision / Keras 'torch' mode)."""
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """ImageNet per-channel standard deviation of RGB images in [0, 1]."""
 CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
 """Keras VGG16 ('caffe' mode) per-channel mean of BGR images in [0, 255]."""
-
-RESIZE_MODES = ("pad", "crop")
-NORMALIZATIONS = ("unit", "imagenet", "caffe")
 
 
 def decode_image(value: bytes | np.ndarray) -> np.ndarray:
@@ -185,6 +184,8 @@ def normalization_affine(method: str, channels: int) -> tuple[np.ndarray, np.nda
     gray image x in [0, 1] is `x * scale[c] + offset[c]` (see `normalize`)."""
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization {method!r}: expected one of {NORMALIZATIONS}")
+    if method == "standardize":
+        raise ValueError("'standardize' depends on each image, it has no fixed (scale, offset)")
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}: expected 1 or 3")
     if method == "unit":
@@ -203,18 +204,37 @@ def normalization_affine(method: str, channels: int) -> tuple[np.ndarray, np.nda
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
+def standardize(image: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """Per-image z-score: (x - mean) / max(std, eps) over each image's (H, W, C), float32.
+
+    Removes exposure and window differences between radiographs; uint8 input is first
+    scaled to [0, 1] (which does not change the result beyond `eps`).
+    """
+    x = np.asarray(image, np.float32)
+    if image.dtype == np.uint8:
+        x = x / 255.0
+    mean = x.mean(axis=(-3, -2, -1), keepdims=True)
+    std = x.std(axis=(-3, -2, -1), keepdims=True)
+    return ((x - mean) / np.maximum(std, eps)).astype(np.float32)
+
+
 def normalize(image: np.ndarray, method: str, channels: int = 1) -> np.ndarray:
     """Maps (..., H, W, 1) images in [0, 1] to the model's input convention, float32.
 
     - 'unit': unchanged, [0, 1].
     - 'imagenet': (x - IMAGENET_MEAN) / IMAGENET_STD per RGB channel (Keras 'torch' mode).
     - 'caffe': Keras VGG16 'caffe' mode: RGB -> BGR, x * 255 - CAFFE_MEAN_BGR per channel.
+    - 'standardize': per-image zero mean and unit variance (see `standardize`).
     With `channels` = 3 the gray plane becomes R = G = B; with `channels` = 1 'imagenet' and
     'caffe' use the mean of their three per-channel constants. `image` is float in [0, 1], or
     uint8 in [0, 255] (then a 256-entry lookup table does `to_unit` and the normalisation in
     one gather, the fastest path). A 3-channel RGB input needs `channels` = 3.
     """
     image = np.asarray(image)
+    if method == "standardize":
+        if image.shape[-1] != 1:
+            raise ValueError("'standardize' expects grayscale (..., 1) images")
+        return to_channels(standardize(image), channels)
     scale, offset = normalization_affine(method, channels)
     if image.shape[-1] == 3:
         if channels != 3:
