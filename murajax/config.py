@@ -66,6 +66,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     convs_per_block: int = 1
     batch_norm: bool = False
+    bn_momentum: float = 0.99  # running-statistics decay (Keras: 0.99; short runs: 0.9)
     pooling: str = "avg"  # global "avg" or "max" pooling, or "flatten"
     dense: tuple[int, ...] = (128,)
 
@@ -244,6 +245,7 @@ def validate(config: Config) -> Config:
         _positive(f"model.dense[{i}]", w)
     _at_least("model.convs_per_block", m.convs_per_block, 1)
     _choice("model.pooling", m.pooling, CNN_POOLINGS)
+    _in_range("model.bn_momentum", m.bn_momentum, 0.0, 1.0, closed=False)
 
     _choice("optim.name", o.name, OPTIMIZERS)
     _positive("optim.learning_rate", o.learning_rate)

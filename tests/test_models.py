@@ -258,3 +258,23 @@ def test_global_pooling_reduces_the_feature_map_as_named():
         hidden = jax.nn.relu(pooled @ head["dense1"]["kernel"] + head["dense1"]["bias"])
         expected = hidden @ head["logits"]["kernel"] + head["logits"]["bias"]
         chex.assert_trees_all_close(model.apply(full, IMAGES), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.99])
+def test_bn_momentum_sets_the_running_statistics_decay(momentum):
+    model = models.create("cnn", batch_norm=True, bn_momentum=momentum, **TINY)
+    variables = model.init(jax.random.key(0), IMAGES)
+    _, updates = model.apply(
+        variables, IMAGES, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
+    )
+    old = variables["batch_stats"]["block1_bn1"]["mean"]
+    new = updates["batch_stats"]["block1_bn1"]["mean"]
+    pre_bn = jax.lax.conv_general_dilated(
+        IMAGES,
+        variables["params"]["block1_conv1"]["kernel"],
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    batch_mean = pre_bn.mean(axis=(0, 1, 2))
+    chex.assert_trees_all_close(new, momentum * old + (1 - momentum) * batch_mean, rtol=1e-4)

@@ -42,8 +42,10 @@ class CNN(nn.Module):
         (NHWC, in the computation dtype), as Keras's `include_top=False` does.
       widths: output channels of each block's convolutions; one block per entry.
       convs_per_block: 3x3 convolutions before each 2x2 max-pool.
-      batch_norm: BatchNorm (Keras's momentum 0.99, epsilon 1e-3) after each convolution,
+      batch_norm: BatchNorm (epsilon 1e-3, as Keras) after each convolution,
         which then has no bias. Running statistics live in the "batch_stats" collection.
+      bn_momentum: decay of BatchNorm's running statistics (Keras's 0.99 by default; 0.9
+        lets a short run's statistics catch up with its weights).
       pooling: "avg" (global average pooling), "max" (global max pooling: suits small
         local findings such as a fracture line) or "flatten".
       dense: widths of the hidden dense layers, each followed by ReLU and dropout.
@@ -55,6 +57,7 @@ class CNN(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     convs_per_block: int = 1
     batch_norm: bool = False
+    bn_momentum: float = 0.99
     pooling: str = "avg"
     dense: Sequence[int] = (128,)
     dropout_rate: float = 0.5
@@ -83,7 +86,7 @@ class CNN(nn.Module):
                 if self.batch_norm:
                     x = nn.BatchNorm(
                         use_running_average=not train,
-                        momentum=0.99,
+                        momentum=self.bn_momentum,
                         epsilon=1e-3,
                         dtype=dtype,
                         param_dtype=jnp.float32,
@@ -129,6 +132,7 @@ def cnn(
     widths: Sequence[int] = (32, 64, 128),
     convs_per_block: int = 1,
     batch_norm: bool = False,
+    bn_momentum: float = 0.99,
     pooling: str = "avg",
     dense: Sequence[int] = (128,),
     dropout_rate: float = 0.5,
@@ -140,6 +144,7 @@ def cnn(
         widths=tuple(widths),
         convs_per_block=convs_per_block,
         batch_norm=batch_norm,
+        bn_momentum=bn_momentum,
         pooling=pooling,
         dense=tuple(dense),
         dropout_rate=dropout_rate,
