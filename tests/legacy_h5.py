@@ -28,11 +28,14 @@ _KERAS_ROLES = {  # Flax (collection, name) -> Keras role, for a BatchNorm or an
 _KERAS1_NAMES = {"kernel": "W", "bias": "b"}
 
 
-def weight_name(layer: str, role: str, style: str) -> str:
+def weight_name(layer: str, role: str, style: str, index: int = 0) -> str:
     """A weight's name as each Keras wrote it: 'keras2' `block1_conv1/kernel:0`, 'keras3'
-    `block1_conv1/kernel`, 'keras1' (VGG16's distributed file) `block1_conv1_W_1:0`."""
+    `block1_conv1/kernel`, 'keras1' (VGG16's distributed file) `block1_conv1_W_1:0`; or
+    'opaque' names that do not say what the weight is (`block1_conv1/param_0:0`)."""
     if style == "keras1":
         return f"{layer}_{_KERAS1_NAMES.get(role, role)}_1:0"
+    if style == "opaque":
+        return f"{layer}/param_{index}:0"
     return f"{layer}/{role}" + (":0" if style == "keras2" else "")
 
 
@@ -47,7 +50,7 @@ def write_legacy_h5(
         f.attrs["keras_version"] = b"2.15.0" if keras2 else b"3.15.1"
         for name, weights in layers:
             group = f.require_group(name)
-            weight_names = [weight_name(name, role, style) for role, _ in weights]
+            weight_names = [weight_name(name, r, style, i) for i, (r, _) in enumerate(weights)]
             group.attrs["weight_names"] = np.array([w.encode() for w in weight_names], dtype="S")
             for dataset, (_, value) in zip(weight_names, weights, strict=True):
                 group.create_dataset(dataset, data=np.asarray(value, np.float32))

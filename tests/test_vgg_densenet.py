@@ -196,7 +196,7 @@ def test_loads_a_vgg_file(vgg_file, vgg_backbone):
     assert_loaded(models.load_keras_weights("vgg16", vgg_file), vgg_backbone)
 
 
-@pytest.mark.parametrize("style", ["keras1", "keras3"])
+@pytest.mark.parametrize("style", ["keras1", "keras3", "opaque"])
 def test_loads_other_weight_names(style, vgg_backbone, tmp_path):
     path = write(tmp_path, vgg_layers(vgg_backbone), style=style)
     assert_loaded(models.load_keras_weights("vgg16", path), vgg_backbone)
@@ -228,6 +228,8 @@ def test_one_error_lists_everything_that_does_not_fit(vgg_backbone, tmp_path):
             weights[0] = ("kernel", np.zeros((3, 3, 1, 64)))
         if name == "block2_conv1":
             del weights[1]  # the bias
+        if name == "block2_conv2":
+            weights[:] = [("gamma", np.ones(128)), ("beta", np.zeros(128))]  # a BatchNorm's
     with pytest.raises(WeightsError) as error:
         models.load_keras_weights("vgg16", write(tmp_path, layers))
     message = str(error.value)
@@ -236,6 +238,7 @@ def test_one_error_lists_everything_that_does_not_fit(vgg_backbone, tmp_path):
     assert "unexpected layers block6_conv1" in message
     assert "shape mismatch block1_conv1/kernel (3,3,1,64) in the file vs (3,3,3,64)" in message
     assert "block2_conv1 holds weights [kernel], the model expects [kernel, bias]" in message
+    assert "block2_conv2 holds weights [gamma, beta], the model expects [kernel, bias]" in message
     assert "\n" not in message and isinstance(error.value, ValueError)
 
 

@@ -229,11 +229,11 @@ def match_layer(
     weight name says its role, else by Keras's order. Returns (pairs, problems)."""
     name = flax_layer_name(layer.name)
     roles = [weight_role(w) for w in layer.weight_names]
-    if None in roles or sorted(roles) != sorted(spec):
-        if len(layer.values) != len(spec):
-            found = ", ".join(r or w for r, w in zip(roles, layer.weight_names, strict=True))
-            return [], [f"{name} holds weights [{found}], the model expects [{', '.join(spec)}]"]
-        roles = list(spec)  # Keras's own rule: the file's order is the layer's order
+    if None in roles and len(roles) == len(spec):
+        roles = list(spec)  # names that say nothing: Keras's own rule, the file's order
+    if sorted(map(str, roles)) != sorted(spec):
+        found = ", ".join(r or w for r, w in zip(roles, layer.weight_names, strict=True))
+        return [], [f"{name} holds weights [{found}], the model expects [{', '.join(spec)}]"]
     pairs, problems = [], []
     for role, value in zip(roles, layer.values, strict=True):
         target = spec[role]
