@@ -54,7 +54,9 @@ def create_train_state(
     (`models.pretrained_variables`); the head stays as initialised.
     """
     init_key, dropout_key, train_key = jax.random.split(key, 3)
-    variables = model.init(
+    # Jitted: one compilation rather than one per op (the same values; DenseNet-169's eager
+    # init took 75 s on 2 CPU cores, jitted 20 s).
+    variables = jax.jit(model.init)(
         {"params": init_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32)
     )
     if model_config is not None:
