@@ -70,6 +70,16 @@ def _jitted_apply(name: str):
     return jax.jit(models.create(name, num_classes=None).apply)
 
 
+def exact(fn):
+    """`fn` with float32 convolutions computed in float32 (GPUs would otherwise use TF32)."""
+
+    def call(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
 
@@ -101,7 +111,7 @@ def reference(request, tmp_path_factory) -> dict:
         "name": name,
         "model": model,
         "x": x,
-        "expected": np.asarray(model.predict(x, verbose=0)),
+        "expected": np.asarray(exact(model.predict)(x, verbose=0)),
         "paths": paths,
         "folder": folder,
     }
@@ -109,7 +119,7 @@ def reference(request, tmp_path_factory) -> dict:
 
 def check_parity(name: str, path: str, x: np.ndarray, expected: np.ndarray) -> float:
     variables = models.load_keras_weights(name, path)
-    ours = np.asarray(_jitted_apply(name)(variables, x))
+    ours = np.asarray(exact(_jitted_apply(name))(variables, x))
     assert ours.shape == expected.shape
     error = relative_error(ours, expected)
     print(f"{name} ({os.path.basename(path)}): max relative error {error:.2e}")
