@@ -18,7 +18,8 @@ BEST_METRIC = "holdout_kappa"
 def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.CheckpointManager:
     """A manager over `workdir/checkpoints` that keeps the latest and the best checkpoints.
 
-    "Best" is the highest `holdout_kappa` among checkpoints saved with metrics.
+    "Best" is the highest `holdout_kappa` among checkpoints saved with metrics. (orbax's
+    `BestN` keeps every checkpoint while there are at most `keep_best` of them.)
     """
     preservation = policies.AnyPreservationPolicy(
         [

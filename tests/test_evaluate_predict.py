@@ -87,7 +87,7 @@ def test_ensemble_averages_the_best_checkpoints(workdir, capsys):
         assert prob == pytest.approx((single[12][path] + single[24][path]) / 2, rel=1e-5)
     body = evaluate.evaluate(workdir, "validation", ensemble=5, plots=False)
     assert body["steps"] == [24, 12] and body["ensemble"] == 2
-    assert "only 2 of the 3 checkpoints carry holdout metrics" in body["note"]
+    assert "only 2 of the 4 checkpoints carry holdout metrics" in body["note"]
     assert "an ensemble of 2, not 5" in capsys.readouterr().out
 
 
@@ -290,7 +290,7 @@ def cli_results(run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]
     "case, message",
     [
         ("no_config", "has no config.json"),
-        ("unknown_step", "checkpoint 13 not found: available steps 12, 16, 24"),
+        ("unknown_step", "checkpoint 13 not found: available steps 8, 12, 16, 24"),
         ("bad_split", "split='train': expected one of validation, holdout"),
         ("nothing_readable", "nothing to score: no readable image among the 2 file(s)"),
     ],
