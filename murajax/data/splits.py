@@ -19,20 +19,11 @@ from typing import Any
 import numpy as np
 
 from murajax.data.sources import Metadata
+from tfds_mura.features import BODY_PARTS, LABEL_NAMES
 
 SPLITS: tuple[str, ...] = ("train", "holdout", "validation")
-LABEL_NAMES: tuple[str, ...] = ("normal", "abnormal")
-DEFAULT_BODY_PARTS: tuple[str, ...] = (
-    "XR_ELBOW",
-    "XR_FINGER",
-    "XR_FOREARM",
-    "XR_HAND",
-    "XR_HUMERUS",
-    "XR_SHOULDER",
-    "XR_WRIST",
-)
-"""MURA's study types in `tfds_mura.features.BODY_PARTS` order (used when a source has no
-TFDS dataset info to name them)."""
+DEFAULT_BODY_PARTS: tuple[str, ...] = BODY_PARTS
+"""MURA's study types (used when a source has no TFDS dataset info to name them)."""
 
 
 def patient_hash(patient_ids: np.ndarray) -> np.ndarray:
