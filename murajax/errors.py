@@ -7,4 +7,13 @@ class DataError(ValueError):
     """The dataset is missing, malformed or cannot be built; the message says what to do."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileNotFoundError)
+class WeightsError(ValueError):
+    """A weights file does not fit the model; the message lists everything that does not fit."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    DataError,
+    WeightsError,
+    FileNotFoundError,
+)

@@ -91,3 +91,17 @@ def test_command_line_mistakes_are_one_line_without_traceback(tmp_path, override
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert not os.path.exists(tmp_path / "config.json")  # nothing done before validation
+
+
+def test_bad_weights_file_is_one_line(tmp_path):
+    bogus = tmp_path / "vgg16_notop.h5"
+    bogus.write_text("not an HDF5 file")
+    result = _main(
+        "--config=experiments/configs/vgg16.py:smoke",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.model.weights={bogus}",
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bogus} is not an HDF5 file")

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from murajax.errors import WeightsError
 from murajax.models import registry
 
 if TYPE_CHECKING:
@@ -61,10 +62,6 @@ _FLAX_NAMES = {  # Keras role -> (Flax collection, Flax variable name)
 }
 
 _LIST_LIMIT = 8
-
-
-class WeightsError(ValueError):
-    """A weights file does not fit the model; the message lists everything that does not fit."""
 
 
 @dataclasses.dataclass(frozen=True)
