@@ -11,7 +11,7 @@ import functools
 import json
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments.configs import quickstart
 from murajax.data import benchmark as data_benchmark
@@ -69,6 +69,7 @@ def train_step_throughput(image_size: int, batch_size: int, steps: int) -> dict[
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # TFDS and XLA log every open at INFO
     print(f"input pipeline on {_DATASET.value} (decode + resize + flip/rotate + batch 32):")
     data_rows = data_benchmark.data_throughput(_DATASET.value, _DATA_DIR.value)
     print(data_benchmark.format_table(data_rows))
