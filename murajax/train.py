@@ -162,27 +162,25 @@ def class_weight_table(config: Config) -> np.ndarray:
 
 def _write_config(config: Config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
-    new = config_lib.to_dict(config)
+    text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        changed = _diff(old, new)
+        changed = _diff(old, json.loads(text))
         if changed:
             print(f"[murajax] config differs from {path} in: {', '.join(changed)}; updating it")
     with open(path, "w") as f:
-        f.write(config_lib.to_json(config) + "\n")
+        f.write(text + "\n")
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
+    """Dotted names of the fields that differ between two configs read as JSON."""
     out = []
-    for k in keys:
+    for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{k}.")
-        elif (list(a) if isinstance(a, list | tuple) else a) != (
-            list(b) if isinstance(b, list | tuple) else b
-        ):
+        elif a != b:
             out.append(f"{prefix}{k}")
     return out
 

@@ -185,3 +185,16 @@ def test_resume_continues_bit_exactly(finished_run, data_dir, tmp_path):
         (r["step"], r["loss"]) for r in writers.read_metrics(d) if r["split"] == "train"
     ]  # noqa: E731
     assert losses(resumed) == losses(workdir)
+
+
+def test_a_changed_config_is_named_and_saved(tmp_path, capsys):
+    config = quickstart.get_config("smoke")
+    train._write_config(config, str(tmp_path))
+    train._write_config(config, str(tmp_path))
+    assert "config differs" not in capsys.readouterr().out  # tuples vs JSON lists: no change
+    config.optim.learning_rate = 0.5
+    config.model.widths = (4, 4)
+    train._write_config(config, str(tmp_path))
+    assert "in: model.widths, optim.learning_rate;" in capsys.readouterr().out
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["optim"]["learning_rate"] == 0.5
