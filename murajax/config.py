@@ -69,6 +69,8 @@ class ModelConfig:
     bn_momentum: float = 0.99  # running-statistics decay (Keras: 0.99; short runs: 0.9)
     pooling: str = "avg"  # global "avg" or "max" pooling, or "flatten"
     dense: tuple[int, ...] = (128,)
+    # "none", "backbone" (all but the head) or "up_to:<layer-prefix>" (murajax.freeze).
+    freeze: str = "none"
 
 
 @dataclasses.dataclass
@@ -91,6 +93,7 @@ class OptimConfig:
     plateau_patience: int = 2  # "plateau": holdout evaluations without improvement
     min_learning_rate: float = 0.0
     grad_clip_norm: float | None = None
+    backbone_lr_multiplier: float = 1.0  # the backbone's learning rate / the head's
 
 
 @dataclasses.dataclass
@@ -246,6 +249,7 @@ def validate(config: Config) -> Config:
     _at_least("model.convs_per_block", m.convs_per_block, 1)
     _choice("model.pooling", m.pooling, CNN_POOLINGS)
     _in_range("model.bn_momentum", m.bn_momentum, 0.0, 1.0, closed=False)
+    _check_freeze(m.freeze)
 
     _choice("optim.name", o.name, OPTIMIZERS)
     _positive("optim.learning_rate", o.learning_rate)
@@ -265,6 +269,7 @@ def validate(config: Config) -> Config:
     _at_least("optim.min_learning_rate", o.min_learning_rate, 0.0)
     if o.grad_clip_norm is not None:
         _positive("optim.grad_clip_norm", o.grad_clip_norm)
+    _positive("optim.backbone_lr_multiplier", o.backbone_lr_multiplier)
 
     _at_least("train.steps", t.steps, 1)
     _at_least("train.batch_size", t.batch_size, 1)
@@ -285,6 +290,13 @@ def validate(config: Config) -> Config:
         _choice(f"eval.splits[{i}]", split, EVAL_SPLITS)
     _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_SELECTIONS)
     return config
+
+
+def _check_freeze(freeze: str) -> None:
+    """`model.freeze`'s syntax; which layers a prefix matches is checked against the model."""
+    from murajax import freeze as freeze_lib  # local import: freeze imports this module
+
+    freeze_lib.check_syntax(freeze)
 
 
 def _check_model_name(name: str) -> None:

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import models, optim, train
+from murajax import freeze, models, train
 from murajax.config import Config
 from murajax.data import pipeline, preprocess
 from tfds_mura.features import BODY_PARTS
@@ -185,7 +185,7 @@ def _listing(steps: Sequence[int]) -> str:
 def abstract_state(config: Config, model: nn.Module) -> train.TrainState:
     """The shapes and dtypes of a `TrainState` of `config`: nothing is computed, and no
     pretrained weight file is read (the checkpoint holds the trained weights)."""
-    tx = optim.make_optimizer(config.optim, config.train.steps)
+    tx = freeze.make_train_optimizer(config, model)
     _, channels = models.input_spec(config.model.name)
     shape = (1, config.data.image_size, config.data.image_size, channels)
     return jax.eval_shape(

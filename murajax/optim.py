@@ -206,16 +206,54 @@ def make_base_optimizer(
     raise ValueError(f"unknown optimizer {config.name!r}: expected one of {OPTIMIZERS}")
 
 
-def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: OptimConfig, total_steps: int, param_labels: Any = None
+) -> optax.GradientTransformation:
     """The whole optimiser for `config`: clipping, optimiser with schedule, plateau scale.
 
     `total_steps` (the training length) is the cosine schedule's horizon. See the module
     docstring for how the trainer drives the "plateau" schedule.
+
+    `param_labels` (a pytree of labels like the params, or a function of the params giving
+    one; see `murajax.freeze.param_labels`) freezes and scales parts of the model: the
+    optimiser becomes
+
+        chain(zero "frozen" gradients, clip_by_global_norm,   # only if grad_clip_norm is set
+              multi_transform({"trainable": <optimiser>,
+                               "backbone": chain(<optimiser>, scale(backbone_lr_multiplier)),
+                               "frozen": set_to_zero()}, param_labels),
+              scale_by_plateau())                            # only for schedule="plateau"
+
+    so frozen parameters get no update (nor weight decay) and do not count towards the
+    clipping norm. Both optimiser copies inject the same (head) learning rate, which is what
+    `effective_learning_rate` reports.
     """
+    base = make_base_optimizer(config, make_schedule(config, total_steps))
     parts = []
-    if config.grad_clip_norm is not None:
+    if param_labels is not None:
+        if config.grad_clip_norm is not None:
+            parts.append(
+                optax.multi_transform(
+                    {
+                        "frozen": optax.set_to_zero(),
+                        "trainable": optax.identity(),
+                        "backbone": optax.identity(),
+                    },
+                    param_labels,
+                )
+            )
+            parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+        base = optax.multi_transform(
+            {
+                "trainable": base,
+                "backbone": optax.chain(base, optax.scale(config.backbone_lr_multiplier)),
+                "frozen": optax.set_to_zero(),
+            },
+            param_labels,
+        )
+    elif config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(make_base_optimizer(config, make_schedule(config, total_steps)))
+    parts.append(base)
     if config.schedule == "plateau":
         parts.append(scale_by_plateau())
     return optax.chain(*parts)

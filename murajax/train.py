@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import data, evaluation, losses, models, optim, writers
+from murajax import data, evaluation, freeze, losses, models, optim, writers
 from murajax.config import Config
 from tfds_mura.features import BODY_PARTS
 
@@ -84,10 +84,14 @@ def train_step(
     weight_table: jax.Array,
     label_smoothing: float,
     l2_weight: float,
+    batch_stats_mask: Any = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
 
     `weight_table[body_part, label]` is each example's loss weight (class weighting).
+    `batch_stats_mask` (`freeze.batch_stats_mask`: a pytree like `batch_stats` of Python
+    bools) keeps the running statistics where it is False (frozen BatchNorm layers) as they
+    were; None updates them all.
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
 
@@ -112,6 +116,13 @@ def train_step(
         return loss, (updates.get("batch_stats", state.batch_stats), logits)
 
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if batch_stats_mask is not None and state.batch_stats:
+        batch_stats = jax.tree.map(
+            lambda keep_new, new, old: new if keep_new else old,
+            batch_stats_mask,
+            batch_stats,
+            state.batch_stats,
+        )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
@@ -212,7 +223,8 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
             f" of the number of processes ({process_count})"
         )
 
-    tx = optim.make_optimizer(config.optim, config.train.steps)
+    layer_order = freeze.config_layer_order(config, model)
+    tx = freeze.make_train_optimizer(config, order=layer_order)
     state = create_train_state(
         model,
         tx,
@@ -240,7 +252,9 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
 
     writer = writers.MetricWriter(workdir, enabled=process_index == 0)
     if start < config.train.steps:
-        state = _train_loop(config, workdir, model, tx, state, train_iter, manager, writer)
+        state = _train_loop(
+            config, workdir, model, tx, state, train_iter, manager, writer, layer_order
+        )
     else:
         print(f"[murajax] training already finished at step {start}; evaluating only")
 
@@ -278,6 +292,15 @@ def _write_report(config: Config, workdir: str, model: nn.Module, state: TrainSt
         print(f"[murajax] warning: report.md not written: {type(error).__name__}: {error}")
 
 
+def _batch_stats_mask(config: Config, state: TrainState, layer_order: Any) -> Any:
+    """Which running statistics train (`freeze.batch_stats_mask`); None if none is frozen."""
+    if config.model.freeze == "none" or not state.batch_stats:
+        return None
+    return freeze.batch_stats_mask(
+        state.params, state.batch_stats, config.model.freeze, config.model.name, layer_order
+    )
+
+
 def _train_loop(
     config: Config,
     workdir: str,
@@ -287,6 +310,7 @@ def _train_loop(
     train_iter: Any,
     manager: Any,
     writer: writers.MetricWriter,
+    layer_order: Any = None,
 ) -> TrainState:
     """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints."""
     t = config.train
@@ -298,6 +322,7 @@ def _train_loop(
             weight_table=jnp.asarray(class_weight_table(config)),
             label_smoothing=t.label_smoothing,
             l2_weight=t.l2_weight,
+            batch_stats_mask=_batch_stats_mask(config, state, layer_order),
         ),
         donate_argnums=0,
     )

@@ -1,0 +1,212 @@
+"""Freezing and fine-tuning: which parameters train, and at which learning rate.
+
+`model.freeze` names the frozen part of the network by its top-level parameter groups (the
+keys of `params`) in model order, the order in which the model defines its submodules.
+Flax's `init` returns them in that order, but anything that flattens the params as a pytree
+(`jax.jit(model.init)`, `jax.eval_shape`, checkpoints) sorts the keys, which for DenseNet-169
+puts the final "bn" first and "pool2_*" after "conv5_*". So `layer_order(model, shape)` finds
+the model order by tracing `init` abstractly (DenseNet-169: about a second), and the functions
+here take it as `order`; without it they use the order of `params` as given.
+
+* "none": everything trains.
+* "backbone": everything but the head. The head is the top-level "head" subtree (VGG16,
+  DenseNet-169 and any model with such a subtree) or, for the "cnn", its "dense*" and
+  "logits" layers.
+* "up_to:<prefix>": every group up to and including the last one whose name starts with
+  `<prefix>`, e.g. "up_to:block3" (VGG16, CNN) or "up_to:conv4" (DenseNet-169).
+
+`optim.backbone_lr_multiplier` (default 1) scales the updates of the trainable non-head
+groups ("backbone" label) relative to the head's.
+
+Frozen parameters get no update (`optax.set_to_zero` in `optim.make_optimizer`'s
+`multi_transform`, so no weight decay either). Frozen BatchNorm layers keep their running
+statistics: `train.train_step` puts the old `batch_stats` back for them after each step. They
+still normalise with the batch's statistics in training (Keras would run a frozen BatchNorm in
+inference mode; that would need the models to take a per-layer flag, which they do not).
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import optax
+
+from murajax.config import Config, ConfigError
+
+FROZEN, BACKBONE, TRAINABLE = "frozen", "backbone", "trainable"
+UP_TO = "up_to:"
+
+
+def check_syntax(freeze: str) -> None:
+    """Raises `ConfigError` unless `freeze` is "none", "backbone" or "up_to:<prefix>"."""
+    if freeze in ("none", "backbone"):
+        return
+    if freeze.startswith(UP_TO) and freeze[len(UP_TO) :].strip():
+        return
+    raise ConfigError(
+        f"config.model.freeze={freeze!r} is invalid: expected 'none', 'backbone' or"
+        " 'up_to:<layer-prefix>' such as 'up_to:block3'"
+    )
+
+
+def head_groups(groups: list[str], model_name: str) -> set[str]:
+    """The top-level parameter groups that make up the classification head."""
+    if model_name == "cnn":
+        return {g for g in groups if g.startswith("dense") or g == "logits"}
+    return {g for g in groups if g == "head"}
+
+
+def layer_order(model: Any, input_shape: Sequence[int]) -> list[str]:
+    """`model`'s top-level parameter groups in definition order (an abstract trace of init)."""
+    import jax  # local: keeps this module cheap to import for config validation
+    import jax.numpy as jnp
+
+    order: list[str] = []
+
+    def init() -> Any:
+        keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+        variables = model.init(keys, jnp.zeros(tuple(input_shape), jnp.float32))
+        order.extend(variables["params"])  # still a dict in insertion order while tracing
+        return variables
+
+    jax.eval_shape(init)
+    return order
+
+
+def _ordered(params: Any, order: Sequence[str] | None) -> list[str]:
+    if order is None:
+        return list(params)
+    known = [g for g in order if g in params]
+    return known + [g for g in params if g not in set(known)]
+
+
+def frozen_groups(
+    params: Any, freeze: str, model_name: str, order: Sequence[str] | None = None
+) -> set[str]:
+    """The top-level parameter groups (keys of `params`) that `freeze` freezes.
+
+    `order`: the groups in model order (`layer_order`); None: the order of `params`.
+    """
+    check_syntax(freeze)
+    groups = _ordered(params, order)
+    if freeze == "none":
+        return set()
+    if freeze == "backbone":
+        head = head_groups(groups, model_name)
+        if not head:
+            raise ConfigError(
+                f"config.model.freeze='backbone' is invalid for model {model_name!r}: it has no"
+                f" head parameters ('head', or 'dense*'/'logits' for the cnn); groups: "
+                + _few(groups)
+            )
+        return set(groups) - head
+    prefix = freeze[len(UP_TO) :]
+    matches = [i for i, g in enumerate(groups) if g.startswith(prefix)]
+    if not matches:
+        raise ConfigError(
+            f"config.model.freeze={freeze!r} is invalid for model {model_name!r}: no layer"
+            f" name starts with {prefix!r}; layers in order: {_few(groups)}"
+        )
+    return set(groups[: matches[-1] + 1])
+
+
+def _few(groups: list[str], n: int = 8) -> str:
+    shown = ", ".join(groups[:n])
+    return shown + (f", ... ({len(groups)} in all)" if len(groups) > n else "")
+
+
+def _by_group(tree: Any, value: Any) -> Any:
+    """`tree` with every leaf of top-level group g replaced by value(g)."""
+    import jax  # local: keeps this module cheap to import for config validation
+
+    return {g: jax.tree.map(lambda _, g=g: value(g), sub) for g, sub in tree.items()}
+
+
+def trainable_mask(
+    params: Any, freeze: str, model_name: str, order: Sequence[str] | None = None
+) -> Any:
+    """A pytree like `params` of bools: True where the parameter trains."""
+    frozen = frozen_groups(params, freeze, model_name, order)
+    return _by_group(params, lambda g: g not in frozen)
+
+
+def batch_stats_mask(
+    params: Any,
+    batch_stats: Any,
+    freeze: str,
+    model_name: str,
+    order: Sequence[str] | None = None,
+) -> Any:
+    """A pytree like `batch_stats` of bools: True where the running statistics update.
+
+    A BatchNorm layer's statistics are frozen when its parameters (same top-level name) are.
+    """
+    frozen = frozen_groups(params, freeze, model_name, order)
+    return _by_group(batch_stats or {}, lambda g: g not in frozen)
+
+
+def param_labels(
+    params: Any,
+    freeze: str,
+    model_name: str,
+    backbone_lr_multiplier: float = 1.0,
+    order: Sequence[str] | None = None,
+) -> Any:
+    """`optax.multi_transform` labels: "frozen", "backbone" (scaled learning rate) or
+    "trainable" (the head, and everything when the multiplier is 1)."""
+    frozen = frozen_groups(params, freeze, model_name, order)
+    head = head_groups(list(params), model_name)
+    if backbone_lr_multiplier != 1.0 and not head:
+        raise ConfigError(
+            f"config.optim.backbone_lr_multiplier={backbone_lr_multiplier!r} needs a head, but"
+            f" model {model_name!r} has no 'head' parameters"
+        )
+
+    def label(g: str) -> str:
+        if g in frozen:
+            return FROZEN
+        if backbone_lr_multiplier != 1.0 and g not in head:
+            return BACKBONE
+        return TRAINABLE
+
+    return _by_group(params, label)
+
+
+def is_active(config: Config) -> bool:
+    """Whether `config` freezes anything or scales the backbone's learning rate."""
+    return config.model.freeze != "none" or config.optim.backbone_lr_multiplier != 1.0
+
+
+def config_layer_order(config: Config, model: Any) -> list[str] | None:
+    """`layer_order` of `model` at `config`'s input size when "up_to:" needs it, else None."""
+    if not config.model.freeze.startswith(UP_TO):
+        return None
+    from murajax import models  # local: the models package imports config
+
+    _, channels = models.input_spec(config.model.name)
+    return layer_order(model, (1, config.data.image_size, config.data.image_size, channels))
+
+
+def make_train_optimizer(
+    config: Config, model: Any = None, order: Sequence[str] | None = None
+) -> optax.GradientTransformation:
+    """`optim.make_optimizer` for `config`, with freezing and the backbone multiplier.
+
+    `model` gives the layer order for "up_to:" (unless `order` is given). Without freezing or
+    a multiplier, exactly `optim.make_optimizer(config.optim, config.train.steps)` (so the
+    optimiser state, and hence checkpoints, keep their structure).
+    """
+    from murajax import optim  # local: optim imports config, which this module imports
+
+    labels = None
+    if is_active(config):
+        if order is None and model is not None:
+            order = config_layer_order(config, model)
+        labels = functools.partial(
+            param_labels,
+            freeze=config.model.freeze,
+            model_name=config.model.name,
+            backbone_lr_multiplier=config.optim.backbone_lr_multiplier,
+            order=None if order is None else tuple(order),
+        )
+    return optim.make_optimizer(config.optim, config.train.steps, param_labels=labels)
