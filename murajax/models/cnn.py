@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax import initializers
 from murajax.config import CNN_POOLINGS
-from murajax.models.layers import max_pool_2x2
+from murajax.models.layers import conv3x3, dense, max_pool_2x2
 from murajax.models.registry import register
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -72,16 +71,8 @@ class CNN(nn.Module):
         x = jnp.asarray(x, dtype)
         for block, width in enumerate(self.widths, start=1):
             for i in range(1, self.convs_per_block + 1):
-                x = nn.Conv(
-                    width,
-                    (3, 3),
-                    padding="SAME",
-                    use_bias=not self.batch_norm,
-                    dtype=dtype,
-                    param_dtype=jnp.float32,
-                    kernel_init=initializers.kernel_init,
-                    bias_init=initializers.bias_init,
-                    name=f"block{block}_conv{i}",
+                x = conv3x3(
+                    width, dtype=dtype, name=f"block{block}_conv{i}", use_bias=not self.batch_norm
                 )(x)
                 if self.batch_norm:
                     x = nn.BatchNorm(
@@ -104,24 +95,10 @@ class CNN(nn.Module):
         else:
             x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.dense, start=1):
-            x = nn.Dense(
-                width,
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                kernel_init=initializers.kernel_init,
-                bias_init=initializers.bias_init,
-                name=f"dense{i}",
-            )(x)
+            x = dense(width, dtype=dtype, name=f"dense{i}")(x)
             x = nn.relu(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{i}")(x)
-        x = nn.Dense(
-            self.num_classes,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=initializers.kernel_init,
-            bias_init=initializers.bias_init,
-            name="logits",
-        )(x)
+        x = dense(self.num_classes, dtype=dtype, name="logits")(x)
         return x.astype(jnp.float32)
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax import initializers
+from murajax.models.layers import dense
 
 
 class ClassifierHead(nn.Module):
@@ -31,12 +31,5 @@ class ClassifierHead(nn.Module):
         """Maps an NHWC feature map to float32 logits (N, num_classes)."""
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=initializers.kernel_init,
-            bias_init=initializers.bias_init,
-            name="logits",
-        )(x)
+        x = dense(self.num_classes, dtype=self.dtype, name="logits")(x)
         return x.astype(jnp.float32)

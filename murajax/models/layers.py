@@ -1,6 +1,39 @@
 """Small building blocks shared by the models."""
 
+from typing import Any
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from murajax import initializers
+
+
+def conv3x3(features: int, *, dtype: Any, name: str, use_bias: bool = True) -> nn.Conv:
+    """A 3x3 'SAME' convolution: Glorot-uniform kernel, zero bias, float32 parameters."""
+    return nn.Conv(
+        features,
+        (3, 3),
+        padding="SAME",
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=initializers.kernel_init,
+        bias_init=initializers.bias_init,
+        name=name,
+    )
+
+
+def dense(features: int, *, dtype: Any, name: str) -> nn.Dense:
+    """A dense layer: Glorot-uniform kernel, zero bias, float32 parameters."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=initializers.kernel_init,
+        bias_init=initializers.bias_init,
+        name=name,
+    )
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -17,10 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax import initializers
 from murajax.models.cnn import as_dtype
 from murajax.models.heads import ClassifierHead
-from murajax.models.layers import max_pool_2x2
+from murajax.models.layers import conv3x3, max_pool_2x2
 from murajax.models.registry import register
 
 VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -48,16 +47,7 @@ class VGG16(nn.Module):
         x = jnp.asarray(x, dtype)
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
             for i in range(1, convs + 1):
-                x = nn.Conv(
-                    width,
-                    (3, 3),
-                    padding="SAME",
-                    dtype=dtype,
-                    param_dtype=jnp.float32,
-                    kernel_init=initializers.kernel_init,
-                    bias_init=initializers.bias_init,
-                    name=f"block{block}_conv{i}",
-                )(x)
+                x = conv3x3(width, dtype=dtype, name=f"block{block}_conv{i}")(x)
                 x = nn.relu(x)
             x = max_pool_2x2(x)  # Keras's MaxPooling2D((2, 2), strides=(2, 2)), 'valid'
         if self.num_classes is None:
