@@ -2,4 +2,16 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir holding `trivial_mura` (tests/trivial_mura.py), built once per session."""
+    from tests.trivial_mura import TrivialMura
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
+    return path

@@ -15,16 +15,9 @@ from PIL import Image
 from experiments import evaluate, predict
 from murajax import data, evaluation, inference, train
 from murajax.config import Config
-from tests.test_train import TrivialMura, _config
+from tests.trivial_mura import trivial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tfds"))
-    TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def run(data_dir, tmp_path_factory) -> tuple[str, dict]:
     """A finished run (checkpoints 12 and 24 with holdout kappa, 16 without) and the
     validation metrics.json its training wrote."""
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(_config(data_dir), workdir)
+    train.train_and_evaluate(trivial_config(data_dir), workdir)
     with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
         return workdir, json.load(f)
 

@@ -13,7 +13,7 @@ import pytest
 from murajax import config as config_lib
 from murajax import freeze, inference, models, optim, train
 from murajax.config import ConfigError
-from tests.test_train import TrivialMura, _config
+from tests.trivial_mura import trivial_config
 from tfds_mura.features import BODY_PARTS
 
 SHAPE = (4, 16, 16, 1)
@@ -271,15 +271,8 @@ def test_plateau_state_is_found_and_observed_through_multi_transform():
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tfds"))
-    TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
-    return path
-
-
 def test_train_and_evaluate_with_a_frozen_block_checkpoints_and_reloads(data_dir, tmp_path):
-    config = _config(data_dir, steps=8, eval_every=4, checkpoint_every=4)
+    config = trivial_config(data_dir, steps=8, eval_every=4, checkpoint_every=4)
     config.model.batch_norm = True
     config.model.freeze = "up_to:block1"
     config.optim.schedule = "plateau"

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from experiments.configs import quickstart
 from murajax import evaluation, plots, report, train, writers
 from murajax import metrics as metrics_lib
-from tests.test_train import TrivialMura, _config
+from tests.trivial_mura import trivial_config
 
 EVAL_FILES = {"metrics.json", "predictions.csv", "image_predictions.csv"}
 EVAL_FILES |= set(evaluation.PLOT_FILES.values())
@@ -175,15 +175,8 @@ def test_youden_threshold_is_chosen_on_the_holdout(tmp_path):
 # --------------------------------------------------------------------------- report.md
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tfds"))
-    TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
-    return path
-
-
 def _run_config(data_dir: str):
-    config = _config(data_dir, steps=12, eval_every=6, checkpoint_every=6)
+    config = trivial_config(data_dir, steps=12, eval_every=6, checkpoint_every=6)
     config.eval.threshold_method = "youden"
     return config
 

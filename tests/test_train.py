@@ -1,98 +1,25 @@
 """End to end: `train_and_evaluate` learns, writes the contract's files and resumes exactly."""
 
 import csv
-import io
 import json
 import os
 import shutil
 
 import chex
 import jax
-import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from PIL import Image
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from experiments.configs import quickstart
 from murajax import checkpoint as ckpt
 from murajax import train, writers
-from tfds_mura.features import BODY_PARTS, mura_features
-
-
-class TrivialMura(tfds.core.GeneratorBasedBuilder):
-    """MURA-shaped toy data: abnormal images are bright, normal ones dark (trivially separable)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(features=mura_features())
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {
-            "train": self._generate_examples("train", 48),
-            "validation": self._generate_examples("valid", 16),
-        }
-
-    def _generate_examples(self, split: str, num_studies: int):
-        rng = np.random.default_rng(0 if split == "train" else 1)
-        for study in range(num_studies):
-            label = study % 2
-            patient = study // 2 + (0 if split == "train" else 1000)
-            part = BODY_PARTS[study % len(BODY_PARTS)]
-            kind = "positive" if label else "negative"
-            study_id = f"{split}/{part}/patient{patient:05d}/study{study}_{kind}"
-            for view in range(1 + study % 3):
-                level = 180 if label else 60
-                pixels = rng.normal(level, 20, size=(20, 24)).clip(0, 255).astype(np.uint8)
-                buffer = io.BytesIO()
-                Image.fromarray(pixels).save(buffer, format="PNG")
-                path = f"MURA-v1.1/{study_id}/image{view + 1}.png"
-                yield (
-                    path,
-                    {
-                        "image": buffer.getvalue(),
-                        "label": label,
-                        "body_part": part,
-                        "patient_id": patient,
-                        "study_id": study_id,
-                        "image_path": path,
-                    },
-                )
-
-
-def _config(data_dir: str, **train_overrides):
-    config = quickstart.get_config("smoke")
-    config.data.dataset = "trivial_mura"
-    config.data.data_dir = data_dir
-    config.data.image_size = 16
-    config.data.holdout_fraction = 0.25
-    config.data.rotation = 10.0
-    config.model.widths = (4, 8)
-    config.model.dense = (8,)
-    config.optim.learning_rate = 1e-2
-    config.train.steps = 24
-    config.train.eval_every = 12
-    config.train.checkpoint_every = 8
-    config.train.log_every = 4
-    config.train.progress = False
-    for name, value in train_overrides.items():
-        setattr(config.train, name, value)
-    return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tfds"))
-    TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
-    return path
+from tests.trivial_mura import trivial_config
 
 
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    results = train.train_and_evaluate(_config(data_dir), workdir)
+    results = train.train_and_evaluate(trivial_config(data_dir), workdir)
     return workdir, results
 
 
@@ -151,7 +78,7 @@ def test_best_checkpoint_is_kept_with_the_latest(finished_run, data_dir):
 def test_finished_run_is_not_trained_again(finished_run, data_dir, capsys):
     workdir, results = finished_run
     before = len(writers.read_metrics(workdir))
-    again = train.train_and_evaluate(_config(data_dir), workdir)
+    again = train.train_and_evaluate(trivial_config(data_dir), workdir)
     assert "training already finished" in capsys.readouterr().out
     train_rows = [r for r in writers.read_metrics(workdir)[before:] if r["split"] == "train"]
     assert not train_rows
@@ -176,7 +103,7 @@ def test_resume_continues_bit_exactly(finished_run, data_dir, tmp_path):
     for step in (24, 12):
         shutil.rmtree(os.path.join(resumed, "checkpoints", str(step)), ignore_errors=True)
     shutil.rmtree(os.path.join(resumed, "eval"))
-    config = _config(data_dir)
+    config = trivial_config(data_dir)
     train.train_and_evaluate(config, resumed)
     original, again = _params_at(workdir, 24, config), _params_at(resumed, 24, config)
     chex.assert_trees_all_equal(original.params, again.params)
