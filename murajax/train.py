@@ -75,6 +75,12 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def model_kwargs(batch: Batch) -> dict[str, Any]:
+    """The keyword inputs a model takes besides the images: a study batch's `view_mask`
+    (which of its (B, V) views are real) for study-level models such as "multiview"."""
+    return {"view_mask": batch["view_mask"]} if "view_mask" in batch else {}
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -99,6 +105,7 @@ def train_step(
         outputs = model.apply(
             _variables(params, state.batch_stats),
             batch["image"],
+            **model_kwargs(batch),
             train=True,
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"] if state.batch_stats else [],
@@ -142,8 +149,14 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]:
-    """Abnormality probability and unweighted cross-entropy of each image; pure."""
-    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
+    """Abnormality probability and unweighted cross-entropy of each image (of each study,
+    for a study batch); pure."""
+    logits = model.apply(
+        _variables(state.params, state.batch_stats),
+        batch["image"],
+        **model_kwargs(batch),
+        train=False,
+    )
     logits = logits.astype(jnp.float32)
     return {
         "prob": jax.nn.softmax(logits)[:, 1],
