@@ -8,7 +8,8 @@ A study is the images of one folder: `--input` folders are walked recursively (a
 parent folder; several inputs are separated by commas, and shell patterns (`dir/*.png`)
 are expanded. Images are converted to 8-bit grayscale as the `mura` dataset builder does
 and preprocessed exactly as evaluation does. Columns: `study` (the folder), `n_images`,
-`prob` (the study's abnormality probability: the images' mean, or `eval.aggregation`),
+`prob` (the study's abnormality probability: the images' mean, or `eval.aggregation`; a
+"multiview" model scores all images of the study at once),
 `pred` (1 = abnormal, at the config's threshold), `label` ('normal' / 'abnormal') and
 `body_part` (XR_ELBOW ... where the path names one). Files that cannot be read (not
 images, truncated, junk such as `._image1.png`) are named on stderr and skipped; the
@@ -28,7 +29,7 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import cli
-from murajax import errors, inference
+from murajax import errors, inference, models
 from tfds_mura.features import LABEL_NAMES
 
 CSV_COLUMNS = ("study", "n_images", "prob", "pred", "label", "body_part")
@@ -97,15 +98,17 @@ def score_images(
 
     config = loaded.config
     batch_size = config.eval.batch_size
-    eval_fn = inference.make_eval_fn(loaded.model, len(loaded.states))
+    study_model = models.is_study_model(config.model.name)
+    eval_fn = None if study_model else inference.make_eval_fn(loaded.model, len(loaded.states))
     gradcam_fn = None
     probs: dict[str, float] = {}
     for chunk in _chunks(read_all(paths, warn), batch_size):
         images = _pad(inference.prepare_batch(config, [gray for _, gray in chunk]), batch_size)
-        labels = np.zeros(batch_size, np.int32)
-        out = eval_fn(loaded.states, {"image": images, "label": labels})
-        for (path, _), prob in zip(chunk, np.asarray(out["prob"]), strict=False):
-            probs[path] = float(prob)
+        if eval_fn is not None:
+            labels = np.zeros(batch_size, np.int32)
+            out = eval_fn(loaded.states, {"image": images, "label": labels})
+            for (path, _), prob in zip(chunk, np.asarray(out["prob"]), strict=False):
+                probs[path] = float(prob)
         if heatmaps_dir is None:
             continue
         if gradcam_fn is None:
@@ -116,6 +119,28 @@ def score_images(
                 heat, gray.shape, config.data.image_size, config.data.resize
             )
             heatmaps.save_overlay(heatmap_path(path, root, heatmaps_dir), gray, original)
+    return probs
+
+
+def score_studies(
+    loaded: inference.Loaded, studies: dict[str, list[str]], *, warn: Warn = warn_stderr
+) -> dict[str, float]:
+    """A study model's ("multiview") abnormality probability of each study, from all of
+    its readable images at once (one study batch per study), given to each of those images
+    (so that `study_rows` aggregates them to the study's own probability)."""
+    eval_fn = inference.make_eval_fn(loaded.model, len(loaded.states))
+    probs = {}
+    for files in studies.values():
+        readable = list(read_all(files, warn))
+        if not readable:
+            continue
+        batch = {
+            "image": inference.prepare_batch(loaded.config, [gray for _, gray in readable])[None],
+            "label": np.zeros(1, np.int32),
+            "view_mask": np.ones((1, len(readable)), bool),
+        }
+        prob = float(np.asarray(eval_fn(loaded.states, batch)["prob"])[0])
+        probs.update((path, prob) for path, _ in readable)
     return probs
 
 
@@ -224,7 +249,12 @@ def predict(
     studies = inference.collect_studies(inputs)
     paths = [path for files in studies.values() for path in files]
     root = input_root(inference.expand_inputs(inputs)) if studies else ""
-    probs = score_images(loaded, paths, warn=warn, heatmaps_dir=heatmaps_dir, root=root)
+    if models.is_study_model(loaded.config.model.name):
+        probs = score_studies(loaded, studies, warn=warn)
+        if heatmaps_dir is not None:
+            score_images(loaded, paths, warn=lambda _: None, heatmaps_dir=heatmaps_dir, root=root)
+    else:
+        probs = score_images(loaded, paths, warn=warn, heatmaps_dir=heatmaps_dir, root=root)
     if not probs:
         raise inference.InputError(
             f"nothing to score: no readable image among the {len(paths)} file(s) in "

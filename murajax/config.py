@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 RESIZE_MODES = ("pad", "crop")
 NORMALIZATIONS = ("unit", "imagenet", "caffe", "standardize")
 CNN_POOLINGS = ("avg", "max", "flatten")
+VIEW_POOLINGS = ("mean", "max", "attention")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
@@ -51,6 +52,9 @@ class DataConfig:
     zoom: float = 0.0  # random zoom/crop: scale uniform in [1, 1 + zoom]
     brightness: float = 0.0  # additive, uniform in [-brightness, +brightness] on [0, 1] images
     contrast: float = 0.0  # multiplicative, uniform in [1 - contrast, 1 + contrast]
+    # Study batches (study-level models such as "multiview"): views per study in training; a
+    # study with more gets a random subset each epoch. Evaluation always sees every view.
+    max_views: int = 4
 
 
 @dataclasses.dataclass
@@ -71,6 +75,11 @@ class ModelConfig:
     dense: tuple[int, ...] = (128,)
     # "none", "backbone" (all but the head) or "up_to:<layer-prefix>" (murajax.freeze).
     freeze: str = "none"
+    # "multiview" only: the shared per-view encoder (a registered image model, its fields
+    # above), and how the views' features pool into one study ("mean", "max", "attention").
+    backbone: str = "cnn"
+    view_pooling: str = "mean"
+    attention_dim: int = 128  # hidden width of the gated attention pooling
 
 
 @dataclasses.dataclass
@@ -234,6 +243,7 @@ def validate(config: Config) -> Config:
     _in_range("data.zoom", d.zoom, 0.0, 1.0)
     _in_range("data.brightness", d.brightness, 0.0, 1.0)
     _in_range("data.contrast", d.contrast, 0.0, 1.0)
+    _in_range("data.max_views", d.max_views, 1, 64)
 
     _check_model_name(m.name)
     if m.num_classes != 2:
@@ -250,6 +260,9 @@ def validate(config: Config) -> Config:
     _choice("model.pooling", m.pooling, CNN_POOLINGS)
     _in_range("model.bn_momentum", m.bn_momentum, 0.0, 1.0, closed=False)
     _check_freeze(m.freeze)
+    _check_backbone(m.backbone)
+    _choice("model.view_pooling", m.view_pooling, VIEW_POOLINGS)
+    _at_least("model.attention_dim", m.attention_dim, 1)
 
     _choice("optim.name", o.name, OPTIMIZERS)
     _positive("optim.learning_rate", o.learning_rate)
@@ -297,6 +310,14 @@ def _check_freeze(freeze: str) -> None:
     from murajax import freeze as freeze_lib  # local import: freeze imports this module
 
     freeze_lib.check_syntax(freeze)
+
+
+def _check_backbone(name: str) -> None:
+    """`model.backbone`: a registered image-level model (a study model cannot be one)."""
+    from murajax import models  # local import: the models package imports this module
+
+    image_models = [n for n in models.registered_names() if not models.is_study_model(n)]
+    _choice("model.backbone", name, tuple(image_models))
 
 
 def _check_model_name(name: str) -> None:

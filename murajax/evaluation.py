@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from murajax import data, metrics
+from murajax import data, metrics, models
 from murajax.config import Config
 from murajax.metrics import EvalState
 from tfds_mura.features import BODY_PARTS
@@ -62,18 +62,25 @@ def predict_state(config: Config, state: Any, eval_fn: EvalFn, split: str) -> Ev
     Each process predicts its share of every batch; the shares are merged batch by batch and
     gathered across processes, so every process returns the whole split (padding dropped).
     `eval_fn(state, {'image', 'label'})` returns per-image `prob` (abnormal) and `loss`.
+
+    A study model ("multiview") predicts whole studies: `eval_fn` gets study batches
+    (`{'image', 'label', 'view_mask'}`) and each row of the result is a study, with the study's
+    folder as its `image_path`; its study-level metrics are then its own predictions'.
     """
-    batches = data.make_eval_batches(
+    study_model = models.is_study_model(config.model.name)
+    make_batches = data.make_study_eval_batches if study_model else data.make_eval_batches
+    batches = make_batches(
         config.data,
         split,
-        model_name=config.model.name,
+        model_name=config.model,
         batch_size=config.eval.batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     parts = []
     for batch in batches:
-        outputs = eval_fn(state, {"image": batch["image"], "label": batch["label"]})
+        inputs = {k: batch[k] for k in ("image", "label", "view_mask") if k in batch}
+        outputs = eval_fn(state, inputs)
         outputs = {k: np.asarray(outputs[k]) for k in ("prob", "loss") if k in outputs}
         parts.append(EvalState.from_batch(batch, outputs))
     local = EvalState.merge_all(parts)

@@ -15,6 +15,10 @@ here take it as `order`; without it they use the order of `params` as given.
 * "up_to:<prefix>": every group up to and including the last one whose name starts with
   `<prefix>`, e.g. "up_to:block3" (VGG16, CNN) or "up_to:conv4" (DenseNet-169).
 
+A study model ("multiview") keeps its backbone under "encoder": there the groups are the
+encoder's layers, "encoder/<layer>", then "head" (the view pooling and the logits), so
+"backbone" freezes the whole encoder and "up_to:block3" the encoder up to its block3.
+
 `optim.backbone_lr_multiplier` (default 1) scales the updates of the trainable non-head
 groups ("backbone" label) relative to the head's.
 
@@ -26,7 +30,7 @@ inference mode; that would need the models to take a per-layer flag, which they 
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optax
@@ -49,6 +53,28 @@ def check_syntax(freeze: str) -> None:
     )
 
 
+ENCODER = "encoder"
+
+
+def _is_study_model(model_name: str) -> bool:
+    from murajax import models  # local: the models package imports config
+
+    return model_name in models.registered_names() and models.is_study_model(model_name)
+
+
+def _expand(names: Sequence[str], tree: Any, model_name: str) -> list[str]:
+    """Top-level group names, with a study model's "encoder" split into "encoder/<layer>"."""
+    if not _is_study_model(model_name):
+        return list(names)
+    out = []
+    for name in names:
+        if name == ENCODER and isinstance(tree.get(ENCODER), Mapping):
+            out += [f"{ENCODER}/{layer}" for layer in tree[ENCODER]]
+        else:
+            out.append(name)
+    return out
+
+
 def head_groups(groups: list[str], model_name: str) -> set[str]:
     """The top-level parameter groups that make up the classification head."""
     if model_name == "cnn":
@@ -57,7 +83,8 @@ def head_groups(groups: list[str], model_name: str) -> set[str]:
 
 
 def layer_order(model: Any, input_shape: Sequence[int]) -> list[str]:
-    """`model`'s top-level parameter groups in definition order (an abstract trace of init)."""
+    """`model`'s top-level parameter groups in definition order (an abstract trace of init);
+    a study model's encoder layers come first, as "encoder/<layer>"."""
     import jax  # local: keeps this module cheap to import for config validation
     import jax.numpy as jnp
 
@@ -66,18 +93,21 @@ def layer_order(model: Any, input_shape: Sequence[int]) -> list[str]:
     def init() -> Any:
         keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
         variables = model.init(keys, jnp.zeros(tuple(input_shape), jnp.float32))
-        order.extend(variables["params"])  # still a dict in insertion order while tracing
+        params = variables["params"]  # still dicts in insertion order while tracing
+        order.extend(f"{ENCODER}/{g}" for g in params.get(ENCODER, {}))
+        order.extend(g for g in params if g != ENCODER)
         return variables
 
     jax.eval_shape(init)
     return order
 
 
-def _ordered(params: Any, order: Sequence[str] | None) -> list[str]:
+def _ordered(params: Any, order: Sequence[str] | None, model_name: str = "") -> list[str]:
+    groups = _expand(list(params), params, model_name)
     if order is None:
-        return list(params)
-    known = [g for g in order if g in params]
-    return known + [g for g in params if g not in set(known)]
+        return groups
+    known = [g for g in order if g in set(groups)]
+    return known + [g for g in groups if g not in set(known)]
 
 
 def frozen_groups(
@@ -88,7 +118,7 @@ def frozen_groups(
     `order`: the groups in model order (`layer_order`); None: the order of `params`.
     """
     check_syntax(freeze)
-    groups = _ordered(params, order)
+    groups = _ordered(params, order, model_name)
     if freeze == "none":
         return set()
     if freeze == "backbone":
@@ -101,7 +131,11 @@ def frozen_groups(
             )
         return set(groups) - head
     prefix = freeze[len(UP_TO) :]
-    matches = [i for i, g in enumerate(groups) if g.startswith(prefix)]
+    matches = [
+        i
+        for i, g in enumerate(groups)
+        if g.startswith(prefix) or g.removeprefix(f"{ENCODER}/").startswith(prefix)
+    ]
     if not matches:
         raise ConfigError(
             f"config.model.freeze={freeze!r} is invalid for model {model_name!r}: no layer"
@@ -115,11 +149,20 @@ def _few(groups: list[str], n: int = 8) -> str:
     return shown + (f", ... ({len(groups)} in all)" if len(groups) > n else "")
 
 
-def _by_group(tree: Any, value: Any) -> Any:
-    """`tree` with every leaf of top-level group g replaced by value(g)."""
+def _by_group(tree: Any, value: Any, model_name: str = "") -> Any:
+    """`tree` with every leaf of group g replaced by value(g) (groups as `_expand` names
+    them: a study model's encoder layers are "encoder/<layer>")."""
     import jax  # local: keeps this module cheap to import for config validation
 
-    return {g: jax.tree.map(lambda _, g=g: value(g), sub) for g, sub in tree.items()}
+    def by_group(subtree: Any, prefix: str) -> Any:
+        return {
+            g: jax.tree.map(lambda _, g=g: value(prefix + g), sub) for g, sub in subtree.items()
+        }
+
+    if not _is_study_model(model_name) or ENCODER not in tree:
+        return by_group(tree, "")
+    rest = {g: sub for g, sub in tree.items() if g != ENCODER}
+    return {ENCODER: by_group(tree[ENCODER], f"{ENCODER}/"), **by_group(rest, "")}
 
 
 def trainable_mask(
@@ -127,7 +170,7 @@ def trainable_mask(
 ) -> Any:
     """A pytree like `params` of bools: True where the parameter trains."""
     frozen = frozen_groups(params, freeze, model_name, order)
-    return _by_group(params, lambda g: g not in frozen)
+    return _by_group(params, lambda g: g not in frozen, model_name)
 
 
 def batch_stats_mask(
@@ -142,7 +185,7 @@ def batch_stats_mask(
     A BatchNorm layer's statistics are frozen when its parameters (same top-level name) are.
     """
     frozen = frozen_groups(params, freeze, model_name, order)
-    return _by_group(batch_stats or {}, lambda g: g not in frozen)
+    return _by_group(batch_stats or {}, lambda g: g not in frozen, model_name)
 
 
 def param_labels(
@@ -155,7 +198,7 @@ def param_labels(
     """`optax.multi_transform` labels: "frozen", "backbone" (scaled learning rate) or
     "trainable" (the head, and everything when the multiplier is 1)."""
     frozen = frozen_groups(params, freeze, model_name, order)
-    head = head_groups(list(params), model_name)
+    head = head_groups(_expand(list(params), params, model_name), model_name)
     if backbone_lr_multiplier != 1.0 and not head:
         raise ConfigError(
             f"config.optim.backbone_lr_multiplier={backbone_lr_multiplier!r} needs a head, but"
@@ -169,7 +212,7 @@ def param_labels(
             return BACKBONE
         return TRAINABLE
 
-    return _by_group(params, label)
+    return _by_group(params, label, model_name)
 
 
 def is_active(config: Config) -> bool:
@@ -183,8 +226,11 @@ def config_layer_order(config: Config, model: Any) -> list[str] | None:
         return None
     from murajax import models  # local: the models package imports config
 
-    _, channels = models.input_spec(config.model.name)
-    return layer_order(model, (1, config.data.image_size, config.data.image_size, channels))
+    _, channels = models.input_spec(config.model)
+    shape = (1, config.data.image_size, config.data.image_size, channels)
+    if models.is_study_model(config.model.name):
+        shape = (1, 1, *shape[1:])  # one study of one view
+    return layer_order(model, shape)
 
 
 def make_train_optimizer(

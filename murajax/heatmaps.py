@@ -23,6 +23,8 @@ How the feature map is reached (`feature_split`):
   feature map (a backbone submodule), or else the first submodule input equal to it (a head
   submodule, such as `murajax.models.heads.ClassifierHead`), and it is perturbed there. A
   model whose feature map neither leaves nor enters a submodule is reported as such.
+- `murajax.models.MultiView`: its encoder's feature map of each view; images (N, H, W, C) are
+  taken as N one-view studies, so each map explains the prediction that its image alone gets.
 
 CAM is known structurally for the CNN (average pooling, no dense layers) and for
 `ClassifierHead` (GAP, dropout, one Dense: VGG16 and DenseNet-169 as murajax builds them); for
@@ -47,6 +49,7 @@ from PIL import Image
 
 from murajax.models.cnn import CNN
 from murajax.models.heads import ClassifierHead
+from murajax.models.multiview import MultiView
 
 ABNORMAL = 1
 """The class index whose evidence the heatmaps show (label 1 = abnormal)."""
@@ -214,11 +217,32 @@ def _head_kernel(variables: Variables, *, path: tuple[str, ...]) -> jax.Array:
     return params["logits"]["kernel"]
 
 
+def _multiview_split(model: MultiView) -> FeatureSplit:
+    """The multi-view study model: its shared encoder's feature map of each view. Images
+    (N, H, W, C) are N one-view studies, so each map explains the prediction of its image."""
+
+    def run(variables: Variables, images: jax.Array, delta: jax.Array) -> tuple[Any, Any]:
+        studies = images[:, None]
+        features = model.apply(variables, studies, train=False, method="encode")
+        logits = model.apply(
+            variables,
+            (features + delta).astype(features.dtype),
+            studies.shape[:2],
+            train=False,
+            method="classify",
+        )
+        return logits, features
+
+    return FeatureSplit(run, "the multiview encoder's feature map of each view")
+
+
 def feature_split(model: nn.Module, variables: Variables, images: Any) -> FeatureSplit:
     """Cuts `model` at its feature map (see the module docstring); `images` are a sample
     batch, used only to locate the feature map in a model that is not a murajax CNN."""
     if isinstance(model, CNN):
         return _cnn_split(model)
+    if isinstance(model, MultiView):
+        return _multiview_split(model)
     return _intercept_split(model, variables, jnp.asarray(images))
 
 

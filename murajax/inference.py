@@ -186,8 +186,7 @@ def abstract_state(config: Config, model: nn.Module) -> train.TrainState:
     """The shapes and dtypes of a `TrainState` of `config`: nothing is computed, and no
     pretrained weight file is read (the checkpoint holds the trained weights)."""
     tx = freeze.make_train_optimizer(config, model)
-    _, channels = models.input_spec(config.model.name)
-    shape = (1, config.data.image_size, config.data.image_size, channels)
+    shape = train.model_input_shape(config, 1)
     return jax.eval_shape(
         lambda: train.create_train_state(model, tx, jax.random.key(config.seed), shape)
     )
@@ -244,7 +243,9 @@ def ensemble_eval_step(
         variables = {"params": state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+        logits = model.apply(
+            variables, batch["image"], **train.model_kwargs(batch), train=False
+        ).astype(jnp.float32)
         probs.append(jax.nn.softmax(logits))
     mean = jnp.mean(jnp.stack(probs), axis=0)
     label = jnp.asarray(batch["label"], jnp.int32)
@@ -293,7 +294,7 @@ def read_gray(path: str) -> np.ndarray:
 def prepare_batch(config: Config, grays: Sequence[np.ndarray]) -> np.ndarray:
     """float32 (N, S, S, C) model inputs, preprocessed exactly as the eval pipeline does
     (`murajax.data.pipeline.prepare_images` with the model's resize and normalisation)."""
-    spec = pipeline.preprocess_spec(config.data, config.model.name)
+    spec = pipeline.preprocess_spec(config.data, config.model)
     return pipeline.prepare_images([{"image": g[:, :, None]} for g in grays], spec)
 
 

@@ -409,7 +409,7 @@ def heatmap_grid(
 
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
-    spec = pipeline.preprocess_spec(config.data, config.model.name, train=False)
+    spec = pipeline.preprocess_spec(config.data, config.model, train=False)
     records, labels = [], []
     for study_id, kind, prob in studies:
         found = np.flatnonzero(meta.study_id == study_id)

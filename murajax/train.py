@@ -165,7 +165,8 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str,
 
 
 def class_weight_table(config: Config) -> np.ndarray:
-    """A (body parts, 2) table of loss weights from the training split's image label counts.
+    """A (body parts, 2) table of loss weights from the training split's label counts (of
+    images; of studies for a study model such as "multiview").
 
     'none' gives ones, 'global' the MURA paper's weights in every row, 'body_part' one row
     of weights per body part (see `losses.body_part_class_weights`).
@@ -174,9 +175,14 @@ def class_weight_table(config: Config) -> np.ndarray:
     if config.train.class_weighting == "none":
         return table
     info = data.split_info(config.data, "train")
+    # A study model's examples are studies: weigh its loss by study counts.
+    counted = "study_label_counts" if models.is_study_model(config.model.name) else "label_counts"
     by_part = info["by_body_part"]
     counts = np.array(
-        [[by_part.get(n, {}).get(c, 0) for c in ("normal", "abnormal")] for n in BODY_PARTS]
+        [
+            [by_part.get(n, {}).get(counted, {}).get(c, 0) for c in ("normal", "abnormal")]
+            for n in BODY_PARTS
+        ]
     )
     if config.train.class_weighting == "global":
         table[:] = losses.class_weights(*counts.sum(axis=0))
@@ -213,9 +219,13 @@ def _build_model(config: Config, model: nn.Module | None) -> nn.Module:
     return model if model is not None else models.create_from_config(config.model)
 
 
-def _input_shape(config: Config, batch_size: int) -> tuple[int, int, int, int]:
-    _, channels = models.input_spec(config.model.name)
-    return (batch_size, config.data.image_size, config.data.image_size, channels)
+def model_input_shape(config: Config, batch_size: int) -> tuple[int, ...]:
+    """The shape of a batch of model inputs: NHWC images, or (B, 1, H, W, C) studies."""
+    _, channels = models.input_spec(config.model)
+    size = config.data.image_size
+    if models.is_study_model(config.model.name):
+        return (batch_size, 1, size, size, channels)
+    return (batch_size, size, size, channels)
 
 
 def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = None) -> dict:
@@ -242,12 +252,17 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
         model,
         tx,
         jax.random.key(config.seed),
-        _input_shape(config, config.train.batch_size),
+        model_input_shape(config, config.train.batch_size),
         config.model,
     )
-    train_iter = data.make_train_iterator(
+    make_iterator = (
+        data.make_study_train_iterator
+        if models.is_study_model(config.model.name)
+        else data.make_train_iterator
+    )
+    train_iter = make_iterator(
         config.data,
-        model_name=config.model.name,
+        model_name=config.model,
         batch_size=config.train.batch_size,
         seed=config.seed,
         process_index=process_index,

@@ -9,6 +9,12 @@ Splits: 'train' and 'holdout' (a patient-disjoint slice of TFDS train, see `spli
                       process_count=1) -> Iterator[dict]             (one pass, padded + mask)
     split_info(data_config, split) -> dict                          (counts, no image decoding)
     num_examples(data_config, split) -> int
+
+Study batches, for study-level models such as "multiview" (see `studies`): every view of a
+study in one row, (B, V, S, S, C) images with a (B, V) `view_mask`:
+
+    make_study_train_iterator(...)   as make_train_iterator, batch_size counting studies
+    make_study_eval_batches(...)     as make_eval_batches, every view of every study once
 """
 
 from murajax.data.pipeline import (
@@ -24,6 +30,11 @@ from murajax.data.pipeline import (
 )
 from murajax.data.sources import DataError, open_sources, prepare
 from murajax.data.splits import SPLITS
+from murajax.data.studies import (
+    make_study_eval_batches,
+    make_study_train_iterator,
+    study_groups,
+)
 
 __all__ = [
     "SPLITS",
@@ -31,6 +42,8 @@ __all__ = [
     "PreprocessSpec",
     "eval_dataset",
     "make_eval_batches",
+    "make_study_eval_batches",
+    "make_study_train_iterator",
     "make_train_iterator",
     "num_examples",
     "open_sources",
@@ -38,5 +51,6 @@ __all__ = [
     "preprocess_spec",
     "split_info",
     "split_source",
+    "study_groups",
     "train_dataset",
 ]

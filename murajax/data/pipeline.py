@@ -27,12 +27,12 @@ import grain
 import numpy as np
 from absl import flags
 
-from murajax.config import DataConfig
+from murajax.config import DataConfig, ModelConfig
 from murajax.data import preprocess, splits
 from murajax.data import sources as sources_lib
 
-_SHUFFLE_STREAM = 0  # SeedSequence spawn keys: the shuffle and the augmentation use
-_AUGMENT_STREAM = 1  # independent streams derived from the one experiment seed
+SHUFFLE_STREAM = 0  # SeedSequence spawn keys: the shuffle and the augmentation use
+AUGMENT_STREAM = 1  # independent streams derived from the one experiment seed
 DEFAULT_READ_THREADS = 2
 DEFAULT_PREFETCH_BATCHES = 2
 
@@ -57,8 +57,9 @@ class PreprocessSpec:
         return self.brightness > 0 or self.contrast > 0
 
 
-def model_input_spec(model_name: str) -> tuple[str, int]:
-    """(normalization, channels) that the registered model `model_name` wants."""
+def model_input_spec(model_name: "str | ModelConfig") -> tuple[str, int]:
+    """(normalization, channels) that a registered model wants: `model_name` is its name or
+    its `ModelConfig` (a study model, such as "multiview", prepares images as its backbone)."""
     from murajax.models import registry  # the models package registers the built-ins
 
     return registry.input_spec(model_name)
@@ -66,7 +67,7 @@ def model_input_spec(model_name: str) -> tuple[str, int]:
 
 def preprocess_spec(
     config: DataConfig,
-    model_name: str | None = None,
+    model_name: str | ModelConfig | None = None,
     *,
     channels: int | None = None,
     train: bool = False,
@@ -95,7 +96,7 @@ def derive_seed(seed: int, stream: int) -> int:
 
 def augment_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
     """The generator of one image's augmentation: a function of (seed, epoch, position)."""
-    return np.random.default_rng([derive_seed(seed, _AUGMENT_STREAM), epoch, position])
+    return np.random.default_rng([derive_seed(seed, AUGMENT_STREAM), epoch, position])
 
 
 # --------------------------------------------------------------------------- grain transforms
@@ -218,7 +219,8 @@ class LoadEvalBatch:
 # --------------------------------------------------------------------------- datasets
 
 
-def _check_batch(batch_size: int, process_index: int, process_count: int) -> None:
+def check_batch(batch_size: int, process_index: int, process_count: int) -> None:
+    """Raises ValueError unless the global `batch_size` splits evenly over the processes."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
     if batch_size < 1 or batch_size % process_count:
@@ -243,12 +245,12 @@ def train_dataset(
     `batch_size` is global; each process gets `batch_size // process_count` rows. Batches
     run on across epoch boundaries (the stream is the concatenation of the epochs).
     """
-    _check_batch(batch_size, process_index, process_count)
+    check_batch(batch_size, process_index, process_count)
     if len(positions) == 0:
         raise ValueError("the train split is empty")
     return (
         grain.MapDataset.source(np.asarray(positions, dtype=np.int64))
-        .shuffle(seed=derive_seed(seed, _SHUFFLE_STREAM))
+        .shuffle(seed=derive_seed(seed, SHUFFLE_STREAM))
         .repeat()
         .map_with_index(attach_index)
         .batch(batch_size, drop_remainder=True)
@@ -275,7 +277,7 @@ def eval_dataset(
     process_count: int = 1,
 ) -> grain.MapDataset:
     """Local eval batches covering `source[positions]` once, in order, the last one padded."""
-    _check_batch(batch_size, process_index, process_count)
+    check_batch(batch_size, process_index, process_count)
     return (
         grain.MapDataset.source(pad_positions(positions, batch_size))
         .map_with_index(attach_index)
@@ -437,7 +439,7 @@ def split_info(
 def make_train_iterator(
     data_config: DataConfig,
     *,
-    model_name: str | None,
+    model_name: str | ModelConfig | None,
     batch_size: int,
     seed: int,
     process_index: int = 0,
@@ -480,7 +482,8 @@ def make_train_iterator(
     )
 
 
-def _drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+def drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+    """Yields `iterator`'s batches, then closes it (also when the consumer stops early)."""
     try:
         yield from iterator
     finally:
@@ -493,7 +496,7 @@ def make_eval_batches(
     data_config: DataConfig,
     split: str,
     *,
-    model_name: str | None,
+    model_name: str | ModelConfig | None,
     batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
@@ -529,4 +532,4 @@ def make_eval_batches(
         read_threads=read_threads,
         prefetch_batches=prefetch_batches,
     )
-    return _drain(iterator)
+    return drain(iterator)

@@ -3,14 +3,21 @@
 Built-in: "cnn" (the thesis's CNN from scratch), "vgg16" and "densenet169" (Keras's
 applications, layer for layer; `load_keras_weights` fills them from Keras's ImageNet files and
 `pretrained_variables` puts those into a model's initial variables when `model.weights` is
-set). A user's own module becomes available to configs (`model.name`) by registering a factory:
+set), and "multiview" (a study model: one shared encoder over all views of a study, pooled
+into one prediction). A user's own module becomes available to configs (`model.name`) by
+registering a factory:
 
     @murajax.models.register("tiny")
     def tiny(num_classes=2, **kwargs):
         return MyModule(num_classes=num_classes)
 """
 
-from murajax.models import cnn, densenet, vgg  # noqa: F401  (register "cnn", "densenet169", "vgg16")
+from murajax.models import (  # noqa: F401  (register the built-in models)
+    cnn,
+    densenet,
+    multiview,
+    vgg,
+)
 from murajax.models.cnn import CNN
 from murajax.models.densenet import DenseNet
 from murajax.models.keras_weights import (
@@ -19,10 +26,12 @@ from murajax.models.keras_weights import (
     pretrained_variables,
 )
 from murajax.models.layers import max_pool_2x2
+from murajax.models.multiview import MultiView
 from murajax.models.registry import (
     create,
     create_from_config,
     input_spec,
+    is_study_model,
     register,
     registered_names,
 )
@@ -31,11 +40,13 @@ from murajax.models.vgg import VGG16
 __all__ = [
     "CNN",
     "DenseNet",
+    "MultiView",
     "VGG16",
     "WeightsError",
     "create",
     "create_from_config",
     "input_spec",
+    "is_study_model",
     "load_keras_weights",
     "max_pool_2x2",
     "pretrained_variables",

@@ -35,6 +35,9 @@ import numpy as np
 from murajax.errors import WeightsError
 from murajax.models import registry
 
+ENCODER = "encoder"
+"""Where a study model ("multiview") keeps its backbone's variables."""
+
 if TYPE_CHECKING:
     from murajax.config import ModelConfig
 
@@ -341,9 +344,19 @@ def pretrained_variables(model_config: "ModelConfig", initial_variables: Variabl
 
     The trainer calls this on `model.init`'s output: the backbone comes from the Keras file
     (`load_keras_weights(model_config.name, model_config.weights)`), the new head stays as
-    initialised. Without `weights`, `initial_variables` come back unchanged.
+    initialised. For a study model ("multiview") the file holds its `backbone`'s weights and
+    fills its "encoder". Without `weights`, `initial_variables` come back unchanged.
     """
     if model_config.weights is None:
         return initial_variables
-    loaded = load_keras_weights(model_config.name, model_config.weights)
-    return replace_backbone(initial_variables, loaded, source=model_config.weights)
+    if not registry.is_study_model(model_config.name):
+        loaded = load_keras_weights(model_config.name, model_config.weights)
+        return replace_backbone(initial_variables, loaded, source=model_config.weights)
+    # A study model ("multiview"): the file is its backbone's, loaded into its "encoder".
+    loaded = load_keras_weights(model_config.backbone, model_config.weights)
+    encoder = {c: layers[ENCODER] for c, layers in initial_variables.items() if ENCODER in layers}
+    encoder = replace_backbone(encoder, loaded, source=model_config.weights)
+    return {
+        c: {**layers, **({ENCODER: encoder[c]} if c in encoder else {})}
+        for c, layers in initial_variables.items()
+    }
