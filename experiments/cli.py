@@ -2,6 +2,7 @@
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import flags
 
@@ -12,6 +13,29 @@ def fail(message: str, code: int = 2) -> None:
     """Prints `error: message` to stderr and exits (no traceback)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def flag_error_line(message: str) -> str:
+    """One line of an absl flag error. A config file that raised while loading is reported
+    by ml_collections with the traceback: keep the flag and the exception's own last line."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines and len(lines) > 1:
+        flag = lines[0].split(": Error whilst parsing config file", 1)[0]
+        return f"{flag}: {lines[-1].strip()}"
+    return lines[0] if lines else message
+
+
+def loaded_config(holder: flags.FlagHolder, name: str = "config") -> Any:
+    """The value of a `config_flags.DEFINE_config_file` flag. ml_collections reports a config
+    file that cannot be loaded (missing, not Python) only when the config is first used, with
+    a traceback; here that is one line naming the file."""
+    value = holder.value
+    try:
+        getattr(value, "seed", None)
+    except OSError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        fail(f"cannot load --{name}={flags.FLAGS[name].config_filename}: {reason}")
+    return value
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -25,9 +49,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     except KeyError as e:
         fail(f"unknown config field: {e.args[0] if e.args else e}")
     except flags.Error as e:
-        fail(str(e).splitlines()[0])
+        fail(flag_error_line(str(e)))
     except ConfigError as e:
         fail(str(e))
+    except SyntaxError as e:  # a config file that is not valid Python
+        fail(f"{e.filename}:{e.lineno}: {e.msg} (in a config file)")
     return []
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
         )
     from murajax import train
 
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(cli.loaded_config(_CONFIG), _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -251,7 +251,24 @@ def cli_results(run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]
     junk = tmp_path_factory.mktemp("junk")
     (junk / "._image1.png").write_bytes(bytes(64))
     (junk / "notes.txt").write_text("x")
+    configs = tmp_path_factory.mktemp("configs")
+    (configs / "broken.py").write_text("def get_config(:\n")
     cases = {
+        "missing_config": (
+            "experiments.main",
+            "--config=experiments/configs/nope.py",
+            f"--workdir={junk}/w",
+        ),
+        "bad_variant": (
+            "experiments.main",
+            "--config=experiments/configs/multiview.py:smoke,resnet",
+            f"--workdir={junk}/w",
+        ),
+        "broken_config": (
+            "experiments.main",
+            f"--config={configs}/broken.py",
+            f"--workdir={configs}/w",
+        ),
         "no_config": ("experiments.evaluate", f"--workdir={junk}"),
         "unknown_step": ("experiments.evaluate", f"--workdir={workdir}", "--checkpoint=13"),
         "bad_split": ("experiments.evaluate", f"--workdir={workdir}", "--split=train"),
@@ -282,6 +299,9 @@ def cli_results(run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]
 @pytest.mark.parametrize(
     "case, message",
     [
+        ("missing_config", "cannot load --config=experiments/configs/nope.py: [Errno 2]"),
+        ("bad_variant", "multiview.py:smoke,resnet: unknown variant 'resnet', expected cnn"),
+        ("broken_config", "broken.py:1: invalid syntax (in a config file)"),
         ("no_config", "has no config.json"),
         ("unknown_step", "checkpoint 13 not found: available steps 8, 12, 16, 24"),
         ("bad_split", "split='train': expected one of validation, holdout"),

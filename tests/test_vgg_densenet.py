@@ -317,6 +317,25 @@ def test_create_train_state_loads_model_weights(vgg_file, vgg_backbone):
     assert_loaded({"params": state.params}, vgg_backbone)
 
 
+def test_multiview_loads_its_backbones_file_into_its_encoder(vgg_file, vgg_backbone):
+    model_config = ModelConfig(name="multiview", backbone="vgg16", weights=vgg_file)
+    model = models.create_from_config(model_config)
+    initial = random_like(shapes(model, jnp.zeros((1, 1, SIZE, SIZE, 3))), seed=7)
+    loaded = models.pretrained_variables(model_config, initial)
+    assert_loaded({"params": loaded["params"]["encoder"]}, vgg_backbone)
+    np.testing.assert_array_equal(
+        loaded["params"]["head"]["logits"]["kernel"],
+        initial["params"]["head"]["logits"]["kernel"],
+    )
+    with pytest.raises(WeightsError, match="densenet169 weights from"):
+        models.pretrained_variables(
+            ModelConfig(name="multiview", backbone="densenet169", weights=vgg_file),
+            initial,
+        )
+    with pytest.raises(ValueError, match="model 'cnn' does not load weights"):
+        models.create_from_config(ModelConfig(name="multiview", weights=vgg_file))
+
+
 def test_create_from_config_passes_weights():
     for name in ("vgg16", "densenet169"):
         model = models.create_from_config(ModelConfig(name=name, weights="x.h5", dtype="bfloat16"))
