@@ -9,8 +9,11 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from murajax import parallel
 
 BEST_METRIC = "holdout_kappa"
 
@@ -51,9 +54,13 @@ def save(
     meta: dict[str, Any],
     metrics: dict[str, float] | None = None,
 ) -> None:
-    """Saves the train state, the data iterator's position and `meta` at `step`."""
+    """Saves the train state, the data iterator's position and `meta` at `step`.
+
+    Every process calls it; `state` is host-local (see `murajax.parallel`) and the same on
+    every process (with several processes it is saved as global replicated arrays).
+    """
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_global(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave(meta),
     )
@@ -67,16 +74,28 @@ def restore(
     """Restores the state at `step` (shaped like `abstract_state`) and the iterator in place.
 
     Returns the restored state and its metadata. With `data_iterator=None` only the state and
-    metadata are read (evaluation needs no iterator).
+    metadata are read (evaluation needs no iterator). The state comes back host-local, like
+    `abstract_state`, also with several processes.
     """
     items: dict[str, Any] = {
-        "state": ocp.args.StandardRestore(abstract_state),
+        "state": ocp.args.StandardRestore(_global(abstract_state)),
         "meta": ocp.args.JsonRestore(),
     }
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], dict(restored["meta"])
+    state = restored["state"]
+    if jax.process_count() > 1:
+        state = parallel.unreplicate(state)
+    return state, dict(restored["meta"])
+
+
+def _global(state: Any) -> Any:
+    """With several processes, host-local arrays as global replicated ones (orbax saves and
+    restores only those across processes); unchanged with one process."""
+    if jax.process_count() == 1:
+        return state
+    return parallel.replicate(state, parallel.make_mesh())
 
 
 def select_step(manager: ocp.CheckpointManager, which: str) -> int | None:

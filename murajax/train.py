@@ -5,6 +5,7 @@
 they are jitted, never what they compute.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import data, evaluation, freeze, losses, models, optim, writers
+from murajax import data, evaluation, freeze, losses, models, optim, parallel, writers
 from murajax.config import Config
 from tfds_mura.features import BODY_PARTS
 
@@ -91,6 +92,7 @@ def train_step(
     label_smoothing: float,
     l2_weight: float,
     batch_stats_mask: Any = None,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
 
@@ -98,18 +100,27 @@ def train_step(
     `batch_stats_mask` (`freeze.batch_stats_mask`: a pytree like `batch_stats` of Python
     bools) keeps the running statistics where it is False (frozen BatchNorm layers) as they
     were; None updates them all.
+
+    `axis_name`: inside `jax.pmap` over that axis (`murajax.parallel`), `batch` is one
+    device's equal share: BatchNorm normalises with the whole batch's statistics, and the
+    gradients, running statistics and metrics are averaged over the axis (the loss is a mean
+    over equal shares, so the average is the global batch's loss); each device draws its own
+    dropout masks.
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
+    if axis_name is not None:
+        dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        outputs = model.apply(
-            _variables(params, state.batch_stats),
-            batch["image"],
-            **model_kwargs(batch),
-            train=True,
-            rngs={"dropout": dropout_key},
-            mutable=["batch_stats"] if state.batch_stats else [],
-        )
+        with parallel.sync_batch_norm(axis_name) if axis_name else contextlib.nullcontext():
+            outputs = model.apply(
+                _variables(params, state.batch_stats),
+                batch["image"],
+                **model_kwargs(batch),
+                train=True,
+                rngs={"dropout": dropout_key},
+                mutable=["batch_stats"] if state.batch_stats else [],
+            )
         logits, updates = outputs
         loss = losses.cross_entropy_loss(
             logits,
@@ -123,6 +134,11 @@ def train_step(
         return loss, (updates.get("batch_stats", state.batch_stats), logits)
 
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    if axis_name is not None:
+        grads, batch_stats, loss, accuracy = jax.lax.pmean(
+            (grads, batch_stats, loss, accuracy), axis_name
+        )
     if batch_stats_mask is not None and state.batch_stats:
         batch_stats = jax.tree.map(
             lambda keep_new, new, old: new if keep_new else old,
@@ -132,7 +148,6 @@ def train_step(
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     metrics = {
         "loss": loss,
         "accuracy": accuracy,
@@ -236,15 +251,11 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
     by split.
     """
     config_lib.validate(config)
+    parallel.check_config(config)  # the batch splits over the processes and devices
     os.makedirs(workdir, exist_ok=True)
     _write_config(config, workdir)
     model = _build_model(config, model)
     process_index, process_count = jax.process_index(), jax.process_count()
-    if config.train.batch_size % process_count:
-        raise config_lib.ConfigError(
-            f"config.train.batch_size={config.train.batch_size} is invalid: expected a multiple"
-            f" of the number of processes ({process_count})"
-        )
 
     layer_order = freeze.config_layer_order(config, model)
     tx = freeze.make_train_optimizer(config, order=layer_order)
@@ -340,32 +351,35 @@ def _train_loop(
     writer: writers.MetricWriter,
     layer_order: Any = None,
 ) -> TrainState:
-    """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints."""
+    """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints.
+
+    `state` (host-local) goes onto every device as `train.parallelism` says
+    (`murajax.parallel`); evaluation and checkpoints see it host-local again, and so does
+    the caller.
+    """
     t = config.train
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            weight_table=jnp.asarray(class_weight_table(config)),
-            label_smoothing=t.label_smoothing,
-            l2_weight=t.l2_weight,
-            batch_stats_mask=_batch_stats_mask(config, state, layer_order),
-        ),
-        donate_argnums=0,
+    step_fn = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        weight_table=jnp.asarray(class_weight_table(config)),
+        label_smoothing=t.label_smoothing,
+        l2_weight=t.l2_weight,
+        batch_stats_mask=_batch_stats_mask(config, state, layer_order),
     )
+    dp = parallel.data_parallel(step_fn, t.parallelism)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     start = int(state.step)
+    state = dp.put_state(state)
     progress = tqdm(
         total=t.steps, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True
     )
     pending: list[Metrics] = []
     tick, images = time.perf_counter(), 0
     for step in range(start + 1, t.steps + 1):
-        batch = next(train_iter)
-        state, metrics = step_fn(state, batch)
+        state, metrics = dp.step(state, dp.put_batch(next(train_iter)))
         pending.append(metrics)
-        images += len(batch["label"]) * jax.process_count()
+        images += t.batch_size  # global
         progress.update(1)
         if step % t.log_every == 0 or step == t.steps:
             summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
@@ -377,13 +391,14 @@ def _train_loop(
             pending, tick, images = [], time.perf_counter(), 0
         eval_metrics = None
         if step % t.eval_every == 0 or step == t.steps:
-            eval_metrics = evaluation.evaluate_holdout(config, state, eval_fn)
+            host = dp.host_state(state)
+            eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn)
             writer.write(step, "holdout", eval_metrics)
-            state = state.replace(
-                opt_state=optim.observe_holdout_loss(
-                    state.opt_state, eval_metrics["loss"], config.optim
-                )
+            opt_state = optim.observe_holdout_loss(
+                host.opt_state, eval_metrics["loss"], config.optim
             )
+            if opt_state is not host.opt_state:  # a plateau schedule took the loss
+                state = dp.put_state(host.replace(opt_state=opt_state))
             progress.write(
                 f"step {step}: holdout loss {eval_metrics['loss']:.4f},"
                 f" study kappa {eval_metrics['kappa']:.3f}, AUROC {eval_metrics['auroc']:.3f}"
@@ -391,6 +406,6 @@ def _train_loop(
         if eval_metrics is not None or step % t.checkpoint_every == 0:
             ckpt_metrics = {ckpt.BEST_METRIC: eval_metrics["kappa"]} if eval_metrics else None
             meta = {"step": step, "config": dataclasses.asdict(config)}
-            ckpt.save(manager, step, state, train_iter, meta, ckpt_metrics)
+            ckpt.save(manager, step, dp.host_state(state), train_iter, meta, ckpt_metrics)
     progress.close()
-    return state
+    return dp.host_state(state)
