@@ -131,7 +131,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     devices = local_devices(mesh)
 
     def put(x: Any) -> jax.Array:
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
             return x
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             raise ValueError(f"cannot replicate a global array sharded as {x.sharding}")
@@ -147,9 +147,7 @@ def unreplicate(tree: Any) -> Any:
     The inverse of `replicate` (no copy: the first local replica's buffer)."""
 
     def first(x: Any) -> Any:
-        if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
-            return x
-        return x.addressable_shards[0].data
+        return x.addressable_shards[0].data if isinstance(x, jax.Array) else x
 
     return jax.tree.map(first, tree)
 
@@ -176,17 +174,24 @@ def stack(tree: Any, mesh: Mesh) -> Any:
     devices = local_devices(mesh)
     sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
 
-    def put(x: Any) -> jax.Array:
-        x = unreplicate(x) if isinstance(x, jax.Array) else jnp.asarray(x)
-        copies = [jax.device_put(x[None], device) for device in devices]
-        return jax.make_array_from_single_device_arrays((len(devices), *x.shape), sharding, copies)
+    def put(row: jax.Array) -> jax.Array:
+        copies = [jax.device_put(row, device) for device in devices]
+        return jax.make_array_from_single_device_arrays(
+            (len(devices), *row.shape[1:]), sharding, copies
+        )
 
-    return jax.tree.map(put, tree)
+    rows = _add_axis(jax.tree.map(jnp.asarray, unreplicate(tree)))
+    return jax.tree.map(put, rows)
 
 
 def unstack(tree: Any) -> Any:
     """The first device's copy of every leaf of a `stack`ed (pmap) pytree, host-local."""
-    return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+    return _drop_axis(jax.tree.map(lambda x: x.addressable_shards[0].data, tree))
+
+
+# One compilation for a whole state, rather than one eager op per distinct leaf shape.
+_add_axis = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
+_drop_axis = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
 
 
 def split_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
