@@ -234,6 +234,13 @@ def _build_model(config: Config, model: nn.Module | None) -> nn.Module:
     return model if model is not None else models.create_from_config(config.model)
 
 
+def images_in(batch: Batch, global_batch_size: int) -> int:
+    """How many images the model processes for a global batch of which `batch` is this
+    process's share: a study batch (B, V, H, W, C) holds V view slots per study."""
+    views = batch["image"].shape[1] if "view_mask" in batch else 1
+    return global_batch_size * views
+
+
 def model_input_shape(config: Config, batch_size: int) -> tuple[int, ...]:
     """The shape of a batch of model inputs: NHWC images, or (B, 1, H, W, C) studies."""
     _, channels = models.input_spec(config.model)
@@ -377,9 +384,10 @@ def _train_loop(
     pending: list[Metrics] = []
     tick, images = time.perf_counter(), 0
     for step in range(start + 1, t.steps + 1):
-        state, metrics = dp.step(state, dp.put_batch(next(train_iter)))
+        batch = next(train_iter)
+        state, metrics = dp.step(state, dp.put_batch(batch))
         pending.append(metrics)
-        images += t.batch_size  # global
+        images += images_in(batch, t.batch_size)
         progress.update(1)
         if step % t.log_every == 0 or step == t.steps:
             summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}

@@ -376,3 +376,9 @@ def test_config_variants(arg, backbone, pooling):
 def test_unknown_config_variant_is_named():
     with pytest.raises(ValueError, match="unknown variant 'resnet'"):
         multiview_config.get_config("resnet")
+
+
+def test_throughput_counts_view_slots_of_study_batches():
+    studies_batch = {"image": np.zeros((2, 3, 4, 4, 1)), "view_mask": np.ones((2, 3), bool)}
+    assert train.images_in(studies_batch, global_batch_size=8) == 24
+    assert train.images_in({"image": np.zeros((2, 4, 4, 1))}, global_batch_size=8) == 8
