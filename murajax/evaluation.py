@@ -180,6 +180,12 @@ def metrics_body(
         "threshold": float(threshold),
         "threshold_method": e.threshold_method,
     }
+    if models.is_study_model(config.model.name):
+        # One prediction per study: its "image" scores are its study scores (one row each).
+        body["predicts"] = "studies"
+        body["view_pooling"] = config.model.view_pooling
+    else:
+        body["predicts"] = "images"
     if e.threshold_method == "youden":
         body["threshold_chosen_on"] = "holdout"
     body["bootstrap"] = {

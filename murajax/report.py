@@ -264,10 +264,12 @@ def metrics_table(body: Mapping[str, Any]) -> str:
 
 
 def levels_table(body: Mapping[str, Any]) -> str:
-    """Every score at the study and the image level, overall, with CIs."""
+    """Every score at the study and the image level, overall, with CIs (the study level only
+    for a model that predicts whole studies)."""
     names = ["kappa", "auroc", "accuracy", "sensitivity", "specificity", "precision", "f1"]
     rows = []
-    for level in ("study", "image"):
+    levels = ("study",) if body.get("predicts") == "studies" else ("study", "image")
+    for level in levels:
         scores = body.get(level)
         if scores:
             rows.append(
@@ -290,11 +292,17 @@ def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) 
         method = body.get("threshold_method", "fixed")
         chosen = " (chosen on the holdout by Youden's J)" if method == "youden" else ""
         boot = body.get("bootstrap", {})
+        if body.get("predicts") == "studies":
+            how = (
+                "the model's own prediction from all of the study's views (view pooling:"
+                f" {body.get('view_pooling', '?')})"
+            )
+        else:
+            how = f"{body.get('aggregation', 'mean')} of its images' probabilities"
         lines += [
             f"### {split} (checkpoint step {body.get('step')})",
             "",
-            f"Study probability = {body.get('aggregation', 'mean')} of its images'"
-            f" probabilities; abnormal if >= {format_score(threshold)}{chosen}. 95% CIs:"
+            f"Study probability = {how}; abnormal if >= {format_score(threshold)}{chosen}. 95% CIs:"
             f" percentile bootstrap over studies ({boot.get('samples', '?')} resamples,"
             f" seed {boot.get('seed', '?')}).",
             "",

@@ -285,6 +285,13 @@ def test_multiview_trains_and_is_scored_per_study(run, data_dir):
     with open(os.path.join(workdir, "config.json")) as f:
         saved = json.load(f)
     assert saved["model"]["name"] == "multiview" and saved["data"]["max_views"] == 2
+    with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
+        body = json.load(f)
+    assert (body["predicts"], body["view_pooling"]) == ("studies", "attention")
+    with open(os.path.join(workdir, "report.md")) as f:
+        report = f.read()
+    assert "the model's own prediction from all of the study's views" in report
+    assert "| image |" not in report and "Heatmaps not drawn" not in report
 
 
 def test_evaluation_reproduces_and_sees_every_view(run):
