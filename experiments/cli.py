@@ -68,3 +68,21 @@ def run_main(main: Callable[[list[str]], None], user_errors: tuple[type[Exceptio
             fail(str(e))
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def loaded_sweep(spec: str, name: str = "config") -> Any:
+    """`murajax.sweep.load_sweep(spec)` for a `--config=path.py[:arg]` string flag; a file
+    that is missing, not Python, without `get_sweep`, a variant it rejects or a bad override
+    is one line (`error: cannot load --config=...: reason`, or the override's own message)
+    and exit status 2."""
+    from murajax import sweep
+
+    try:
+        return sweep.load_sweep(spec)
+    except FileNotFoundError as e:
+        fail(f"cannot load --{name}={spec}: {e.args[-1] if e.args else e}")
+    except SyntaxError as e:
+        fail(f"{e.filename}:{e.lineno}: {e.msg} (in a config file)")
+    except ConfigError as e:
+        fail(str(e))
+    return None

@@ -269,3 +269,33 @@ def image_grid(
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+def overlaid_roc_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str,
+    *,
+    title: str = "ROC curves",
+) -> str:
+    """The ROC curves of several models, `{label: (labels, probs)}`, on one axis, each in the
+    legend as given (not shortened) with its AUROC and n: e.g. the runs of a sweep.
+
+    A curve without both classes is listed in the legend as undefined.
+    """
+    figure = Figure(figsize=(7, 6.5))
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
+    for name, (labels, probs) in curves.items():
+        labels = np.asarray(labels).astype(int)
+        if len(np.unique(labels)) < 2:
+            ax.plot([], [], label=f"{name}: AUROC undefined (one class)")
+            continue
+        fpr, tpr, _ = skm.roc_curve(labels, np.asarray(probs, dtype=np.float64))
+        auroc = skm.roc_auc_score(labels, np.asarray(probs, dtype=np.float64))
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name}: AUROC {auroc:.3f} (n={len(labels)})")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(figure, path)
