@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from murajax.config import CNN_POOLINGS
-from murajax.models.layers import conv3x3, dense, max_pool_2x2
+from murajax.models.layers import conv3x3, dense, global_pool, max_pool_2x2
 from murajax.models.registry import register
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -88,12 +88,7 @@ class CNN(nn.Module):
         if self.num_classes is None:
             return x
 
-        if self.pooling == "avg":
-            x = jnp.mean(x, axis=(1, 2))
-        elif self.pooling == "max":
-            x = jnp.max(x, axis=(1, 2))
-        else:
-            x = x.reshape(x.shape[0], -1)
+        x = global_pool(x, self.pooling)
         for i, width in enumerate(self.dense, start=1):
             x = dense(width, dtype=dtype, name=f"dense{i}")(x)
             x = nn.relu(x)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from murajax import initializers
+from murajax.config import CNN_POOLINGS
 
 
 def conv3x3(features: int, *, dtype: Any, name: str, use_bias: bool = True) -> nn.Conv:
@@ -52,3 +53,14 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     h2, w2 = h // 2, w // 2
     x = x[:, : 2 * h2, : 2 * w2, :]
     return x.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def global_pool(x: jax.Array, pooling: str) -> jax.Array:
+    """An NHWC feature map to (N, D): global "avg" or "max" pooling, or "flatten"."""
+    if pooling == "avg":
+        return jnp.mean(x, axis=(1, 2))
+    if pooling == "max":
+        return jnp.max(x, axis=(1, 2))
+    if pooling == "flatten":
+        return x.reshape(x.shape[0], -1)
+    raise ValueError(f"unknown pooling {pooling!r}: expected one of {CNN_POOLINGS}")

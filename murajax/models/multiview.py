@@ -24,10 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.config import CNN_POOLINGS, VIEW_POOLINGS
+from murajax.config import VIEW_POOLINGS
 from murajax.models import registry
 from murajax.models.cnn import as_dtype
-from murajax.models.layers import dense
+from murajax.models.layers import dense, global_pool
 
 
 def pool_views(
@@ -64,17 +64,6 @@ def attention_weights(scores: jax.Array, view_mask: jax.Array) -> jax.Array:
     mask = jnp.where(any_real, mask, True)  # a padding row: uniform, not NaN
     weights = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=1)
     return jnp.where(mask, weights, 0.0)
-
-
-def pool_space(x: jax.Array, pooling: str) -> jax.Array:
-    """An NHWC feature map to (N, D): global "avg" or "max" pooling, or "flatten"."""
-    if pooling == "avg":
-        return jnp.mean(x, axis=(1, 2))
-    if pooling == "max":
-        return jnp.max(x, axis=(1, 2))
-    if pooling == "flatten":
-        return x.reshape(x.shape[0], -1)
-    raise ValueError(f"unknown pooling {pooling!r}: expected one of {CNN_POOLINGS}")
 
 
 class MultiViewHead(nn.Module):
@@ -164,7 +153,7 @@ class MultiView(nn.Module):
         batch, views = studies
         if view_mask is None:
             view_mask = jnp.ones((batch, views), bool)
-        features = pool_space(feature_maps, self.pooling).reshape(batch, views, -1)
+        features = global_pool(feature_maps, self.pooling).reshape(batch, views, -1)
         return self.head(features, view_mask, train)
 
 
