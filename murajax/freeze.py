@@ -36,6 +36,8 @@ from typing import Any
 import optax
 
 from murajax.config import Config, ConfigError
+from murajax.models.multiview import ENCODER
+from murajax.models.registry import is_study_model
 
 FROZEN, BACKBONE, TRAINABLE = "frozen", "backbone", "trainable"
 UP_TO = "up_to:"
@@ -53,18 +55,9 @@ def check_syntax(freeze: str) -> None:
     )
 
 
-ENCODER = "encoder"
-
-
-def _is_study_model(model_name: str) -> bool:
-    from murajax import models  # local: the models package imports config
-
-    return model_name in models.registered_names() and models.is_study_model(model_name)
-
-
 def _expand(names: Sequence[str], tree: Any, model_name: str) -> list[str]:
     """Top-level group names, with a study model's "encoder" split into "encoder/<layer>"."""
-    if not _is_study_model(model_name):
+    if not is_study_model(model_name):
         return list(names)
     out = []
     for name in names:
@@ -159,7 +152,7 @@ def _by_group(tree: Any, value: Any, model_name: str = "") -> Any:
             g: jax.tree.map(lambda _, g=g: value(prefix + g), sub) for g, sub in subtree.items()
         }
 
-    if not _is_study_model(model_name) or ENCODER not in tree:
+    if not is_study_model(model_name) or ENCODER not in tree:
         return by_group(tree, "")
     rest = {g: sub for g, sub in tree.items() if g != ENCODER}
     return {ENCODER: by_group(tree[ENCODER], f"{ENCODER}/"), **by_group(rest, "")}

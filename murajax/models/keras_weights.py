@@ -34,9 +34,7 @@ import numpy as np
 
 from murajax.errors import WeightsError
 from murajax.models import registry
-
-ENCODER = "encoder"
-"""Where a study model ("multiview") keeps its backbone's variables."""
+from murajax.models.multiview import ENCODER
 
 if TYPE_CHECKING:
     from murajax.config import ModelConfig

@@ -29,6 +29,10 @@ from murajax.models import registry
 from murajax.models.cnn import as_dtype
 from murajax.models.layers import dense, global_pool
 
+ENCODER = "encoder"
+"""The name of `MultiView`'s encoder submodule: its variables' key, where a Keras file loads
+(`keras_weights.pretrained_variables`) and what `model.freeze='backbone'` freezes."""
+
 
 def pool_views(
     features: jax.Array, view_mask: jax.Array, method: str, scores: jax.Array | None = None
