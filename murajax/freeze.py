@@ -37,7 +37,7 @@ import optax
 
 from murajax.config import Config, ConfigError
 from murajax.models.multiview import ENCODER
-from murajax.models.registry import is_study_model
+from murajax.models.registry import input_shape, is_study_model
 
 FROZEN, BACKBONE, TRAINABLE = "frozen", "backbone", "trainable"
 UP_TO = "up_to:"
@@ -217,13 +217,7 @@ def config_layer_order(config: Config, model: Any) -> list[str] | None:
     """`layer_order` of `model` at `config`'s input size when "up_to:" needs it, else None."""
     if not config.model.freeze.startswith(UP_TO):
         return None
-    from murajax import models  # local: the models package imports config
-
-    _, channels = models.input_spec(config.model)
-    shape = (1, config.data.image_size, config.data.image_size, channels)
-    if models.is_study_model(config.model.name):
-        shape = (1, 1, *shape[1:])  # one study of one view
-    return layer_order(model, shape)
+    return layer_order(model, input_shape(config.model, config.data.image_size, 1))
 
 
 def make_train_optimizer(

@@ -243,11 +243,7 @@ def images_in(batch: Batch, global_batch_size: int) -> int:
 
 def model_input_shape(config: Config, batch_size: int) -> tuple[int, ...]:
     """The shape of a batch of model inputs: NHWC images, or (B, 1, H, W, C) studies."""
-    _, channels = models.input_spec(config.model)
-    size = config.data.image_size
-    if models.is_study_model(config.model.name):
-        return (batch_size, 1, size, size, channels)
-    return (batch_size, size, size, channels)
+    return models.input_shape(config.model, config.data.image_size, batch_size)
 
 
 def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = None) -> dict:

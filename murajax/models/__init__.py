@@ -30,6 +30,7 @@ from murajax.models.multiview import MultiView
 from murajax.models.registry import (
     create,
     create_from_config,
+    input_shape,
     input_spec,
     is_study_model,
     register,
@@ -45,6 +46,7 @@ __all__ = [
     "WeightsError",
     "create",
     "create_from_config",
+    "input_shape",
     "input_spec",
     "is_study_model",
     "load_keras_weights",

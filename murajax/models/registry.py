@@ -85,6 +85,15 @@ def input_spec(model: "str | ModelConfig") -> tuple[str, int]:
     return spec
 
 
+def input_shape(model_config: "ModelConfig", image_size: int, batch_size: int) -> tuple[int, ...]:
+    """The shape of a batch of the model's inputs: NHWC images, or (B, 1, H, W, C) studies
+    of one view for a study model."""
+    _, channels = input_spec(model_config)
+    if is_study_model(model_config.name):
+        return (batch_size, 1, image_size, image_size, channels)
+    return (batch_size, image_size, image_size, channels)
+
+
 def create_with_fields(name: str, num_classes: int | None, fields: dict[str, Any]) -> nn.Module:
     """Builds model `name` with those of `fields` that its factory takes.
 
