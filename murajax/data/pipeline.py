@@ -482,7 +482,23 @@ def make_train_iterator(
     )
 
 
-def drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+def iterate_once(
+    dataset: grain.MapDataset,
+    num_workers: int = 0,
+    *,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over a finite `dataset` of batches (see `to_iterator`), closed at its end."""
+    if len(dataset) == 0:
+        return iter(())
+    iterator = to_iterator(
+        dataset, num_workers, read_threads=read_threads, prefetch_batches=prefetch_batches
+    )
+    return _drain(iterator)
+
+
+def _drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
     """Yields `iterator`'s batches, then closes it (also when the consumer stops early)."""
     try:
         yield from iterator
@@ -524,12 +540,9 @@ def make_eval_batches(
         process_index=process_index,
         process_count=process_count,
     )
-    if len(dataset) == 0:
-        return iter(())
-    iterator = to_iterator(
+    return iterate_once(
         dataset,
         data_config.num_workers,
         read_threads=read_threads,
         prefetch_batches=prefetch_batches,
     )
-    return drain(iterator)

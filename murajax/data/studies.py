@@ -274,12 +274,9 @@ def make_study_eval_batches(
         process_index=process_index,
         process_count=process_count,
     )
-    if len(dataset) == 0:
-        return iter(())
-    iterator = pipeline.to_iterator(
+    return pipeline.iterate_once(
         dataset,
         data_config.num_workers,
         read_threads=read_threads,
         prefetch_batches=prefetch_batches,
     )
-    return pipeline.drain(iterator)
