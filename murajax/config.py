@@ -152,8 +152,13 @@ class Config:
 # --------------------------------------------------------------------------- validation
 
 
+def invalid(field: str, value: Any, valid: str) -> ConfigError:
+    """The one-line error for `config.<field>=value`, naming what would be `valid`."""
+    return ConfigError(f"config.{field}={value!r} is invalid: expected {valid}")
+
+
 def _fail(field: str, value: Any, valid: str) -> typing.NoReturn:
-    raise ConfigError(f"config.{field}={value!r} is invalid: expected {valid}")
+    raise invalid(field, value, valid)
 
 
 def _check_type(field: str, value: Any, annotation: Any) -> None:
@@ -205,7 +210,8 @@ def _check_types(obj: Any, prefix: str = "") -> None:
             _check_type(name, value, hints[f.name])
 
 
-def _choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raises the `invalid` error unless `value` is one of `choices`."""
     if value not in choices:
         _fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
 
@@ -234,9 +240,9 @@ def validate(config: Config) -> Config:
     if not d.dataset.strip():
         _fail("data.dataset", d.dataset, "a TFDS dataset name such as 'mura' or 'mura_synthetic'")
     _in_range("data.image_size", d.image_size, 8, 4096)
-    _choice("data.resize", d.resize, RESIZE_MODES)
+    check_choice("data.resize", d.resize, RESIZE_MODES)
     if d.normalization is not None:
-        _choice("data.normalization", d.normalization, NORMALIZATIONS)
+        check_choice("data.normalization", d.normalization, NORMALIZATIONS)
     _in_range("data.holdout_fraction", d.holdout_fraction, 0.0, 1.0, closed=False)
     _at_least("data.num_workers", d.num_workers, 0)
     _in_range("data.rotation", d.rotation, 0.0, 180.0)
@@ -249,7 +255,7 @@ def validate(config: Config) -> Config:
     if m.num_classes != 2:
         _fail("model.num_classes", m.num_classes, "2 (normal, abnormal)")
     _in_range("model.dropout_rate", m.dropout_rate, 0.0, 1.0, closed=False)
-    _choice("model.dtype", m.dtype, DTYPES)
+    check_choice("model.dtype", m.dtype, DTYPES)
     if not m.widths:
         _fail("model.widths", m.widths, "at least one block width")
     for i, w in enumerate(m.widths):
@@ -257,14 +263,14 @@ def validate(config: Config) -> Config:
     for i, w in enumerate(m.dense):
         _positive(f"model.dense[{i}]", w)
     _at_least("model.convs_per_block", m.convs_per_block, 1)
-    _choice("model.pooling", m.pooling, CNN_POOLINGS)
+    check_choice("model.pooling", m.pooling, CNN_POOLINGS)
     _in_range("model.bn_momentum", m.bn_momentum, 0.0, 1.0, closed=False)
     _check_freeze(m.freeze)
     _check_backbone(m.backbone)
-    _choice("model.view_pooling", m.view_pooling, VIEW_POOLINGS)
+    check_choice("model.view_pooling", m.view_pooling, VIEW_POOLINGS)
     _at_least("model.attention_dim", m.attention_dim, 1)
 
-    _choice("optim.name", o.name, OPTIMIZERS)
+    check_choice("optim.name", o.name, OPTIMIZERS)
     _positive("optim.learning_rate", o.learning_rate)
     _in_range("optim.momentum", o.momentum, 0.0, 1.0, closed=False)
     _in_range("optim.b1", o.b1, 0.0, 1.0, closed=False)
@@ -272,7 +278,7 @@ def validate(config: Config) -> Config:
     _positive("optim.eps", o.eps)
     _in_range("optim.decay", o.decay, 0.0, 1.0, closed=False)
     _at_least("optim.weight_decay", o.weight_decay, 0.0)
-    _choice("optim.schedule", o.schedule, SCHEDULES)
+    check_choice("optim.schedule", o.schedule, SCHEDULES)
     _at_least("optim.warmup_steps", o.warmup_steps, 0)
     if o.warmup_steps >= t.steps and o.schedule == "warmup_cosine":
         _fail("optim.warmup_steps", o.warmup_steps, f"fewer than train.steps={t.steps}")
@@ -288,20 +294,20 @@ def validate(config: Config) -> Config:
     _at_least("train.batch_size", t.batch_size, 1)
     for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best"):
         _at_least(f"train.{name}", getattr(t, name), 1)
-    _choice("train.parallelism", t.parallelism, PARALLELISMS)
-    _choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)
+    check_choice("train.parallelism", t.parallelism, PARALLELISMS)
+    check_choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)
     _in_range("train.label_smoothing", t.label_smoothing, 0.0, 1.0, closed=False)
     _at_least("train.l2_weight", t.l2_weight, 0.0)
 
     _at_least("eval.batch_size", e.batch_size, 1)
-    _choice("eval.aggregation", e.aggregation, AGGREGATIONS)
+    check_choice("eval.aggregation", e.aggregation, AGGREGATIONS)
     _in_range("eval.threshold", e.threshold, 0.0, 1.0)
-    _choice("eval.threshold_method", e.threshold_method, THRESHOLD_METHODS)
+    check_choice("eval.threshold_method", e.threshold_method, THRESHOLD_METHODS)
     _at_least("eval.bootstrap_samples", e.bootstrap_samples, 0)
     _in_range("eval.confidence", e.confidence, 0.5, 1.0, closed=False)
     for i, split in enumerate(e.splits):
-        _choice(f"eval.splits[{i}]", split, EVAL_SPLITS)
-    _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_SELECTIONS)
+        check_choice(f"eval.splits[{i}]", split, EVAL_SPLITS)
+    check_choice("eval.checkpoint", e.checkpoint, CHECKPOINT_SELECTIONS)
     return config
 
 
@@ -317,14 +323,14 @@ def _check_backbone(name: str) -> None:
     from murajax import models  # local import: the models package imports this module
 
     image_models = [n for n in models.registered_names() if not models.is_study_model(n)]
-    _choice("model.backbone", name, tuple(image_models))
+    check_choice("model.backbone", name, tuple(image_models))
 
 
 def _check_model_name(name: str) -> None:
     """Accepts the built-in models and those registered with `murajax.models.register`."""
     from murajax import models  # local import: the models package imports this module
 
-    _choice("model.name", name, tuple(models.registered_names()))
+    check_choice("model.name", name, tuple(models.registered_names()))
 
 
 # --------------------------------------------------------------------------- (de)serialisation

@@ -35,7 +35,7 @@ from typing import Any
 
 import optax
 
-from murajax.config import Config, ConfigError
+from murajax.config import Config, ConfigError, invalid
 from murajax.models.multiview import ENCODER
 from murajax.models.registry import input_shape, is_study_model
 
@@ -49,10 +49,8 @@ def check_syntax(freeze: str) -> None:
         return
     if freeze.startswith(UP_TO) and freeze[len(UP_TO) :].strip():
         return
-    raise ConfigError(
-        f"config.model.freeze={freeze!r} is invalid: expected 'none', 'backbone' or"
-        " 'up_to:<layer-prefix>' such as 'up_to:block3'"
-    )
+    valid = "'none', 'backbone' or 'up_to:<layer-prefix>' such as 'up_to:block3'"
+    raise invalid("model.freeze", freeze, valid)
 
 
 def _expand(names: Sequence[str], tree: Any, model_name: str) -> list[str]:

@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from murajax.config import PARALLELISMS, Config, ConfigError
+from murajax.config import PARALLELISMS, Config, check_choice, invalid
 
 AXIS = "data"  # the one mesh axis, and pmap's axis name
 
@@ -63,14 +63,8 @@ def local_devices(mesh: Mesh) -> list[jax.Device]:
     return list(mesh.local_devices)
 
 
-def _invalid(field: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"config.{field}={value!r} is invalid: expected {valid}")
-
-
 def _check_parallelism(parallelism: str) -> None:
-    if parallelism not in PARALLELISMS:
-        valid = "one of " + ", ".join(repr(p) for p in PARALLELISMS)
-        raise _invalid("train.parallelism", parallelism, valid)
+    check_choice("train.parallelism", parallelism, PARALLELISMS)
 
 
 def check_batch_size(
@@ -89,9 +83,9 @@ def check_batch_size(
     where = f"(train.parallelism={parallelism!r})"
     if batch_size % process_count:
         valid = f"a multiple of the number of processes ({process_count}) {where}"
-        raise _invalid(field, batch_size, valid)
+        raise invalid(field, batch_size, valid)
     if parallelism == "jit" and batch_size % device_count:
-        raise _invalid(
+        raise invalid(
             field, batch_size, f"a multiple of the number of devices ({device_count}) {where}"
         )
     if parallelism == "pmap" and (batch_size // process_count) % local_device_count:
@@ -99,7 +93,7 @@ def check_batch_size(
             f"a multiple of processes x devices per process"
             f" ({process_count} x {local_device_count}) {where}"
         )
-        raise _invalid(field, batch_size, valid)
+        raise invalid(field, batch_size, valid)
 
 
 def check_config(config: Config) -> None:
