@@ -6,6 +6,10 @@ PIP := $(PY) -m pip
 # Pins every dependency to the versions measured in DESIGN.md.
 CONSTRAINTS := constraints.txt
 WORKDIR ?= workdirs/quickstart
+# oneDNN's CPU convolutions (murajax.ops): its wheels exist for x86-64 Linux only; elsewhere
+# murajax uses XLA's convolutions.
+ONEDNN := $(if $(and $(filter x86_64,$(shell uname -m)),$(filter Linux,$(shell uname -s))),1,)
+ONEDNN_LIB := murajax/ops/_onednn_conv.so
 # `make test` leaves out tests marked slow (minutes on a 2-core CPU); `make test-all` runs them.
 PYTEST_ARGS ?= -m "not slow"
 
@@ -17,15 +21,21 @@ $(PY):
 
 $(VENV)/.installed: $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
+	$(if $(ONEDNN),$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[cpu-onednn]' \
+		|| echo "murajax: the oneDNN wheels did not install; XLA's convolutions will be used")
 	touch $@
+
+# Builds the extension; prints why and carries on (XLA's convolutions) where it cannot.
+$(ONEDNN_LIB): murajax/ops/onednn_conv.cc $(VENV)/.installed
+	$(PY) -m murajax.ops.build
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(if $(ONEDNN),$(ONEDNN_LIB))
 
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev $(if $(ONEDNN),$(ONEDNN_LIB))
 
 demo: install
 	$(PY) -m experiments.main --config=experiments/configs/quickstart.py --workdir=$(WORKDIR)

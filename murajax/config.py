@@ -23,6 +23,8 @@ NORMALIZATIONS = ("unit", "imagenet", "caffe", "standardize")
 CNN_POOLINGS = ("avg", "max", "flatten")
 VIEW_POOLINGS = ("mean", "max", "attention")
 DTYPES = ("float32", "bfloat16")
+# Convolution kernels on CPU (murajax.ops.conv2d): oneDNN where its extension works, or XLA's.
+CONV_IMPLS = ("auto", "xla", "onednn")
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
 CLASS_WEIGHTINGS = ("none", "global", "body_part")
@@ -66,6 +68,9 @@ class ModelConfig:
     dropout_rate: float = 0.5
     weights: str | None = None  # a Keras .h5 weights file for vgg16 / densenet169
     dtype: str = "float32"  # computation dtype; parameters stay float32
+    # CPU convolutions: "auto" (oneDNN where its extension is built and runs, else XLA),
+    # "xla", or "onednn" (an error where it cannot run). GPUs and TPUs always use XLA's.
+    conv_impl: str = "auto"
     # The configurable CNN: blocks of `convs_per_block` 3x3 conv + ReLU (+BN) + 2x2 max-pool.
     widths: tuple[int, ...] = (32, 64, 128)
     convs_per_block: int = 1
@@ -256,6 +261,7 @@ def validate(config: Config) -> Config:
         _fail("model.num_classes", m.num_classes, "2 (normal, abnormal)")
     _in_range("model.dropout_rate", m.dropout_rate, 0.0, 1.0, closed=False)
     check_choice("model.dtype", m.dtype, DTYPES)
+    check_choice("model.conv_impl", m.conv_impl, CONV_IMPLS)
     if not m.widths:
         _fail("model.widths", m.widths, "at least one block width")
     for i, w in enumerate(m.widths):

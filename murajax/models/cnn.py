@@ -50,6 +50,7 @@ class CNN(nn.Module):
       dense: widths of the hidden dense layers, each followed by ReLU and dropout.
       dropout_rate: dropout after each hidden dense layer (uses the "dropout" rng in training).
       dtype: computation dtype; parameters stay float32.
+      conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
     """
 
     num_classes: int | None = 2
@@ -61,6 +62,7 @@ class CNN(nn.Module):
     dense: Sequence[int] = (128,)
     dropout_rate: float = 0.5
     dtype: Any = "float32"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -72,7 +74,12 @@ class CNN(nn.Module):
         for block, width in enumerate(self.widths, start=1):
             for i in range(1, self.convs_per_block + 1):
                 x = conv3x3(
-                    width, dtype=dtype, name=f"block{block}_conv{i}", use_bias=not self.batch_norm
+                    width,
+                    dtype=dtype,
+                    name=f"block{block}_conv{i}",
+                    use_bias=not self.batch_norm,
+                    relu=not self.batch_norm,  # without BatchNorm the ReLU fuses into the conv
+                    conv_impl=self.conv_impl,
                 )(x)
                 if self.batch_norm:
                     x = nn.BatchNorm(
@@ -83,7 +90,7 @@ class CNN(nn.Module):
                         param_dtype=jnp.float32,
                         name=f"block{block}_bn{i}",
                     )(x)
-                x = nn.relu(x)
+                    x = nn.relu(x)
             x = max_pool_2x2(x)
         if self.num_classes is None:
             return x
@@ -109,6 +116,7 @@ def cnn(
     dense: Sequence[int] = (128,),
     dropout_rate: float = 0.5,
     dtype: Any = "float32",
+    conv_impl: str = "auto",
 ) -> CNN:
     """The thesis's CNN from scratch, for single-channel images in [0, 1] ("unit")."""
     return CNN(
@@ -121,4 +129,5 @@ def cnn(
         dense=tuple(dense),
         dropout_rate=dropout_rate,
         dtype=dtype,
+        conv_impl=conv_impl,
     )

@@ -24,9 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax import initializers
 from murajax.models.cnn import as_dtype
 from murajax.models.heads import ClassifierHead
+from murajax.models.layers import Conv
 from murajax.models.registry import register
 
 DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
@@ -57,21 +57,22 @@ class DenseNet(nn.Module):
       dropout_rate: dropout in the head, before the logits.
       dtype: computation dtype ("float32", "bfloat16"); parameters and BatchNorm statistics
         stay float32.
+      conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
     """
 
     blocks: Sequence[int] = DENSENET169_BLOCKS
     num_classes: int | None = 2
     dropout_rate: float = 0.5
     dtype: Any = "float32"
+    conv_impl: str = "auto"
 
     def _conv(self, x: jax.Array, features: int, size: int, name: str, **kw: Any) -> jax.Array:
-        return nn.Conv(
+        return Conv(
             features,
             (size, size),
             use_bias=False,
             dtype=as_dtype(self.dtype),
-            param_dtype=jnp.float32,
-            kernel_init=initializers.kernel_init,
+            conv_impl=self.conv_impl,
             name=name,
             **kw,
         )(x)
@@ -143,6 +144,7 @@ def densenet169(
     dropout_rate: float = 0.5,
     dtype: Any = "float32",
     weights: str | None = None,
+    conv_impl: str = "auto",
 ) -> DenseNet:
     """DenseNet-169 for 3-channel 'imagenet' inputs (the MURA paper's model); `weights` (a
     Keras .h5 file) is loaded at initialisation by the trainer
@@ -153,4 +155,5 @@ def densenet169(
         num_classes=num_classes,
         dropout_rate=dropout_rate,
         dtype=dtype,
+        conv_impl=conv_impl,
     )

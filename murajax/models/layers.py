@@ -1,26 +1,75 @@
 """Small building blocks shared by the models."""
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax import initializers
+from murajax import initializers, ops
 from murajax.config import CNN_POOLINGS
 
 
-def conv3x3(features: int, *, dtype: Any, name: str, use_bias: bool = True) -> nn.Conv:
-    """A 3x3 'SAME' convolution: Glorot-uniform kernel, zero bias, float32 parameters."""
-    return nn.Conv(
+class Conv(nn.Module):
+    """A 2-D convolution over NHWC inputs through `murajax.ops.conv2d`, optionally with its
+    ReLU fused in (one pass over the output instead of two).
+
+    Its parameters are `nn.Conv`'s: "kernel" (KH, KW, in, out) and "bias" (out), float32, with
+    the same initialisers and names, so Keras weights and checkpoints load unchanged. It
+    computes in `dtype`. `conv_impl` picks the CPU kernels ("auto", "xla", "onednn"; see
+    `murajax.ops.resolve_conv_impl`); GPUs and TPUs always run XLA's.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    relu: bool = False
+    dtype: Any = jnp.float32
+    conv_impl: str = "auto"
+    kernel_init: Callable[..., jax.Array] = initializers.kernel_init
+    bias_init: Callable[..., jax.Array] = initializers.bias_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`relu?(conv(x) + bias?)` in `dtype`."""
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return ops.conv2d(
+            jnp.asarray(x, self.dtype),
+            kernel.astype(self.dtype),
+            None if bias is None else bias.astype(self.dtype),
+            strides=self.strides,
+            padding=self.padding,
+            relu=self.relu,
+            impl=self.conv_impl,
+        )
+
+
+def conv3x3(
+    features: int,
+    *,
+    dtype: Any,
+    name: str,
+    use_bias: bool = True,
+    relu: bool = False,
+    conv_impl: str = "auto",
+) -> Conv:
+    """A 3x3 'SAME' convolution: Glorot-uniform kernel, zero bias, float32 parameters; `relu`
+    fuses the ReLU that follows it."""
+    return Conv(
         features,
         (3, 3),
         padding="SAME",
         use_bias=use_bias,
+        relu=relu,
         dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=initializers.kernel_init,
-        bias_init=initializers.bias_init,
+        conv_impl=conv_impl,
         name=name,
     )
 

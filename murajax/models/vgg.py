@@ -34,11 +34,13 @@ class VGG16(nn.Module):
         block5_pool, in the computation dtype): Keras's `include_top=False, pooling=None`.
       dropout_rate: dropout in the head, before the logits.
       dtype: computation dtype ("float32", "bfloat16"); parameters stay float32.
+      conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
     """
 
     num_classes: int | None = 2
     dropout_rate: float = 0.5
     dtype: Any = "float32"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -47,8 +49,13 @@ class VGG16(nn.Module):
         x = jnp.asarray(x, dtype)
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
             for i in range(1, convs + 1):
-                x = conv3x3(width, dtype=dtype, name=f"block{block}_conv{i}")(x)
-                x = nn.relu(x)
+                x = conv3x3(
+                    width,
+                    dtype=dtype,
+                    name=f"block{block}_conv{i}",
+                    relu=True,  # Keras's Conv2D(activation="relu"), fused
+                    conv_impl=self.conv_impl,
+                )(x)
             x = max_pool_2x2(x)  # Keras's MaxPooling2D((2, 2), strides=(2, 2)), 'valid'
         if self.num_classes is None:
             return x
@@ -62,8 +69,11 @@ def vgg16(
     dropout_rate: float = 0.5,
     dtype: Any = "float32",
     weights: str | None = None,
+    conv_impl: str = "auto",
 ) -> VGG16:
     """VGG16 for 3-channel 'caffe' inputs; `weights` (a Keras .h5 file) is loaded at
     initialisation by the trainer (`murajax.models.pretrained_variables`), not here."""
     del weights  # the module holds no weights; see `pretrained_variables`
-    return VGG16(num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype)
+    return VGG16(
+        num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype, conv_impl=conv_impl
+    )

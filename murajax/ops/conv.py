@@ -1,0 +1,175 @@
+"""`conv2d`: an NHWC x HWIO convolution (+ bias, + ReLU) on oneDNN or XLA.
+
+    y = conv2d(x, kernel, bias, strides=(1, 1), padding="SAME", relu=True, impl="auto")
+
+is `relu(lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC",
+"HWIO", "NHWC")) + bias)`, and with `impl="xla"` it is exactly that. With "onednn" (and "auto"
+where the extension works, `murajax.ops.onednn_status()`), a CPU runs the three passes of a
+training step, forward, input gradient and kernel (+ bias) gradient, as oneDNN primitives called
+through XLA's FFI, tied together by a `jax.custom_vjp`; bias and ReLU are fused into the forward
+pass. Every call is wrapped in `lax.platform_dependent`, so a GPU or TPU always compiles XLA's
+own convolution: the choice only ever changes CPU code.
+"""
+
+import functools
+import warnings
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from murajax.config import CONV_IMPLS
+from murajax.ops.onednn import onednn_status
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+_ONEDNN_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"murajax: using XLA's CPU convolution: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """ "xla" or "onednn" for a `model.conv_impl` value. "auto" falls back to "xla" (with one
+    warning) where the oneDNN extension does not work; "onednn" there raises `RuntimeError`."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {impl!r}: expected one of {CONV_IMPLS}")
+    if impl == "xla":
+        return "xla"
+    problem = onednn_status()
+    if problem is None:
+        return "onednn"
+    if impl == "onednn":
+        raise RuntimeError(f"conv_impl='onednn' is not available: {problem}")
+    _warn_fallback(problem)
+    return "xla"
+
+
+def _xla_conv(x, kernel, bias, strides, pads, relu):
+    y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSIONS)
+    if bias is not None:
+        y = y + bias
+    return jax.nn.relu(y) if relu else y
+
+
+def _attributes(strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> dict:
+    (top, bottom), (left, right) = pads
+    return {
+        "stride_h": np.int64(strides[0]),
+        "stride_w": np.int64(strides[1]),
+        "pad_top": np.int64(top),
+        "pad_bottom": np.int64(bottom),
+        "pad_left": np.int64(left),
+        "pad_right": np.int64(right),
+    }
+
+
+def _forward(x, kernel, bias, strides, pads, relu, has_bias):
+    n, h, w, _ = x.shape
+    kh, kw, _, features = kernel.shape
+    out_h = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
+    out_w = (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
+    out = jax.ShapeDtypeStruct((n, out_h, out_w, features), x.dtype)
+    call = jax.ffi.ffi_call("murajax_onednn_conv_fwd", out)
+
+    def onednn(x, kernel, bias):
+        return call(x, kernel, bias, **_attributes(strides, pads), has_bias=has_bias, relu=relu)
+
+    def xla(x, kernel, bias):
+        return _xla_conv(x, kernel, bias if has_bias else None, strides, pads, relu)
+
+    return lax.platform_dependent(x, kernel, bias, cpu=onednn, default=xla)
+
+
+def _input_grad(dy, kernel, x_shape, strides, pads):
+    out = jax.ShapeDtypeStruct(x_shape, dy.dtype)
+    call = jax.ffi.ffi_call("murajax_onednn_conv_bwd_data", out)
+
+    def onednn(dy, kernel):
+        return call(dy, kernel, **_attributes(strides, pads))
+
+    def xla(dy, kernel):
+        x = jnp.zeros(x_shape, dy.dtype)
+        _, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, None, strides, pads, False), x)
+        return vjp(dy)[0]
+
+    return lax.platform_dependent(dy, kernel, cpu=onednn, default=xla)
+
+
+def _kernel_grad(x, dy, kernel_shape, strides, pads, has_bias):
+    outs = (
+        jax.ShapeDtypeStruct(kernel_shape, x.dtype),
+        jax.ShapeDtypeStruct(kernel_shape[-1:], x.dtype),
+    )
+    call = jax.ffi.ffi_call("murajax_onednn_conv_bwd_weights", outs)
+
+    def onednn(x, dy):
+        return call(x, dy, **_attributes(strides, pads), has_bias=has_bias)
+
+    def xla(x, dy):
+        kernel = jnp.zeros(kernel_shape, x.dtype)
+        _, vjp = jax.vjp(lambda k: _xla_conv(x, k, None, strides, pads, False), kernel)
+        return vjp(dy)[0], jnp.sum(dy, axis=(0, 1, 2))
+
+    return lax.platform_dependent(x, dy, cpu=onednn, default=xla)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _onednn_conv(x, kernel, bias, strides, pads, relu, has_bias):
+    return _forward(x, kernel, bias, strides, pads, relu, has_bias)
+
+
+def _onednn_conv_fwd(x, kernel, bias, strides, pads, relu, has_bias):
+    y = _forward(x, kernel, bias, strides, pads, relu, has_bias)
+    return y, (x, kernel, y if relu else None)
+
+
+def _onednn_conv_bwd(strides, pads, relu, has_bias, residuals, dy):
+    x, kernel, y = residuals
+    if relu:
+        dy = jnp.where(y > 0, dy, jnp.zeros_like(dy))
+    dx = _input_grad(dy, kernel, x.shape, strides, pads)
+    dkernel, dbias = _kernel_grad(x, dy, kernel.shape, strides, pads, has_bias)
+    if not has_bias:
+        dbias = jnp.zeros_like(dbias)
+    return dx, dkernel, dbias
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    strides: Sequence[int] = (1, 1),
+    padding: Padding = "SAME",
+    relu: bool = False,
+    impl: str = "auto",
+) -> jax.Array:
+    """`relu?(conv(x, kernel) + bias?)` for NHWC `x` and HWIO `kernel`, in their dtype.
+
+    `padding` is "SAME", "VALID" or ((top, bottom), (left, right)). `impl` chooses the CPU
+    kernels (see `resolve_conv_impl`); float32 and bfloat16 run on oneDNN, other dtypes on
+    XLA. Values and gradients equal XLA's up to float rounding.
+    """
+    strides = tuple(int(s) for s in strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if bias is not None:
+        bias = bias.astype(x.dtype)
+    kernel = kernel.astype(x.dtype)
+    onednn_ok = x.ndim == 4 and kernel.ndim == 4 and x.dtype in _ONEDNN_DTYPES
+    if not onednn_ok or resolve_conv_impl(impl) == "xla":
+        return _xla_conv(x, kernel, bias, strides, pads, relu)
+    has_bias = bias is not None
+    if bias is None:
+        bias = jnp.zeros(kernel.shape[-1:], x.dtype)
+    return _onednn_conv(x, kernel, bias, strides, pads, relu, has_bias)

@@ -1,0 +1,137 @@
+"""Builds, loads and registers the oneDNN convolution extension (`onednn_conv.cc`).
+
+The extension is a small shared library compiled against the oneDNN of the `onednn` and
+`onednn-devel` wheels (installed by `make install` on x86-64 Linux) and the XLA FFI headers
+that jaxlib ships. `python -m murajax.ops.build` compiles it; `onednn_status()` loads it once,
+runs a test convolution and registers its three handlers with XLA:CPU. When any of that fails
+(no compiler, no oneDNN wheel, another CPU architecture), murajax uses XLA's own convolution
+and says why once.
+
+The `onednn` wheel is built with oneDNN's SYCL runtime: its CPU engine is an OpenCL CPU device
+(Intel's CPU runtime, `libintelocl.so`, from the `intel-sycl-rt` wheel), which the OpenCL ICD
+loader finds through `$OCL_ICD_FILENAMES`. That variable is set here, for this process only,
+unless the user has set it.
+"""
+
+import ctypes
+import functools
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import jax
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+LIBRARY_NAME = "_onednn_conv.so"
+TARGETS = {
+    "murajax_onednn_conv_fwd": "MurajaxOnednnConvFwd",
+    "murajax_onednn_conv_bwd_data": "MurajaxOnednnConvBwdData",
+    "murajax_onednn_conv_bwd_weights": "MurajaxOnednnConvBwdWeights",
+}
+
+
+class BuildError(RuntimeError):
+    """The extension could not be compiled; the message says why."""
+
+
+def onednn_prefix() -> Path:
+    """The installation prefix that holds oneDNN's `lib/libdnnl.so` and `include/`: the
+    environment's (`sys.prefix`, where the `onednn` wheels put their files), or
+    `$MURAJAX_ONEDNN_PREFIX`."""
+    return Path(os.environ.get("MURAJAX_ONEDNN_PREFIX") or sys.prefix)
+
+
+def cache_dir() -> Path:
+    """murajax's cache folder (`$MURAJAX_CACHE`, default `~/.cache/murajax`)."""
+    return Path(os.environ.get("MURAJAX_CACHE") or Path.home() / ".cache" / "murajax")
+
+
+def library_candidates() -> list[Path]:
+    """Where a built extension may live: beside this module (an editable or source install),
+    then in the cache folder (a read-only installation)."""
+    return [Path(__file__).with_name(LIBRARY_NAME), cache_dir() / LIBRARY_NAME]
+
+
+def build_command(output: Path) -> list[str]:
+    """The compiler command line that builds the extension into `output`."""
+    prefix = onednn_prefix()
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++"
+    return [
+        *compiler.split()[:1],
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        str(SOURCE),
+        f"-I{jax.ffi.include_dir()}",
+        f"-I{prefix / 'include'}",
+        f"-L{prefix / 'lib'}",
+        "-ldnnl",
+        # RPATH (not RUNPATH) so that libdnnl's own dependencies (TBB, SYCL) are found too.
+        f"-Wl,--disable-new-dtags,-rpath,{prefix / 'lib'}",
+        "-o",
+        str(output),
+    ]
+
+
+def build(output: Path | None = None) -> Path:
+    """Compiles the extension (atomically: a half-written library is never loaded) and
+    returns its path. Raises `BuildError` saying what is missing."""
+    prefix = onednn_prefix()
+    if not (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
+        raise BuildError(
+            f"oneDNN headers not found under {prefix}/include (pip install onednn-devel)"
+        )
+    if not list((prefix / "lib").glob("libdnnl.so*")):
+        raise BuildError(f"libdnnl.so not found under {prefix}/lib (pip install onednn)")
+    if output is None:
+        output = library_candidates()[0]
+        if not os.access(output.parent, os.W_OK):
+            output = library_candidates()[1]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f"{output.name}.{os.getpid()}.partial")
+    try:
+        result = subprocess.run(build_command(partial), capture_output=True, text=True)
+    except OSError as e:
+        raise BuildError(f"cannot run the C++ compiler: {e}") from None
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        lines = [line for line in result.stderr.splitlines() if "error" in line] or [
+            result.stderr.strip()
+        ]
+        raise BuildError(f"compiling {SOURCE.name} failed: {lines[0][:300]}")
+    os.replace(partial, output)
+    return output
+
+
+def _configure_runtime(prefix: Path) -> None:
+    """Points the OpenCL ICD loader at Intel's CPU runtime (oneDNN's SYCL CPU engine), unless
+    the user has set `$OCL_ICD_FILENAMES`."""
+    runtime = prefix / "lib" / "libintelocl.so"
+    if runtime.exists():
+        os.environ.setdefault("OCL_ICD_FILENAMES", str(runtime))
+
+
+@functools.cache
+def onednn_status() -> str | None:
+    """Loads and registers the extension once: None when it works, else the reason it does
+    not (then murajax uses XLA's convolution)."""
+    if sys.platform != "linux":
+        return f"the oneDNN extension is built for Linux only (this is {sys.platform})"
+    library = next((p for p in library_candidates() if p.exists()), None)
+    if library is None:
+        return "the oneDNN extension is not built (run `python -m murajax.ops.build`)"
+    _configure_runtime(onednn_prefix())
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as e:
+        return f"cannot load {library}: {e}"
+    message = ctypes.create_string_buffer(512)
+    if not lib.murajax_onednn_probe(message, len(message)):
+        return f"oneDNN cannot run a convolution here: {message.value.decode(errors='replace')}"
+    for target, symbol in TARGETS.items():
+        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+    return None

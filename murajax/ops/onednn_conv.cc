@@ -1,0 +1,375 @@
+// oneDNN 2-D convolutions for XLA:CPU, as typed XLA FFI handlers (see murajax/ops/conv.py).
+//
+// Three handlers, the three passes of a convolution's training step, on row-major buffers:
+//   murajax_onednn_conv_fwd          x (N,H,W,C), w (KH,KW,C,O), b (O)  -> y (N,OH,OW,O)
+//                                    optional bias and a fused ReLU (oneDNN post-op)
+//   murajax_onednn_conv_bwd_data     dy (N,OH,OW,O), w (KH,KW,C,O)     -> dx (N,H,W,C)
+//   murajax_onednn_conv_bwd_weights  x (N,H,W,C), dy (N,OH,OW,O)       -> dw (KH,KW,C,O), db (O)
+// in float32 or bfloat16 (every buffer of one call has the same type). Attributes: strides and
+// explicit padding (top, bottom, left, right). Primitives are built once per shape and kept;
+// each call runs on the calling thread's oneDNN stream with its own scratchpad, so XLA may call
+// handlers concurrently.
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+dnnl::stream& ThreadStream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+// Per-thread buffers, grown as needed: slot 0 is the primitives' scratchpad (a user
+// scratchpad, so that one primitive can run on several threads at once), slot 1 holds the
+// weights in the blocked layout the primitive prefers.
+void* ThreadBuffer(int slot, size_t bytes) {
+  thread_local std::vector<char> buffers[2];
+  if (buffers[slot].size() < bytes) buffers[slot].resize(bytes);
+  return buffers[slot].data();
+}
+
+enum class Pass { kForward, kBackwardData, kBackwardWeights };
+
+struct Geometry {
+  memory::dims src, wei, dst, bias, strides, pad_l, pad_r;
+  memory::data_type type;
+  bool has_bias;
+  bool relu;
+
+  std::string Key(Pass pass) const {
+    std::string key = std::to_string(static_cast<int>(pass)) + "|" +
+                      std::to_string(static_cast<int>(type)) + "|" +
+                      std::to_string(has_bias) + std::to_string(relu);
+    for (const auto* dims : {&src, &wei, &dst, &strides, &pad_l, &pad_r}) {
+      key += "|";
+      for (auto d : *dims) key += std::to_string(d) + ",";
+    }
+    return key;
+  }
+};
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (g.relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
+  auto src = memory::desc(g.src, g.type, tag::nhwc);
+  auto wei = memory::desc(g.wei, g.type, tag::any);
+  auto dst = memory::desc(g.dst, g.type, tag::nhwc);
+  if (g.has_bias) {
+    auto bias = memory::desc(g.bias, g.type, tag::a);
+    return dnnl::convolution_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
+        bias, dst, g.strides, g.pad_l, g.pad_r, attr);
+  }
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
+      dst, g.strides, g.pad_l, g.pad_r, attr);
+}
+
+// A primitive, its scratchpad, and the weights layout it runs on: XLA's HWIO buffers are
+// reordered into it (forward, input gradient) or out of it (kernel gradient) when they differ.
+struct Cached {
+  dnnl::primitive primitive;
+  memory::desc scratchpad;
+  memory::desc weights;
+  bool reorder_weights;
+  dnnl::reorder reorder;
+};
+
+template <typename PrimitiveDesc>
+Cached Finish(dnnl::primitive primitive, const PrimitiveDesc& pd, const memory::desc& weights,
+              const Geometry& g, bool into_user_layout) {
+  auto user = memory::desc(g.wei, g.type, tag::hwio);
+  Cached cached{primitive, pd.scratchpad_desc(), weights, weights != user, dnnl::reorder()};
+  if (cached.reorder_weights) {
+    cached.reorder = into_user_layout ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                            Engine(), weights, Engine(), user))
+                                      : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                            Engine(), user, Engine(), weights));
+  }
+  return cached;
+}
+
+Cached Build(const Geometry& g, Pass pass) {
+  auto src = memory::desc(g.src, g.type, tag::nhwc);
+  auto wei = memory::desc(g.wei, g.type, tag::any);
+  auto dst = memory::desc(g.dst, g.type, tag::nhwc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto forward = ForwardDesc(g);
+  if (pass == Pass::kForward) {
+    return Finish(dnnl::convolution_forward(forward), forward, forward.weights_desc(), g, false);
+  }
+  if (pass == Pass::kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, wei, dst, g.strides, g.pad_l, g.pad_r,
+        forward, attr);
+    return Finish(dnnl::convolution_backward_data(pd), pd, pd.weights_desc(), g, false);
+  }
+  if (g.has_bias) {
+    auto bias = memory::desc(g.bias, g.type, tag::a);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, wei, bias, dst, g.strides, g.pad_l,
+        g.pad_r, forward, attr);
+    return Finish(dnnl::convolution_backward_weights(pd), pd, pd.diff_weights_desc(), g, true);
+  }
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, src, wei, dst, g.strides, g.pad_l, g.pad_r,
+      forward, attr);
+  return Finish(dnnl::convolution_backward_weights(pd), pd, pd.diff_weights_desc(), g, true);
+}
+
+const Cached& Lookup(const Geometry& g, Pass pass) {
+  static std::mutex mutex;
+  static auto* cache = new std::unordered_map<std::string, std::unique_ptr<Cached>>();
+  std::string key = g.Key(pass);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache->find(key);
+  if (it == cache->end()) {
+    it = cache->emplace(key, std::make_unique<Cached>(Build(g, pass))).first;
+  }
+  return *it->second;
+}
+
+// oneDNN's type of an XLA buffer type; undef for the types these handlers do not take.
+memory::data_type DataType(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::F32:
+      return memory::data_type::f32;
+    case ffi::DataType::BF16:
+      return memory::data_type::bf16;
+    default:
+      return memory::data_type::undef;
+  }
+}
+
+// Geometry from NHWC input dims, HWIO kernel dims and NHWC output dims (oneDNN's logical order
+// is NCHW / OIHW whatever the memory layout).
+ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
+                        ffi::AnyBuffer::Dimensions y, ffi::DataType type, int64_t stride_h,
+                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                        int64_t pad_right, bool has_bias, bool relu, Geometry& g) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
+    return ffi::Error::InvalidArgument("murajax oneDNN convolution: NHWC x HWIO only");
+  }
+  if (DataType(type) == memory::data_type::undef) {
+    return ffi::Error::InvalidArgument("murajax oneDNN convolution: float32 or bfloat16 only");
+  }
+  g.src = {x[0], x[3], x[1], x[2]};
+  g.wei = {w[3], w[2], w[0], w[1]};
+  g.dst = {y[0], y[3], y[1], y[2]};
+  g.bias = {w[3]};
+  g.strides = {stride_h, stride_w};
+  g.pad_l = {pad_top, pad_left};
+  g.pad_r = {pad_bottom, pad_right};
+  g.type = DataType(type);
+  g.has_bias = has_bias;
+  g.relu = relu;
+  return ffi::Error::Success();
+}
+
+ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
+  try {
+    const Cached& cached = Lookup(g, pass);
+    std::unordered_map<int, memory> memories;
+    auto src = memory::desc(g.src, g.type, tag::nhwc);
+    auto wei = memory::desc(g.wei, g.type, tag::hwio);
+    auto dst = memory::desc(g.dst, g.type, tag::nhwc);
+    auto bias = memory::desc(g.bias, g.type, tag::a);
+    memory user_weights;
+    for (auto& [arg, pointer] : args) {
+      const memory::desc* md = nullptr;
+      switch (arg) {
+        case DNNL_ARG_SRC:
+        case DNNL_ARG_DIFF_SRC:
+          md = &src;
+          break;
+        case DNNL_ARG_WEIGHTS:
+        case DNNL_ARG_DIFF_WEIGHTS:
+          md = &wei;
+          break;
+        case DNNL_ARG_DST:
+        case DNNL_ARG_DIFF_DST:
+          md = &dst;
+          break;
+        default:
+          md = &bias;
+      }
+      bool weights = arg == DNNL_ARG_WEIGHTS || arg == DNNL_ARG_DIFF_WEIGHTS;
+      if (weights && cached.reorder_weights) {
+        user_weights = memory(wei, Engine(), pointer);
+        void* blocked = ThreadBuffer(1, cached.weights.get_size());
+        memories.emplace(arg, memory(cached.weights, Engine(), blocked));
+      } else {
+        memories.emplace(arg, memory(*md, Engine(), pointer));
+      }
+    }
+    size_t scratch_bytes = cached.scratchpad.get_size();
+    if (scratch_bytes > 0) {
+      memories.emplace(DNNL_ARG_SCRATCHPAD,
+                       memory(cached.scratchpad, Engine(), ThreadBuffer(0, scratch_bytes)));
+    }
+    dnnl::stream& stream = ThreadStream();
+    bool into_user_layout = pass == Pass::kBackwardWeights;
+    int weights_arg = into_user_layout ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
+    if (cached.reorder_weights && !into_user_layout) {
+      cached.reorder.execute(stream, user_weights, memories.at(weights_arg));
+    }
+    cached.primitive.execute(stream, memories);
+    if (cached.reorder_weights && into_user_layout) {
+      cached.reorder.execute(stream, memories.at(weights_arg), user_weights);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("murajax oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::Result<ffi::AnyBuffer> y, int64_t stride_h, int64_t stride_w,
+                       int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                       bool has_bias, bool relu) {
+  Geometry g;
+  ffi::Error error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(),
+                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
+                        relu, g);
+  if (error.failure()) return error;
+  std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
+                                         {DNNL_ARG_WEIGHTS, w.untyped_data()},
+                                         {DNNL_ARG_DST, y->untyped_data()}};
+  if (has_bias) args[DNNL_ARG_BIAS] = b.untyped_data();
+  return Run(g, Pass::kForward, args);
+}
+
+ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                            int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  Geometry g;
+  ffi::Error error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(),
+                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, false,
+                        false, g);
+  if (error.failure()) return error;
+  return Run(g, Pass::kBackwardData,
+             {{DNNL_ARG_DIFF_DST, dy.untyped_data()},
+              {DNNL_ARG_WEIGHTS, w.untyped_data()},
+              {DNNL_ARG_DIFF_SRC, dx->untyped_data()}});
+}
+
+ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                               ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db,
+                               int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                               int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                               bool has_bias) {
+  Geometry g;
+  ffi::Error error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(),
+                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
+                        false, g);
+  if (error.failure()) return error;
+  std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
+                                         {DNNL_ARG_DIFF_DST, dy.untyped_data()},
+                                         {DNNL_ARG_DIFF_WEIGHTS, dw->untyped_data()}};
+  if (has_bias) args[DNNL_ARG_DIFF_BIAS] = db->untyped_data();
+  return Run(g, Pass::kBackwardWeights, args);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvFwd, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<bool>("has_bias")
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvBwdData, ConvBackwardData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvBwdWeights, ConvBackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<bool>("has_bias"));
+
+// 1 if a oneDNN CPU engine can be created and runs a tiny convolution, else 0 (with the reason
+// in `message`). Python calls it once before registering the handlers.
+extern "C" int murajax_onednn_probe(char* message, int size) {
+  try {
+    Geometry g;
+    g.src = {1, 1, 4, 4};
+    g.wei = {1, 1, 3, 3};
+    g.dst = {1, 1, 4, 4};
+    g.bias = {1};
+    g.strides = {1, 1};
+    g.pad_l = {1, 1};
+    g.pad_r = {1, 1};
+    g.type = memory::data_type::f32;
+    g.has_bias = false;
+    g.relu = false;
+    std::vector<float> x(16, 1.f), w(9, 1.f), y(16, 0.f);
+    ffi::Error error = Run(g, Pass::kForward,
+                           {{DNNL_ARG_SRC, x.data()}, {DNNL_ARG_WEIGHTS, w.data()},
+                            {DNNL_ARG_DST, y.data()}});
+    if (error.failure()) {
+      std::snprintf(message, size, "%s", error.message().c_str());
+      return 0;
+    }
+    if (y[5] != 9.f || y[0] != 4.f) {
+      std::snprintf(message, size, "a test convolution gave %g and %g, expected 9 and 4", y[5],
+                    y[0]);
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::snprintf(message, size, "%s", e.what());
+    return 0;
+  }
+  return 1;
+}
