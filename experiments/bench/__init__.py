@@ -1,0 +1,13 @@
+"""The pieces of `python -m experiments.benchmark`: murajax's train steps against their peers.
+
+- `workloads`: what is measured (the models, sizes and batches; their murajax configs, from
+  which the peers read the same architecture) and analytic FLOP counts;
+- `timing`: the one step-timing loop every framework uses (compile, warm-up, median);
+- `murajax_step`, `keras_peer`, `torch_peer`: one measurement each, in its own process
+  (`python -m experiments.bench.worker JOB`), so that thread pools never mix;
+- `runner`: starts those processes in round-robin order, and the input-pipeline and matmul
+  jobs; `table`: ratios and the printed tables.
+
+Only `workloads` and `timing` are imported by every worker: neither imports jax, TensorFlow
+or torch.
+"""

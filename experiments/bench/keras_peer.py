@@ -1,0 +1,114 @@
+"""The Keras 3 peer: the same network, batch, loss and Adam, trained by `train_on_batch`.
+
+The backend (TensorFlow or JAX) is chosen by `KERAS_BACKEND` before Keras is imported, so a
+process measures one backend. The models are `keras.applications.VGG16`/`DenseNet169`
+(`weights=None, include_top=False`) + global average pooling (+ dropout) + Dense(2) logits,
+and a `keras.Sequential` for murajax's CNN. bfloat16 is Keras's 'mixed_bfloat16' policy
+(float32 variables, bfloat16 computation); the logits layer stays float32, as Keras advises.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+
+from experiments.bench import timing, workloads
+from experiments.bench.workloads import Workload
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def build_model(workload: Workload) -> Any:
+    """The Keras model of `workload` (its murajax config's architecture), mapping NHWC
+    images to logits."""
+    import keras
+    from keras import layers
+
+    model_config = workload.config().model
+    s, c = workload.image_size, workload.channels
+    if model_config.name == "cnn":
+        stack: list[Any] = [keras.Input((s, s, c))]
+        for width in model_config.widths:
+            for _ in range(model_config.convs_per_block):
+                if model_config.batch_norm:
+                    stack.append(layers.Conv2D(width, 3, padding="same", use_bias=False))
+                    stack.append(
+                        layers.BatchNormalization(momentum=model_config.bn_momentum, epsilon=1e-3)
+                    )
+                    stack.append(layers.ReLU())
+                else:
+                    stack.append(layers.Conv2D(width, 3, padding="same", activation="relu"))
+            stack.append(layers.MaxPooling2D(2))
+        pooling = {
+            "avg": layers.GlobalAveragePooling2D,
+            "max": layers.GlobalMaxPooling2D,
+            "flatten": layers.Flatten,
+        }[model_config.pooling]
+        stack.append(pooling())
+        for width in model_config.dense:
+            stack.append(layers.Dense(width, activation="relu"))
+            if model_config.dropout_rate:
+                stack.append(layers.Dropout(model_config.dropout_rate))
+        stack.append(layers.Dense(model_config.num_classes, dtype="float32"))
+        return keras.Sequential(stack)
+    applications = {
+        "vgg16": keras.applications.VGG16,
+        "densenet169": keras.applications.DenseNet169,
+    }
+    if model_config.name not in applications:
+        raise ValueError(f"no Keras peer for model {model_config.name!r}")
+    base = applications[model_config.name](weights=None, include_top=False, input_shape=(s, s, c))
+    x = layers.GlobalAveragePooling2D()(base.output)
+    if model_config.dropout_rate:
+        x = layers.Dropout(model_config.dropout_rate)(x)
+    logits = layers.Dense(model_config.num_classes, dtype="float32")(x)
+    return keras.Model(base.input, logits)
+
+
+def measure(
+    workload: Workload,
+    dtype: str,
+    backend: str,
+    *,
+    min_seconds: float,
+    min_steps: int = 5,
+    warmup_steps: int = 2,
+    jit_compile: bool | str = "auto",
+) -> dict[str, Any]:
+    """Times Keras's `train_on_batch` of `workload` in `dtype` on `backend`; returns the row's
+    measured fields. `jit_compile` is `model.compile`'s ('auto': Keras's choice, which is
+    XLA for JAX and no XLA for TensorFlow on a CPU-only machine)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown Keras backend {backend!r}: expected one of {BACKENDS}")
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"Keras was imported with backend {keras.backend.backend()!r} first")
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else dtype)
+    model = build_model(workload)
+    lr = workload.config().optim.learning_rate
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    rng = np.random.default_rng(0)
+    shape = (workload.batch_size, workload.image_size, workload.image_size, workload.channels)
+    images = rng.random(shape, dtype=np.float32)
+    labels = rng.integers(0, 2, workload.batch_size).astype(np.int32)
+
+    def step() -> None:
+        model.train_on_batch(images, labels)  # returns the loss as a Python float: synchronous
+
+    result = timing.time_steps(
+        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+    )
+    row = timing.measurement_row(
+        result, workload.images_per_step, workloads.train_step_flops(workload)
+    )
+    row["flops_source"] = "analytic"
+    row["jit_compile"] = bool(model.jit_compile)
+    return row

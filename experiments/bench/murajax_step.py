@@ -1,0 +1,154 @@
+"""murajax's measurements: the real train step as training runs it, and the matmul peak.
+
+The step is `murajax.train.train_step` placed by `murajax.parallel.data_parallel(step_fn,
+'jit', make_mesh())`, fed a host batch every step (as the training loop is), exactly as
+`train_and_evaluate` compiles it. Its FLOPs come from XLA's cost analysis of the compiled step.
+"""
+
+import functools
+import statistics
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench import timing
+from experiments.bench.workloads import Workload
+from murajax import models, optim, parallel, train
+
+
+def _flops(cost: Any) -> float | None:
+    """The 'flops' entry of a jax cost analysis (a dict, or a list of one dict per program)."""
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def host_batch(workload: Workload, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random batch of `workload`'s inputs on the host: NHWC images in [0, 1) (a study
+    batch: (B, V, H, W, C) with every view real), labels and body parts."""
+    rng = np.random.default_rng(seed)
+    b, s, c = workload.batch_size, workload.image_size, workload.channels
+    batch = {
+        "label": rng.integers(0, 2, b).astype(np.int32),
+        "body_part": rng.integers(0, 7, b).astype(np.int32),
+    }
+    if workload.views > 1:
+        batch["image"] = rng.random((b, workload.views, s, s, c), dtype=np.float32)
+        batch["view_mask"] = np.ones((b, workload.views), bool)
+    else:
+        batch["image"] = rng.random((b, s, s, c), dtype=np.float32)
+    return batch
+
+
+def _step_and_state(workload: Workload, dtype: str, conv_impl: str | None) -> tuple[Any, ...]:
+    """(DataParallel, device state, host batch) of `workload`'s train step."""
+    config = workload.config(dtype, conv_impl)
+    model = models.create_from_config(config.model)
+    tx = optim.make_optimizer(config.optim, config.train.steps)
+    batch = host_batch(workload)
+    state = train.create_train_state(model, tx, jax.random.key(0), batch["image"].shape)
+    step_fn = functools.partial(
+        train.train_step,
+        model=model,
+        tx=tx,
+        weight_table=np.ones((7, 2), np.float32),
+        label_smoothing=0.0,
+        l2_weight=0.0,
+    )
+    dp = parallel.data_parallel(step_fn, "jit", parallel.make_mesh())
+    return dp, dp.put_state(state), batch
+
+
+def measure(
+    workload: Workload,
+    dtype: str,
+    conv_impl: str | None,
+    *,
+    min_seconds: float,
+    min_steps: int = 5,
+    warmup_steps: int = 2,
+) -> dict[str, Any]:
+    """Times murajax's train step of `workload` in `dtype` (`model.conv_impl` = `conv_impl`
+    when the config has it); returns the row's measured fields.
+
+    The first step is lowered, compiled and run (`compile_s`); every later step runs the
+    compiled executable on a batch put on the devices from the host. FLOPs per step come from
+    the compiled step's cost analysis; when the step calls custom kernels that XLA cannot
+    count (a `conv_impl` other than 'xla'), they come from the same step lowered with
+    `conv_impl='xla'` instead (`flops_source` says which).
+    """
+    dp, state, batch = _step_and_state(workload, dtype, conv_impl)
+    compiled = None
+
+    def step() -> None:
+        nonlocal state, compiled
+        device_batch = dp.put_batch(batch)
+        if compiled is None:
+            compiled = dp.step.lower(state, device_batch).compile()
+        state, metrics = compiled(state, device_batch)
+        jax.block_until_ready(metrics)
+
+    result = timing.time_steps(
+        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+    )
+    flops, source = _flops(compiled.cost_analysis()), "xla_cost_analysis"
+    if conv_impl not in (None, "xla") and hasattr(workload.config().model, "conv_impl"):
+        xla_dp, xla_state, _ = _step_and_state(workload, dtype, "xla")
+        lowered = xla_dp.step.lower(xla_state, xla_dp.put_batch(batch))
+        xla_flops = _flops(lowered.cost_analysis())
+        if xla_flops and (not flops or xla_flops > flops):
+            flops, source = xla_flops, "xla_cost_analysis(conv_impl='xla')"
+    row = timing.measurement_row(result, workload.images_per_step, flops)
+    row["flops_source"] = source
+    row["device"] = jax.devices()[0].platform
+    conv_field = getattr(workload.config(dtype, conv_impl).model, "conv_impl", None)
+    if conv_field is not None:
+        row["conv_impl"] = conv_field
+        row["conv_impl_resolved"] = _resolved_conv_impl(conv_field)
+    return row
+
+
+def _resolved_conv_impl(conv_impl: str) -> str | None:
+    """The convolution `conv_impl` runs here ('xla' or 'onednn'), if murajax says."""
+    try:
+        from murajax.ops import resolve_conv_impl
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's warning was given once already
+        try:
+            return resolve_conv_impl(conv_impl)
+        except (RuntimeError, ValueError):
+            return None
+
+
+def matmul_gflops(size: int = 2048, seconds: float = 1.5) -> dict[str, float]:
+    """GFLOP/s of a jitted `size`^3 matmul: float32, and bfloat16 x bfloat16 with float32
+    results (`preferred_element_type`), each the median of repeated calls over `seconds`."""
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32)
+    b = jax.random.normal(key_b, (size, size), jnp.float32)
+    matmuls = {
+        "float32": (jax.jit(jnp.matmul), a, b),
+        "bfloat16": (
+            jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32)),
+            a.astype(jnp.bfloat16),
+            b.astype(jnp.bfloat16),
+        ),
+    }
+    result = {}
+    for name, (fn, x, y) in matmuls.items():
+        fn(x, y).block_until_ready()  # compile
+        times: list[float] = []
+        while sum(times) < seconds or len(times) < 5:
+            start = time.perf_counter()
+            fn(x, y).block_until_ready()
+            times.append(time.perf_counter() - start)
+        result[name] = round(2 * size**3 / statistics.median(times) / 1e9, 1)
+    return result

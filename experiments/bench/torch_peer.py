@@ -1,0 +1,178 @@
+"""The PyTorch peer: the same networks in plain `torch.nn`, channels_last, eager or compiled.
+
+torchvision is not used (it does not work on these machines): murajax's CNN, VGG16 and
+DenseNet-169 are written here layer for layer as Keras builds them (3x3 'same' convolutions,
+2x2 max-pools, BatchNorm epsilon and momentum as Keras's), with global average pooling
+(+ dropout) and a Dense(2) head. A step is `torch.optim.Adam` on the cross-entropy of the
+float32 logits; bfloat16 runs the forward pass under `torch.autocast('cpu', torch.bfloat16)`.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from experiments.bench import timing, workloads
+from experiments.bench.workloads import Workload
+
+MODES = ("eager", "compile")
+
+
+def _cnn(workload: Workload) -> nn.Module:
+    model_config = workload.config().model
+    layers: list[nn.Module] = []
+    cin = workload.channels
+    for width in model_config.widths:
+        for _ in range(model_config.convs_per_block):
+            layers.append(nn.Conv2d(cin, width, 3, padding=1, bias=not model_config.batch_norm))
+            if model_config.batch_norm:
+                momentum = 1 - model_config.bn_momentum  # torch's is Keras's 1 - momentum
+                layers.append(nn.BatchNorm2d(width, eps=1e-3, momentum=momentum))
+            layers.append(nn.ReLU(inplace=True))
+            cin = width
+        layers.append(nn.MaxPool2d(2))
+    features = cin
+    if model_config.pooling == "avg":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    elif model_config.pooling == "max":
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+    else:
+        size = workload.image_size // 2 ** len(model_config.widths)
+        layers.append(nn.Flatten())
+        features = cin * size * size
+    for width in model_config.dense:
+        layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
+        if model_config.dropout_rate:
+            layers.append(nn.Dropout(model_config.dropout_rate))
+        features = width
+    layers.append(nn.Linear(features, model_config.num_classes))
+    return nn.Sequential(*layers)
+
+
+def _head(features: int, dropout_rate: float, num_classes: int) -> list[nn.Module]:
+    """Global average pooling, optional dropout and the logits layer."""
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if dropout_rate:
+        head.append(nn.Dropout(dropout_rate))
+    return [*head, nn.Linear(features, num_classes)]
+
+
+def _vgg16(workload: Workload) -> nn.Module:
+    model_config = workload.config().model
+    layers: list[nn.Module] = []
+    cin = workload.channels
+    for width, convs in workloads.VGG16_BLOCKS:
+        for _ in range(convs):
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = width
+        layers.append(nn.MaxPool2d(2))
+    layers += _head(cin, model_config.dropout_rate, model_config.num_classes)
+    return nn.Sequential(*layers)
+
+
+_DENSENET_EPS = 1.001e-5
+_DENSENET_MOMENTUM = 0.01  # Keras's momentum 0.99
+
+
+def _bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels, _DENSENET_EPS, _DENSENET_MOMENTUM), nn.ReLU(inplace=True)]
+
+
+class _DenseBlock(nn.Module):
+    """`count` conv blocks (BN-ReLU-1x1 conv-BN-ReLU-3x3 conv), each concatenated to its input."""
+
+    def __init__(self, channels: int, count: int, growth: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(
+                *_bn_relu(channels + i * growth),
+                nn.Conv2d(channels + i * growth, 4 * growth, 1, bias=False),
+                *_bn_relu(4 * growth),
+                nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
+            )
+            for i in range(count)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Keras's `dense_block`: concatenate each block's new channels to the input."""
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return x
+
+
+def _densenet169(workload: Workload) -> nn.Module:
+    model_config = workload.config().model
+    growth = workloads.GROWTH_RATE
+    layers: list[nn.Module] = [
+        nn.Conv2d(workload.channels, 64, 7, stride=2, padding=3, bias=False),
+        *_bn_relu(64),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
+    channels = 64
+    for stage, count in enumerate(workloads.DENSENET169_BLOCKS):
+        layers.append(_DenseBlock(channels, count, growth))
+        channels += count * growth
+        if stage < len(workloads.DENSENET169_BLOCKS) - 1:
+            layers += [*_bn_relu(channels), nn.Conv2d(channels, channels // 2, 1, bias=False)]
+            layers.append(nn.AvgPool2d(2))
+            channels //= 2
+    layers += _bn_relu(channels)
+    layers += _head(channels, model_config.dropout_rate, model_config.num_classes)
+    return nn.Sequential(*layers)
+
+
+_BUILDERS = {"cnn": _cnn, "vgg16": _vgg16, "densenet169": _densenet169}
+
+
+def build_model(workload: Workload) -> nn.Module:
+    """The torch.nn model of `workload` (NCHW images, channels_last in memory, to logits)."""
+    name = workload.config().model.name
+    if name not in _BUILDERS:
+        raise ValueError(f"no PyTorch peer for model {name!r}")
+    torch.manual_seed(0)
+    return _BUILDERS[name](workload).to(memory_format=torch.channels_last)
+
+
+def measure(
+    workload: Workload,
+    dtype: str,
+    mode: str,
+    *,
+    min_seconds: float,
+    min_steps: int = 5,
+    warmup_steps: int = 2,
+) -> dict[str, Any]:
+    """Times a PyTorch train step of `workload` in `dtype`, `mode` 'eager' or 'compile'
+    (`torch.compile` of the model; Adam stays eager); returns the row's measured fields."""
+    if mode not in MODES:
+        raise ValueError(f"unknown torch mode {mode!r}: expected one of {MODES}")
+    model = build_model(workload)
+    model.train()
+    forward = torch.compile(model) if mode == "compile" else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=workload.config().optim.learning_rate)
+    rng = np.random.default_rng(0)
+    shape = (workload.batch_size, workload.image_size, workload.image_size, workload.channels)
+    images = rng.random(shape, dtype=np.float32)  # NHWC on the host, as the other frameworks
+    labels = torch.from_numpy(rng.integers(0, 2, workload.batch_size).astype(np.int64))
+
+    def step() -> None:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    result = timing.time_steps(
+        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+    )
+    row = timing.measurement_row(
+        result, workload.images_per_step, workloads.train_step_flops(workload)
+    )
+    row["flops_source"] = "analytic"
+    row["threads"] = torch.get_num_threads()
+    return row

@@ -1,0 +1,357 @@
+"""experiments.benchmark: ratios and tables (pure), FLOP counts, the peers' architectures, and
+the command end to end with tiny settings (murajax and one peer, each in its own process)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"  # as test_keras_parity: before keras is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+from experiments.bench import runner, table, timing, worker, workloads  # noqa: E402
+from murajax import config as config_lib  # noqa: E402
+from murajax import models  # noqa: E402
+
+TINY = dataclasses.replace(workloads.by_key("C"), image_size=16, batch_size=4)
+TRAIN_KEYS = (
+    "framework",
+    "model",
+    "image_size",
+    "batch_size",
+    "dtype",
+    "images_per_s",
+    "step_s",
+    "compile_s",
+    "peak_memory_mb",
+    "gflops",
+    "peak_fraction",
+    "ratio_to_best_peer",
+)
+
+
+def _row(framework: str, speed: float | None, dtype: str = "float32", **kw) -> dict:
+    row = {
+        "framework": framework,
+        "model": "cnn_c",
+        "image_size": 128,
+        "batch_size": 32,
+        "dtype": dtype,
+        "images_per_s": speed,
+    }
+    return {**row, **kw}
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_add_ratios_compares_each_row_with_the_fastest_peer_of_its_group():
+    rows = [
+        _row("murajax", 50.0, gflops=100.0),
+        _row("murajax-xla", 40.0),
+        _row("keras-tf", 100.0, gflops=150.0),
+        _row("keras-jax", 25.0),
+        _row("torch-eager", None, error="boom"),  # a failed peer is no peer
+        _row("murajax", 90.0, "bfloat16", gflops=200.0),
+        _row("keras-tf", 60.0, "bfloat16"),
+        _row("torch-compile", 120.0, "bfloat16"),
+        _row("murajax", 10.0, model="multiview"),  # no peer at all
+    ]
+    out = table.add_ratios(rows, {"float32": 200.0, "bfloat16": 400.0})
+    got = {(r["framework"], r["dtype"], r["model"]): r for r in out}
+    assert got["murajax", "float32", "cnn_c"]["ratio_to_best_peer"] == 0.5
+    assert got["murajax", "float32", "cnn_c"]["best_peer"] == "keras-tf"
+    assert got["murajax-xla", "float32", "cnn_c"]["ratio_to_best_peer"] == 0.4
+    assert got["keras-tf", "float32", "cnn_c"]["ratio_to_best_peer"] == 1.0
+    assert got["keras-jax", "float32", "cnn_c"]["ratio_to_best_peer"] == 0.25
+    assert got["torch-eager", "float32", "cnn_c"]["ratio_to_best_peer"] is None
+    assert got["murajax", "bfloat16", "cnn_c"]["ratio_to_best_peer"] == 0.75
+    assert got["murajax", "bfloat16", "cnn_c"]["best_peer"] == "torch-compile"
+    assert got["murajax", "float32", "multiview"]["ratio_to_best_peer"] is None
+    # peak fraction: against the matmul peak of the row's own dtype
+    assert got["murajax", "float32", "cnn_c"]["peak_fraction"] == 0.5
+    assert got["murajax", "bfloat16", "cnn_c"]["peak_fraction"] == 0.5
+    assert got["keras-jax", "float32", "cnn_c"]["peak_fraction"] is None
+    assert "ratio_to_best_peer" not in rows[0]  # copies, not in place
+    # the goals' cross-dtype ratio: murajax bfloat16 over keras-tf float32
+    assert table.ratio(out, "cnn_c", "murajax", "keras-tf", "bfloat16", "float32") == 0.9
+    assert table.ratio(out, "cnn_c", "murajax", "keras-jax", "bfloat16") is None
+
+
+def test_add_step_ratios_uses_the_fastest_murajax_step_it_feeds():
+    train = [
+        _row("murajax", 50.0),
+        _row("murajax", 80.0, "bfloat16"),
+        _row("keras-tf", 500.0),  # a peer's speed is not what the pipeline must feed
+    ]
+    pipeline = [
+        {"source": "s", "image_size": 128, "workers": 0, "images_per_s": 200.0},
+        {"source": "s", "image_size": 128, "workers": 2, "images_per_s": None},
+        {"source": "s", "image_size": 224, "workers": 0, "images_per_s": 30.0},
+    ]
+    for row in pipeline:
+        row.update(feeds_model="cnn_c", feeds_image_size=row["image_size"], feeds_batch=32)
+    out = table.add_step_ratios(pipeline, train)
+    assert out[0]["step_images_per_s"] == 80.0 and out[0]["ratio_to_step"] == 2.5
+    assert out[1]["ratio_to_step"] is None
+    assert out[2]["step_images_per_s"] is None and out[2]["ratio_to_step"] is None
+
+
+def test_tables_are_fixed_width_and_show_errors():
+    rows = table.add_ratios(
+        [
+            _row("murajax", 50.0, step_s=0.64, compile_s=3.2, peak_memory_mb=900.0, gflops=40.0),
+            _row("keras-tf", 100.0, step_s=0.32, compile_s=2.0, peak_memory_mb=1000.0),
+            _row("torch-compile", None, error="timed out after 1800 s"),
+        ],
+        {"float32": 80.0},
+    )
+    text = table.format_train_table(rows)
+    header, *lines = text.splitlines()
+    assert header.split()[:5] == ["model", "size", "batch", "dtype", "framework"]
+    assert "vs best peer" in header
+    assert lines[0].endswith("0.50x") and lines[1].endswith("1.00x")
+    assert len(lines[0]) == len(lines[1]) == len(header)  # right-aligned columns line up
+    assert lines[0].index("50.0") + 4 == lines[1].index("100.0") + 5
+    assert "50%" in lines[0]  # 40 GFLOP/s of an 80 GFLOP/s peak
+    assert "(timed out after 1800 s)" in lines[2]
+
+    pipeline = [
+        {
+            "source": "mura_synthetic@512px",
+            "image_size": 128,
+            "workers": 2,
+            "images_per_s": 300.0,
+            "startup_s": 1.5,
+            "feeds": "cnn_c@128 b32",
+            "step_images_per_s": 100.0,
+            "ratio_to_step": 3.0,
+        }
+    ]
+    text = table.format_pipeline_table(pipeline)
+    assert "pipeline/step" in text.splitlines()[0]
+    assert text.splitlines()[1].endswith("3.00x")
+
+
+def test_time_steps_times_the_first_step_alone_and_takes_the_median():
+    durations = iter([0.05] + [0.0] * 1000)
+    calls = []
+
+    def step():
+        import time
+
+        calls.append(1)
+        time.sleep(next(durations))
+
+    result = timing.time_steps(step, min_seconds=0.0, min_steps=4, warmup_steps=2)
+    assert result["compile_s"] >= 0.05
+    assert result["steps"] == 4 and len(calls) == 2 + 4
+    assert result["step_s"] < 0.05
+    row = timing.measurement_row(result, 8, flops=1e9)
+    assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 10
+    assert row["gflops"] == round(1e9 / result["step_s"] / 1e9, 1)
+
+
+def test_frameworks_choose_order_and_skip_torch_without_it(monkeypatch):
+    assert runner.frameworks(["keras-jax", "murajax"]) == ["murajax", "keras-jax"]
+    with pytest.raises(ValueError, match="unknown framework"):
+        runner.frameworks(["keras-pytorch"])
+    default = runner.frameworks()
+    assert default[0] == "murajax"
+    assert ("murajax-xla" in default) == runner.has_conv_impl()
+    monkeypatch.setattr(runner, "torch_available", lambda: False)
+    notes: list[str] = []
+    chosen = runner.frameworks(None, notes)
+    assert not [f for f in chosen if f.startswith("torch")]
+    assert "keras-tf" in chosen and notes and "torch" in notes[0]
+    multiview = workloads.by_key("multiview")
+    assert runner.has_peer("murajax", multiview) and not runner.has_peer("keras-tf", multiview)
+
+
+def test_workload_selection_and_configs():
+    assert [w.key for w in workloads.select(quick=True)] == ["C", "A"]
+    assert len(workloads.select(quick=False)) == len(workloads.WORKLOADS)
+    assert [w.key for w in workloads.select(False, ["A", "cnn_c"])] == ["C", "A"]
+    for name in ("resnet", "vgg16"):  # unknown; a model label of two workloads
+        with pytest.raises(ValueError, match="unknown workload"):
+            workloads.by_key(name)
+    for workload in workloads.WORKLOADS:
+        for dtype in workloads.DTYPES:
+            config = workload.config(dtype, conv_impl="xla")
+            config_lib.validate(config)
+            assert config.model.dtype == dtype and config.optim.name == "adam"
+            assert config.optim.schedule == "constant"
+            assert getattr(config.model, "conv_impl", "xla") == "xla"
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def test_analytic_flops_match_published_counts_and_xla():
+    # VGG16's convolutions: 15.35 G multiply-adds at 224 px; DenseNet-169: about 3.36 G.
+    assert workloads.vgg16_forward_flops(224) == pytest.approx(2 * 15.35e9, rel=0.01)
+    assert workloads.densenet169_forward_flops(224) == pytest.approx(2 * 3.36e9, rel=0.01)
+    # XLA's count skips the zero padding of 'same' convolutions: a few % fewer at 64 px.
+    workload = dataclasses.replace(workloads.by_key("quickstart"), batch_size=2)
+    config = workload.config(conv_impl="xla")
+    model = models.create_from_config(config.model)
+    x = jnp.zeros((2, workload.image_size, workload.image_size, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    xla = jax.jit(model.apply).lower(variables, x).cost_analysis()["flops"] / 2
+    assert workloads.forward_flops(workload) == pytest.approx(xla, rel=0.1)
+    assert workloads.train_step_flops(workload) == 3 * 2 * workloads.forward_flops(workload)
+    assert workloads.forward_flops(workloads.by_key("multiview")) is None
+
+
+def _murajax_params(workload: workloads.Workload) -> int:
+    model = models.create_from_config(workload.config(conv_impl="xla").model)
+    shape = (1, workload.image_size, workload.image_size, workload.channels)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    return sum(p.size for p in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("key", ["C", "quickstart", "A"])
+def test_keras_peer_trains_the_same_architecture(key):
+    from experiments.bench import keras_peer
+
+    workload = dataclasses.replace(workloads.by_key(key), image_size=32)
+    model = keras_peer.build_model(workload)
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    assert trainable == _murajax_params(workload)
+    images = jnp.zeros((2, 32, 32, workload.channels))
+    assert tuple(model(images).shape) == (2, 2)
+
+
+@pytest.mark.parametrize("key", ["C", "quickstart", "A"])
+def test_torch_peer_trains_the_same_architecture(key):
+    pytest.importorskip("torch", reason="torch is the optional `bench` extra")
+    import torch
+
+    from experiments.bench import torch_peer
+
+    workload = dataclasses.replace(workloads.by_key(key), image_size=32)
+    model = torch_peer.build_model(workload)
+    assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
+    assert model(torch.zeros(2, workload.channels, 32, 32)).shape == (2, 2)
+
+
+@pytest.mark.slow
+def test_torch_densenet169_peer_has_murajax_parameter_count():
+    pytest.importorskip("torch", reason="torch is the optional `bench` extra")
+    from experiments.bench import torch_peer
+
+    workload = dataclasses.replace(workloads.by_key("densenet169"), image_size=64)
+    model = torch_peer.build_model(workload)
+    assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_benchmark_command_end_to_end(tmp_path):
+    """murajax and Keras on JAX on a 16 px CNN, each in its own process, and the JSON."""
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--models=C",
+        "--image_size=16",
+        "--batch_size=4",
+        "--only=murajax,keras-jax",
+        "--dtypes=float32",
+        "--min_seconds=0.2",
+        "--min_steps=2",
+        "--matmul_size=256",
+        "--nopipeline",
+        "--nodata_parallel",
+        f"--json={out}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert {"machine", "matmul_gflops", "train_step", "input_pipeline"} <= set(figures)
+    machine = figures["machine"]
+    for key in ("cpu", "cores", "jax", "jaxlib", "keras", "tensorflow", "torch", "date"):
+        assert key in machine
+    assert "ynn_fusion_type" in machine["XLA_FLAGS"]  # experiments/__init__.py's flag
+    assert figures["matmul_gflops"]["float32"] > 0 and figures["matmul_gflops"]["bfloat16"] > 0
+    assert figures["settings"]["min_seconds"] == 0.2
+    rows = {r["framework"]: r for r in figures["train_step"]}
+    assert set(rows) == {"murajax", "keras-jax"}
+    for row in rows.values():
+        assert set(TRAIN_KEYS) <= set(row), row
+        assert (row["model"], row["image_size"], row["batch_size"]) == ("cnn_c", 16, 4)
+        assert row["images_per_s"] > 0 and row["steps"] >= 2 and row["timed_s"] >= 0.2
+        assert row["step_s"] == pytest.approx(4 / row["images_per_s"], rel=0.01)
+        assert row["compile_s"] > 0 and row["peak_memory_mb"] > 100
+        assert row["gflops"] > 0 and 0 < row["peak_fraction"]
+    assert rows["keras-jax"]["ratio_to_best_peer"] == 1.0
+    assert rows["murajax"]["ratio_to_best_peer"] == pytest.approx(
+        rows["murajax"]["images_per_s"] / rows["keras-jax"]["images_per_s"], abs=0.001
+    )
+    assert rows["murajax"]["flops_source"].startswith("xla_cost_analysis")
+    assert rows["keras-jax"]["flops_source"] == "analytic"
+    assert "vs best peer" in result.stdout and "keras-jax" in result.stdout
+    assert "1/2 murajax cnn_c@16 b4 float32" in result.stderr  # progress, in order
+
+
+def test_benchmark_command_rejects_unknown_names_in_one_line():
+    command = [sys.executable, "-m", "experiments.benchmark", "--models=resnet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: unknown workload 'resnet'")
+
+
+def test_pipeline_rows(data_dir, monkeypatch):
+    """Input-pipeline rows through the worker's code (in this process, where `trivial_mura`
+    is registered), with the step each row feeds."""
+    monkeypatch.setattr(runner, "run_job", lambda job, timeout=None: worker.run(job))
+    feeds = dataclasses.replace(workloads.by_key("C"), image_size=32)
+    rows = runner.run_pipeline(
+        [runner.PipelineSpec("C")],
+        dataset="trivial_mura",
+        data_dir=data_dir,
+        workers=(0,),
+        num_batches=2,
+        batch_size=4,
+        feeds=lambda key: feeds,
+    )
+    (row,) = rows
+    assert {"source", "image_size", "workers", "images_per_s"} <= set(row)
+    assert (row["source"], row["image_size"], row["workers"]) == ("trivial_mura", 32, 0)
+    assert row["images_per_s"] > 0 and row["channels"] == 1
+    (row,) = table.add_step_ratios(rows, [_row("murajax", 10.0, image_size=32)])
+    assert row["ratio_to_step"] == pytest.approx(row["images_per_s"] / 10.0, abs=0.01)
+
+
+def test_torch_peer_measures_a_step():
+    pytest.importorskip("torch", reason="torch is the optional `bench` extra")
+    job = {
+        "kind": "train_step",
+        "framework": "torch-eager",
+        "workload": dataclasses.asdict(TINY),
+        "dtype": "bfloat16",
+        "min_seconds": 0.1,
+        "min_steps": 2,
+    }
+    row = runner.run_job(job, timeout=120)
+    assert row["images_per_s"] > 0 and row["flops_source"] == "analytic"
+
+
+@pytest.mark.slow
+def test_torch_compile_peer_measures_a_step():
+    pytest.importorskip("torch", reason="torch is the optional `bench` extra")
+    job = {
+        "kind": "train_step",
+        "framework": "torch-compile",
+        "workload": dataclasses.asdict(TINY),
+        "dtype": "float32",
+        "min_seconds": 0.1,
+        "min_steps": 2,
+    }
+    assert runner.run_job(job, timeout=600)["images_per_s"] > 0
