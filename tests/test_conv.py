@@ -1,0 +1,171 @@
+"""murajax.ops.conv2d: oneDNN's convolutions give XLA's values and gradients, only on CPU."""
+
+import platform
+import sys
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from murajax import models, ops
+from murajax.config import ConfigError, ModelConfig
+from murajax.ops import conv as conv_lib
+from murajax.ops import onednn
+
+# The oneDNN wheels exist for x86-64 Linux, where `make install` builds the extension: there a
+# missing extension is a failure, not a skip.
+ONEDNN_EXPECTED = sys.platform == "linux" and platform.machine() == "x86_64"
+needs_onednn = pytest.mark.skipif(
+    not ONEDNN_EXPECTED, reason="oneDNN's wheels exist for x86-64 Linux only"
+)
+
+# (batch, size, in, out, kernel, strides, padding, bias, relu): the models' convolutions
+# (3x3 'SAME' with bias+ReLU, DenseNet's 1x1, 7x7/2 'VALID' stem, a single-channel input) and
+# odd sizes where padding and strides do not divide evenly.
+CASES = [
+    (2, 9, 3, 5, 3, 1, "SAME", True, True),
+    (3, 8, 1, 4, 3, 1, "SAME", True, True),
+    (2, 8, 4, 6, 3, 2, "VALID", False, False),
+    (2, 15, 3, 8, 7, 2, "VALID", False, False),
+    (2, 6, 16, 8, 1, 1, "SAME", False, False),
+    (2, 7, 5, 7, 3, 2, ((0, 1), (2, 0)), True, False),
+]
+
+
+@needs_onednn
+def test_extension_builds_and_runs_here():
+    assert onednn.onednn_status() is None, onednn.onednn_status()
+    assert ops.resolve_conv_impl("auto") == "onednn"
+
+
+def _loss_and_grads(impl, x, kernel, bias, strides, padding, relu):
+    def loss(x, kernel, bias):
+        y = ops.conv2d(x, kernel, bias, strides=strides, padding=padding, relu=relu, impl=impl)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+    argnums = (0, 1, 2) if bias is not None else (0, 1)
+    return jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(x, kernel, bias)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_float32_values_and_gradients_equal_xla(case):
+    n, size, cin, cout, k, stride, padding, with_bias, relu = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n, size, size, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / k, jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(cout), jnp.float32) if with_bias else None
+    args = (x, kernel, bias, (stride, stride), padding, relu)
+    (loss, y), grads = _loss_and_grads("onednn", *args)
+    (want_loss, want_y), want_grads = _loss_and_grads("xla", *args)
+    chex.assert_trees_all_close(y, want_y, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(loss, want_loss, rtol=1e-5, atol=1e-4)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_bfloat16_values_and_gradients_as_close_to_float32_as_xla():
+    """bfloat16 rounds differently in each library: both must be as close to float32 maths on
+    the same (bfloat16) inputs, in relative L2 error."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 16)) / 3, jnp.bfloat16)
+    bias = jnp.asarray(rng.standard_normal(16), jnp.bfloat16)
+    weights = jnp.asarray(rng.standard_normal((2, 12, 12, 16)), jnp.float32)
+
+    def outputs(impl, dtype):
+        def loss(x, kernel, bias):
+            y = ops.conv2d(x, kernel, bias, impl=impl)
+            return jnp.sum(y.astype(jnp.float32) * weights), y
+
+        grad = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))
+        (_, y), grads = grad(x.astype(dtype), kernel.astype(dtype), bias.astype(dtype))
+        return [a.astype(jnp.float32) for a in (y, *grads)]
+
+    reference = outputs("xla", jnp.float32)
+    for impl in ("onednn", "xla"):
+        for got, want in zip(outputs(impl, jnp.bfloat16), reference, strict=True):
+            error = jnp.linalg.norm(got - want) / jnp.linalg.norm(want)
+            assert error < 3e-2, (impl, float(error))
+
+
+@needs_onednn
+def test_cpu_lowering_calls_onednn_and_gpu_lowering_keeps_xla_convolution():
+    x = jnp.ones((1, 8, 8, 3))
+    kernel = jnp.ones((3, 3, 3, 4))
+
+    def step(x, kernel):
+        return jax.grad(lambda k: jnp.sum(ops.conv2d(x, k, relu=True, impl="onednn")))(kernel)
+
+    cpu = jax.jit(step).trace(x, kernel).lower(lowering_platforms=("cpu",)).as_text()
+    gpu = jax.jit(step).trace(x, kernel).lower(lowering_platforms=("cuda",)).as_text()
+    assert "murajax_onednn_conv_fwd" in cpu and "murajax_onednn_conv_bwd_weights" in cpu
+    assert "murajax_onednn" not in gpu
+    assert "convolution" in gpu
+
+
+def test_xla_impl_is_lax_conv():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    want = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    chex.assert_trees_all_equal(ops.conv2d(x, kernel, impl="xla"), want)
+    text = jax.jit(lambda x, k: ops.conv2d(x, k, impl="xla")).lower(x, kernel).as_text()
+    assert "murajax_onednn" not in text
+
+
+def test_auto_falls_back_to_xla_with_one_warning_and_onednn_refuses(monkeypatch):
+    monkeypatch.setattr(conv_lib, "onednn_status", lambda: "no oneDNN on this test machine")
+    conv_lib._warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no oneDNN on this test machine"):
+        assert ops.resolve_conv_impl("auto") == "xla"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every convolution
+        assert ops.resolve_conv_impl("auto") == "xla"
+    with pytest.raises(RuntimeError, match="conv_impl='onednn' is not available"):
+        ops.resolve_conv_impl("onednn")
+    with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
+        ops.resolve_conv_impl("fast")
+
+
+def test_conv_impl_is_validated_in_the_config():
+    from murajax.config import Config, validate
+
+    config = Config()
+    config.model.conv_impl = "mkl"
+    with pytest.raises(ConfigError, match=r"model.conv_impl='mkl'.*'auto', 'xla', 'onednn'"):
+        validate(config)
+
+
+def test_build_reports_missing_onednn(tmp_path, monkeypatch):
+    monkeypatch.setenv("MURAJAX_ONEDNN_PREFIX", str(tmp_path))
+    with pytest.raises(onednn.BuildError, match="oneDNN headers not found"):
+        onednn.build(tmp_path / "out.so")
+    assert not list(tmp_path.glob("*.so*"))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["cnn", "vgg16"])
+def test_models_train_the_same_on_both_implementations(name):
+    """A model's parameters, logits and gradients do not depend on `conv_impl`."""
+    size, channels = (16, 1) if name == "cnn" else (32, 3)
+    x = jnp.asarray(np.random.default_rng(3).random((2, size, size, channels)), jnp.float32)
+    results = []
+    for impl in ("xla", "onednn"):
+        model = models.create_from_config(
+            ModelConfig(name=name, conv_impl=impl, widths=(4, 8), dense=(8,), dropout_rate=0.0)
+        )
+        variables = model.init(jax.random.key(0), x)
+
+        def loss(params, model=model, variables=variables):
+            return jnp.sum(model.apply({**variables, "params": params}, x) ** 2)
+
+        results.append((variables, jax.grad(loss)(variables["params"])))
+    (vars_xla, grads_xla), (vars_onednn, grads_onednn) = results
+    chex.assert_trees_all_equal(vars_xla, vars_onednn)
+    chex.assert_trees_all_close(grads_xla, grads_onednn, rtol=1e-4, atol=1e-5)
