@@ -25,6 +25,33 @@ def flag_error_line(message: str) -> str:
     return lines[0] if lines else message
 
 
+COMPILATION_CACHE_FLAG = "compilation_cache"
+
+
+def define_compilation_cache_flag() -> None:
+    """Defines `--compilation_cache` (once per process, so that programs can share it)."""
+    if COMPILATION_CACHE_FLAG not in flags.FLAGS:
+        flags.DEFINE_string(
+            COMPILATION_CACHE_FLAG,
+            None,
+            "Folder of JAX's persistent compilation cache, which lets a rerun or resume skip "
+            "XLA compilation; '' turns it off. Default: $MURAJAX_COMPILATION_CACHE, else "
+            "$MURAJAX_CACHE/jax_compilation_cache (~/.cache/murajax/jax_compilation_cache).",
+        )
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns the persistent compilation cache on as `--compilation_cache` (or, unset, the
+    environment) says; call before the program's first jitted computation. An unwritable
+    folder is a warning. Returns the folder in use, or None."""
+    from murajax import compilation_cache
+
+    value = None
+    if COMPILATION_CACHE_FLAG in flags.FLAGS:
+        value = flags.FLAGS[COMPILATION_CACHE_FLAG].value
+    return compilation_cache.enable(compilation_cache.default_dir() if value is None else value)
+
+
 def loaded_config(holder: flags.FlagHolder, name: str = "config") -> Any:
     """The value of a `config_flags.DEFINE_config_file` flag. ml_collections reports a config
     file that cannot be loaded (missing, not Python) only when the config is first used, with

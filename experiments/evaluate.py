@@ -107,6 +107,7 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "ensemble", 1, "Average the K checkpoints with the best holdout kappa.", lower_bound=1
     )
+    cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
+    cli.enable_compilation_cache()
     body = evaluate(args.workdir, args.split, args.checkpoint, args.ensemble)
     print(summary_line(body, args.workdir))
 

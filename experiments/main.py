@@ -21,6 +21,7 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,6 +30,8 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     import jax
+
+    cli.enable_compilation_cache()  # a rerun or resume loads its compiled steps
 
     if _COORDINATOR.value:
         jax.distributed.initialize(

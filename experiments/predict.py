@@ -276,6 +276,7 @@ def define_flags() -> None:
     flags.DEFINE_string("output", None, "The CSV to write (one row per study).")
     flags.DEFINE_string("heatmaps", None, "Folder for Grad-CAM overlays (optional).")
     flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
+    cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -284,6 +285,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
+    cli.enable_compilation_cache()
     rows = predict(
         args.workdir,
         args.input,

@@ -34,6 +34,7 @@ _SPLIT = flags.DEFINE_string(
 _SUMMARY_ONLY = flags.DEFINE_bool(
     "summary_only", False, "Rebuild the summary from W's run folders; train nothing."
 )
+cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["workdir"])
 
 STATUS_NOTES = {"new": "new", "partial": "resumes from a checkpoint", "finished": "finished"}
@@ -71,6 +72,7 @@ def main(argv: list[str]) -> None:
             for field, value in run.overrides.items():
                 print(f"    {field} = {value!r}")
         return
+    cli.enable_compilation_cache()  # runs of one shape, and a resumed sweep, compile once
     sweep_lib.run_sweep(sweep, workdir, only=only)
     runs_info = [{"name": r.name, "overrides": r.overrides} for r in sweep.runs]
     print_summary(sweep_lib.write_summary(workdir, runs_info, spec=sweep.spec, split=_SPLIT.value))
