@@ -4,7 +4,8 @@
   which the peers read the same architecture) and analytic FLOP counts;
 - `timing`: the one step-timing loop every framework uses (compile, warm-up, median);
 - `murajax_step`, `keras_peer`, `torch_peer`: one measurement each, in its own process
-  (`python -m experiments.bench.worker JOB`), so that thread pools never mix;
+  (`python -m experiments.bench.worker JOB`), so that thread pools never mix; `matmul`: the
+  machine's matmul peak; `data_parallel`: 'jit' and 'pmap' on 2 fake CPU devices;
 - `runner`: starts those processes in round-robin order, and the input-pipeline and matmul
   jobs; `table`: ratios and the printed tables.
 

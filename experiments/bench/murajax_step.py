@@ -1,4 +1,4 @@
-"""murajax's measurements: the real train step as training runs it, and the matmul peak.
+"""murajax's measurement: the real train step as training runs it.
 
 The step is `murajax.train.train_step` placed by `murajax.parallel.data_parallel(step_fn,
 'jit', make_mesh())`, fed a host batch every step (as the training loop is), exactly as
@@ -6,13 +6,10 @@ The step is `murajax.train.train_step` placed by `murajax.parallel.data_parallel
 """
 
 import functools
-import statistics
-import time
 import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench import timing
@@ -107,6 +104,9 @@ def measure(
     row = timing.measurement_row(result, workload.images_per_step, flops)
     row["flops_source"] = source
     row["device"] = jax.devices()[0].platform
+    stats = jax.devices()[0].memory_stats()  # None on CPU
+    if stats and "peak_bytes_in_use" in stats:
+        row["device_peak_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     conv_field = getattr(workload.config(dtype, conv_impl).model, "conv_impl", None)
     if conv_field is not None:
         row["conv_impl"] = conv_field
@@ -126,29 +126,3 @@ def _resolved_conv_impl(conv_impl: str) -> str | None:
             return resolve_conv_impl(conv_impl)
         except (RuntimeError, ValueError):
             return None
-
-
-def matmul_gflops(size: int = 2048, seconds: float = 1.5) -> dict[str, float]:
-    """GFLOP/s of a jitted `size`^3 matmul: float32, and bfloat16 x bfloat16 with float32
-    results (`preferred_element_type`), each the median of repeated calls over `seconds`."""
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (size, size), jnp.float32)
-    b = jax.random.normal(key_b, (size, size), jnp.float32)
-    matmuls = {
-        "float32": (jax.jit(jnp.matmul), a, b),
-        "bfloat16": (
-            jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32)),
-            a.astype(jnp.bfloat16),
-            b.astype(jnp.bfloat16),
-        ),
-    }
-    result = {}
-    for name, (fn, x, y) in matmuls.items():
-        fn(x, y).block_until_ready()  # compile
-        times: list[float] = []
-        while sum(times) < seconds or len(times) < 5:
-            start = time.perf_counter()
-            fn(x, y).block_until_ready()
-            times.append(time.perf_counter() - start)
-        result[name] = round(2 * size**3 / statistics.median(times) / 1e9, 1)
-    return result

@@ -75,6 +75,17 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def missing_package(framework: str) -> str | None:
+    """The package `framework` needs that is not installed here, if any."""
+    kind = FRAMEWORKS[framework]
+    needs = {"keras": ["keras"], "torch": ["torch"]}.get(kind["kind"], [])
+    if kind.get("backend") == "tensorflow":
+        needs.append("tensorflow")
+    if kind["kind"] == "torch" and not torch_available():
+        return "torch"
+    return next((p for p in needs if importlib.util.find_spec(p) is None), None)
+
+
 def has_conv_impl() -> bool:
     """Whether murajax's `ModelConfig` has the `conv_impl` field."""
     from murajax.config import ModelConfig
@@ -84,8 +95,8 @@ def has_conv_impl() -> bool:
 
 def frameworks(only: Sequence[str] | None = None, notes: list[str] | None = None) -> list[str]:
     """The frameworks to measure, murajax's first: 'murajax' (and 'murajax-xla' when the
-    config has `conv_impl`) then `DEFAULT_PEERS`, or `only` in that order. Torch rows are
-    left out (with a line in `notes`) when torch is not importable."""
+    config has `conv_impl`) then `DEFAULT_PEERS`, or `only` in that order. A peer whose
+    package (torch, keras, tensorflow) is not importable is left out, with a line in `notes`."""
     default = ["murajax", *(["murajax-xla"] if has_conv_impl() else []), *DEFAULT_PEERS]
     if only:
         unknown = [f for f in only if f not in FRAMEWORKS]
@@ -98,15 +109,15 @@ def frameworks(only: Sequence[str] | None = None, notes: list[str] | None = None
                 notes.append("murajax-xla: murajax has no model.conv_impl yet; skipped")
     else:
         chosen = default
-    if not torch_available():
-        dropped = [f for f in chosen if FRAMEWORKS[f]["kind"] == "torch"]
-        if dropped and notes is not None:
-            notes.append(
-                f"torch is not importable: {', '.join(dropped)} skipped "
-                "(pip install -c constraints.txt -e '.[bench]')"
-            )
-        chosen = [f for f in chosen if f not in dropped]
-    return chosen
+    kept = []
+    for framework in chosen:
+        missing = missing_package(framework)
+        if missing is None:
+            kept.append(framework)
+        elif notes is not None:
+            hint = " (pip install -c constraints.txt -e '.[bench]')" if missing == "torch" else ""
+            notes.append(f"{missing} is not importable: {framework} skipped{hint}")
+    return kept
 
 
 def has_peer(framework: str, workload: Workload) -> bool:
@@ -190,9 +201,10 @@ def run_train_steps(
     return rows
 
 
-def run_matmul(size: int = 2048, seconds: float = 1.5) -> dict[str, float]:
-    """The matmul peak (GFLOP/s, float32 and bfloat16 -> float32) in a murajax process."""
-    log(f"matmul peak ({size}^3, float32 and bfloat16) ...")
+def run_matmul(size: int | None = None, seconds: float = 1.5) -> dict[str, float]:
+    """The matmul peak (GFLOP/s, float32 and bfloat16 -> float32) in a murajax process
+    (`size` None: the worker's choice for its device)."""
+    log("matmul peak (float32 and bfloat16) ...")
     result = run_job({"kind": "matmul", "size": size, "seconds": seconds})
     log(f"matmul peak: {result}")
     return result

@@ -4,7 +4,8 @@ torchvision is not used (it does not work on these machines): murajax's CNN, VGG
 DenseNet-169 are written here layer for layer as Keras builds them (3x3 'same' convolutions,
 2x2 max-pools, BatchNorm epsilon and momentum as Keras's), with global average pooling
 (+ dropout) and a Dense(2) head. A step is `torch.optim.Adam` on the cross-entropy of the
-float32 logits; bfloat16 runs the forward pass under `torch.autocast('cpu', torch.bfloat16)`.
+float32 logits; bfloat16 runs the forward pass under `torch.autocast(device, torch.bfloat16)`.
+On a machine with a CUDA GPU the peer trains on it (the card murajax's jax uses).
 """
 
 from typing import Any
@@ -126,6 +127,11 @@ def _densenet169(workload: Workload) -> nn.Module:
 _BUILDERS = {"cnn": _cnn, "vgg16": _vgg16, "densenet169": _densenet169}
 
 
+def device() -> str:
+    """'cuda' where torch sees a GPU (the same card murajax's jax uses), else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_model(workload: Workload) -> nn.Module:
     """The torch.nn model of `workload` (NCHW images, channels_last in memory, to logits)."""
     name = workload.config().model.name
@@ -148,7 +154,8 @@ def measure(
     (`torch.compile` of the model; Adam stays eager); returns the row's measured fields."""
     if mode not in MODES:
         raise ValueError(f"unknown torch mode {mode!r}: expected one of {MODES}")
-    model = build_model(workload)
+    where = device()
+    model = build_model(workload).to(where)
     model.train()
     forward = torch.compile(model) if mode == "compile" else model
     optimizer = torch.optim.Adam(model.parameters(), lr=workload.config().optim.learning_rate)
@@ -156,16 +163,19 @@ def measure(
     shape = (workload.batch_size, workload.image_size, workload.image_size, workload.channels)
     images = rng.random(shape, dtype=np.float32)  # NHWC on the host, as the other frameworks
     labels = torch.from_numpy(rng.integers(0, 2, workload.batch_size).astype(np.int64))
+    labels = labels.to(where)
 
     def step() -> None:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+        # NHWC from the host each step (as the other frameworks): an NCHW view with
+        # channels_last strides, copied to the GPU if there is one.
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(where)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        with torch.autocast(where, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             logits = forward(x)
         loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
-        loss.item()
+        loss.item()  # waits for the step
 
     result = timing.time_steps(
         step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
@@ -174,5 +184,8 @@ def measure(
         result, workload.images_per_step, workloads.train_step_flops(workload)
     )
     row["flops_source"] = "analytic"
+    row["device"] = where
+    if where == "cuda":
+        row["device_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     row["threads"] = torch.get_num_threads()
     return row

@@ -106,9 +106,9 @@ def run(job: dict[str, Any]) -> Any:
     if job["kind"] == "train_step":
         return train_step(job)
     if job["kind"] == "matmul":
-        from experiments.bench import murajax_step
+        from experiments.bench import matmul
 
-        return murajax_step.matmul_gflops(job.get("size", 2048), job.get("seconds", 1.5))
+        return matmul.matmul_gflops(job.get("size"), job.get("seconds", 1.5))
     if job["kind"] == "pipeline":
         return pipeline(job)
     raise ValueError(f"unknown job kind {job['kind']!r}")
