@@ -33,6 +33,7 @@ AGGREGATIONS = ("mean", "max")
 THRESHOLD_METHODS = ("fixed", "youden")
 CHECKPOINT_SELECTIONS = ("best", "latest")
 EVAL_SPLITS = ("holdout", "validation")
+DATA_CACHES = ("none", "memory", "disk")
 
 
 @dataclasses.dataclass
@@ -57,6 +58,11 @@ class DataConfig:
     # Study batches (study-level models such as "multiview"): views per study in training; a
     # study with more gets a random subset each epoch. Evaluation always sees every view.
     max_views: int = 4
+    # Decoded, pre-resized images (murajax.data.cache): "none" decodes and resizes every image
+    # every epoch; "memory" does it once per process into host RAM; "disk" once, as array_record
+    # files reused by later runs (beside the TFDS data, or in `cache_dir`). Same batches.
+    cache: str = "none"
+    cache_dir: str | None = None  # "disk" only; None: beside the data or $MURAJAX_CACHE/data
 
 
 @dataclasses.dataclass
@@ -255,6 +261,7 @@ def validate(config: Config) -> Config:
     _in_range("data.brightness", d.brightness, 0.0, 1.0)
     _in_range("data.contrast", d.contrast, 0.0, 1.0)
     _in_range("data.max_views", d.max_views, 1, 64)
+    check_choice("data.cache", d.cache, DATA_CACHES)
 
     _check_model_name(m.name)
     if m.num_classes != 2:

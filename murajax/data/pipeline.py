@@ -12,6 +12,10 @@ or hosts:
     .map(LoadTrainBatch | LoadEvalBatch)   read + decode + resize (+ augment) + normalise
     .to_iter_dataset(ReadOptions) [.mp_prefetch(MultiprocessingOptions)]
 
+With `data.cache` 'memory' or 'disk' (`cache.py`) the source's records already hold the
+decoded, resized uint8 images, built once, so "read + decode + resize" is a lookup and the
+batches are the same as without the cache.
+
 Each process reads only its own share of a global batch. An image's augmentation draws from
 `np.random.default_rng([seed, epoch, position in epoch])`, so it does not depend on which
 thread, worker or host prepares it. Worker processes split the stream by whole batches, and
@@ -409,6 +413,25 @@ def split_source(
     return source, (train if split == "train" else holdout)
 
 
+def image_source(
+    config: DataConfig, split: str, given: Mapping[str, sources_lib.Source] | None = None
+) -> tuple[sources_lib.Source, np.ndarray]:
+    """`split_source`, with the source's images behind `config.cache` (`murajax.data.cache`:
+    'memory' or 'disk' decode and resize each image once; 'none' returns the source as is)."""
+    source, positions = split_source(config, split, given)
+    return with_cache(source, config), positions
+
+
+def with_cache(source: sources_lib.Source, config: DataConfig) -> sources_lib.Source:
+    """`source` behind `config.cache`; a memory cache is shared with grain worker processes
+    when `config.num_workers` > 0."""
+    if config.cache == "none":
+        return source
+    from murajax.data import cache  # local: cache imports this module
+
+    return cache.cached_source(source, config, shared=config.num_workers > 0)
+
+
 def num_examples(
     config: DataConfig, split: str, *, sources: Mapping[str, sources_lib.Source] | None = None
 ) -> int:
@@ -463,7 +486,7 @@ def make_train_iterator(
     channels (unless `channels` is given); `sources` replaces the TFDS dataset (a mapping
     with a 'train' source, see `murajax.data.sources`).
     """
-    source, positions = split_source(data_config, "train", sources)
+    source, positions = image_source(data_config, "train", sources)
     spec = preprocess_spec(data_config, model_name, channels=channels, train=True)
     dataset = train_dataset(
         source,
@@ -530,7 +553,7 @@ def make_eval_batches(
     'label' int32, 'body_part' int32, 'patient_id' int64, 'study_id' str, 'image_path'
     str, and 'mask' bool (False for padding rows, whose other fields are zeros / '' / -1).
     """
-    source, positions = split_source(data_config, split, sources)
+    source, positions = image_source(data_config, split, sources)
     spec = preprocess_spec(data_config, model_name, channels=channels, train=False)
     dataset = eval_dataset(
         source,

@@ -63,10 +63,10 @@ def study_groups(study_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def split_study_groups(
     config: DataConfig, split: str, sources: Mapping[str, Any] | None = None
 ) -> tuple[sources_lib.Source, np.ndarray]:
-    """The source holding `split` and its `study_groups` table."""
+    """The source holding `split` (behind `config.cache`) and its `study_groups` table."""
     source, positions = pipeline.split_source(config, split, sources)
     meta = sources_lib.metadata(source)
-    return source, study_groups(meta.study_id[positions], positions)
+    return pipeline.with_cache(source, config), study_groups(meta.study_id[positions], positions)
 
 
 def choose_views(group: np.ndarray, max_views: int, rng: np.random.Generator) -> np.ndarray:
