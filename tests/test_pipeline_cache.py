@@ -285,3 +285,25 @@ def test_cache_field_is_validated():
     assert "'none', 'memory', 'disk'" in message and "\n" not in message
     with pytest.raises(ConfigError, match="config.data.cache_dir"):
         validate(Config(data=DataConfig(cache="disk", cache_dir=3)))
+
+
+def test_throughput_rows_of_the_cache(fake_sources):
+    from murajax.data import benchmark
+
+    rows, _ = run_quietly(
+        benchmark.data_throughput,
+        image_sizes=(16,),
+        num_workers=(0,),
+        batch_size=8,
+        num_batches=2,
+        warmup_batches=1,
+        normalization="unit",
+        channels=1,
+        data_config=config(),
+        sources=fake_sources,
+        cache="memory",
+    )
+    (row,) = rows
+    assert row["cache"] == "memory" and row["cache_build_s"] >= 0 and row["images_per_s"] > 0
+    assert "memory" in benchmark.format_table(rows)
+    assert not cache._MEMORY  # freed after measuring
