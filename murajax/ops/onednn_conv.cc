@@ -192,6 +192,10 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
 }
 
 ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
+  // One primitive at a time: each already uses every core, and XLA may call two independent
+  // convolutions (a layer's input and kernel gradients) at once, which would oversubscribe them.
+  static std::mutex running;
+  std::lock_guard<std::mutex> lock(running);
   try {
     const Cached& cached = Lookup(g, pass);
     std::unordered_map<int, memory> memories;
