@@ -30,8 +30,9 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing useful
         mallopt = libc.mallopt
+        if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl ignores these
+            return False
     except (OSError, AttributeError):
         return False
     settings = (
