@@ -212,8 +212,9 @@ def main(argv: list[str]) -> None:
     )
     print(
         f"\ntrain step (median of >= {min_seconds:g} s and >= {min_steps} steps after "
-        f"{_WARMUP_STEPS.value} untimed; images/s; 'vs best peer' = images/s over the fastest "
-        "non-murajax framework of the same row):"
+        f"{_WARMUP_STEPS.value} untimed; 'of peak' = GFLOP/s over the matmul peak of the "
+        "row's dtype, which a busy machine can push past 100%; 'vs best peer' = images/s over "
+        "the fastest non-murajax framework of the same model, size, batch and dtype):"
     )
     print(table.format_train_table(figures["train_step"]))
     goals = goal_lines(figures["train_step"])

@@ -5,6 +5,11 @@ process measures one backend. The models are `keras.applications.VGG16`/`DenseNe
 (`weights=None, include_top=False`) + global average pooling (+ dropout) + Dense(2) logits,
 and a `keras.Sequential` for murajax's CNN. bfloat16 is Keras's 'mixed_bfloat16' policy
 (float32 variables, bfloat16 computation); the logits layer stays float32, as Keras advises.
+Keras on JAX runs with murajax's `XLA_FLAGS` (the YNN flag of `experiments/__init__.py`, which
+speeds up its convolutions as it does murajax's); Keras on TensorFlow uses Keras's own choice of
+`jit_compile`, which is no XLA on a CPU-only machine (there, for workload C, 1.7x faster in
+float32 and 3.7x in bfloat16 than with XLA: `--only=keras-tf,keras-tf-xla`), and TensorFlow's
+default thread pools.
 """
 
 import os
