@@ -219,7 +219,7 @@ def test_keras_peer_trains_the_same_architecture(key):
     from experiments.bench import keras_peer
 
     workload = dataclasses.replace(workloads.by_key(key), image_size=32)
-    model = keras_peer.build_model(workload)
+    model = keras_peer.build_model(workloads.peer_spec(workload))
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     assert trainable == _murajax_params(workload)
     images = jnp.zeros((2, 32, 32, workload.channels))
@@ -234,7 +234,7 @@ def test_torch_peer_trains_the_same_architecture(key):
     from experiments.bench import torch_peer
 
     workload = dataclasses.replace(workloads.by_key(key), image_size=32)
-    model = torch_peer.build_model(workload)
+    model = torch_peer.build_model(workloads.peer_spec(workload))
     assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
     assert model(torch.zeros(2, workload.channels, 32, 32)).shape == (2, 2)
 
@@ -245,7 +245,7 @@ def test_torch_densenet169_peer_has_murajax_parameter_count():
     from experiments.bench import torch_peer
 
     workload = dataclasses.replace(workloads.by_key("densenet169"), image_size=64)
-    model = torch_peer.build_model(workload)
+    model = torch_peer.build_model(workloads.peer_spec(workload))
     assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
 
 
@@ -296,6 +296,7 @@ def test_benchmark_command_end_to_end(tmp_path):
     )
     assert rows["murajax"]["flops_source"].startswith("xla_cost_analysis")
     assert rows["keras-jax"]["flops_source"] == "analytic"
+    assert rows["keras-jax"]["isolated"]  # the peer's process imported no murajax
     assert "vs best peer" in result.stdout and "keras-jax" in result.stdout
     assert "1/2 murajax cnn_c@16 b4 float32" in result.stderr  # progress, in order
 
@@ -331,27 +332,14 @@ def test_pipeline_rows(data_dir, monkeypatch):
 
 def test_torch_peer_measures_a_step():
     pytest.importorskip("torch", reason="torch is the optional `bench` extra")
-    job = {
-        "kind": "train_step",
-        "framework": "torch-eager",
-        "workload": dataclasses.asdict(TINY),
-        "dtype": "bfloat16",
-        "min_seconds": 0.1,
-        "min_steps": 2,
-    }
+    job = runner.train_step_job("torch-eager", TINY, "bfloat16", min_seconds=0.1, min_steps=2)
     row = runner.run_job(job, timeout=120)
     assert row["images_per_s"] > 0 and row["flops_source"] == "analytic"
+    assert row["isolated"]  # its process imported nothing of murajax or experiments
 
 
 @pytest.mark.slow
 def test_torch_compile_peer_measures_a_step():
     pytest.importorskip("torch", reason="torch is the optional `bench` extra")
-    job = {
-        "kind": "train_step",
-        "framework": "torch-compile",
-        "workload": dataclasses.asdict(TINY),
-        "dtype": "float32",
-        "min_seconds": 0.1,
-        "min_steps": 2,
-    }
+    job = runner.train_step_job("torch-compile", TINY, "float32", min_seconds=0.1, min_steps=2)
     assert runner.run_job(job, timeout=600)["images_per_s"] > 0

@@ -17,28 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from experiments.bench import timing, workloads
-from experiments.bench.workloads import Workload
+from . import timing  # relative: a peer's process never imports `experiments` (peer.py)
 
 BACKENDS = ("tensorflow", "jax")
 
 
-def build_model(workload: Workload) -> Any:
-    """The Keras model of `workload` (its murajax config's architecture), mapping NHWC
-    images to logits."""
+def build_model(spec: dict[str, Any]) -> Any:
+    """The Keras model of a workload's `spec` (`workloads.peer_spec`: its murajax config's
+    architecture), mapping NHWC images to logits."""
     import keras
     from keras import layers
 
-    model_config = workload.config().model
-    s, c = workload.image_size, workload.channels
-    if model_config.name == "cnn":
+    s, c = spec["image_size"], spec["channels"]
+    if spec["name"] == "cnn":
         stack: list[Any] = [keras.Input((s, s, c))]
-        for width in model_config.widths:
-            for _ in range(model_config.convs_per_block):
-                if model_config.batch_norm:
+        for width in spec["widths"]:
+            for _ in range(spec["convs_per_block"]):
+                if spec["batch_norm"]:
                     stack.append(layers.Conv2D(width, 3, padding="same", use_bias=False))
                     stack.append(
-                        layers.BatchNormalization(momentum=model_config.bn_momentum, epsilon=1e-3)
+                        layers.BatchNormalization(momentum=spec["bn_momentum"], epsilon=1e-3)
                     )
                     stack.append(layers.ReLU())
                 else:
@@ -48,30 +46,30 @@ def build_model(workload: Workload) -> Any:
             "avg": layers.GlobalAveragePooling2D,
             "max": layers.GlobalMaxPooling2D,
             "flatten": layers.Flatten,
-        }[model_config.pooling]
+        }[spec["pooling"]]
         stack.append(pooling())
-        for width in model_config.dense:
+        for width in spec["dense"]:
             stack.append(layers.Dense(width, activation="relu"))
-            if model_config.dropout_rate:
-                stack.append(layers.Dropout(model_config.dropout_rate))
-        stack.append(layers.Dense(model_config.num_classes, dtype="float32"))
+            if spec["dropout_rate"]:
+                stack.append(layers.Dropout(spec["dropout_rate"]))
+        stack.append(layers.Dense(spec["num_classes"], dtype="float32"))
         return keras.Sequential(stack)
     applications = {
         "vgg16": keras.applications.VGG16,
         "densenet169": keras.applications.DenseNet169,
     }
-    if model_config.name not in applications:
-        raise ValueError(f"no Keras peer for model {model_config.name!r}")
-    base = applications[model_config.name](weights=None, include_top=False, input_shape=(s, s, c))
+    if spec["name"] not in applications:
+        raise ValueError(f"no Keras peer for model {spec['name']!r}")
+    base = applications[spec["name"]](weights=None, include_top=False, input_shape=(s, s, c))
     x = layers.GlobalAveragePooling2D()(base.output)
-    if model_config.dropout_rate:
-        x = layers.Dropout(model_config.dropout_rate)(x)
-    logits = layers.Dense(model_config.num_classes, dtype="float32")(x)
+    if spec["dropout_rate"]:
+        x = layers.Dropout(spec["dropout_rate"])(x)
+    logits = layers.Dense(spec["num_classes"], dtype="float32")(x)
     return keras.Model(base.input, logits)
 
 
 def measure(
-    workload: Workload,
+    spec: dict[str, Any],
     dtype: str,
     backend: str,
     *,
@@ -80,8 +78,8 @@ def measure(
     warmup_steps: int = 2,
     jit_compile: bool | str = "auto",
 ) -> dict[str, Any]:
-    """Times Keras's `train_on_batch` of `workload` in `dtype` on `backend`; returns the row's
-    measured fields. `jit_compile` is `model.compile`'s ('auto': Keras's choice, which is
+    """Times Keras's `train_on_batch` of a workload's `spec` in `dtype` on `backend`; returns
+    the row's measured fields. `jit_compile` is `model.compile`'s ('auto': Keras's choice, which is
     XLA for JAX and no XLA for TensorFlow on a CPU-only machine)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown Keras backend {backend!r}: expected one of {BACKENDS}")
@@ -93,17 +91,16 @@ def measure(
         raise RuntimeError(f"Keras was imported with backend {keras.backend.backend()!r} first")
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else dtype)
-    model = build_model(workload)
-    lr = workload.config().optim.learning_rate
+    model = build_model(spec)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=keras.optimizers.Adam(learning_rate=spec["learning_rate"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
     )
     rng = np.random.default_rng(0)
-    shape = (workload.batch_size, workload.image_size, workload.image_size, workload.channels)
+    shape = (spec["batch_size"], spec["image_size"], spec["image_size"], spec["channels"])
     images = rng.random(shape, dtype=np.float32)
-    labels = rng.integers(0, 2, workload.batch_size).astype(np.int32)
+    labels = rng.integers(0, 2, spec["batch_size"]).astype(np.int32)
 
     def step() -> None:
         model.train_on_batch(images, labels)  # returns the loss as a Python float: synchronous
@@ -111,9 +108,7 @@ def measure(
     result = timing.time_steps(
         step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
     )
-    row = timing.measurement_row(
-        result, workload.images_per_step, workloads.train_step_flops(workload)
-    )
+    row = timing.measurement_row(result, spec["images_per_step"], spec["step_flops"])
     row["flops_source"] = "analytic"
     row["jit_compile"] = bool(model.jit_compile)
     return row

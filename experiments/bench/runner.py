@@ -3,9 +3,11 @@
 `run_train_steps` measures, for each workload and dtype in turn, murajax's step and then each
 peer's (so that a slow drift of the machine spreads over every framework alike);
 `run_matmul` the matmul peak; `run_pipeline` the input pipeline; `machine_info` says where.
-Each measurement is `python -m experiments.bench.worker JOB` with this process's environment
-(`XLA_FLAGS` included: `experiments/__init__.py` sets the YNN flag before jax is imported),
-so that no two frameworks share a thread pool.
+Each measurement runs in a process of its own, with this process's environment (`XLA_FLAGS`
+included: `experiments/__init__.py` sets the YNN flag before jax is imported), so that no two
+frameworks share a thread pool: murajax's in `python -m experiments.bench.worker JOB`, as
+murajax's programs run, the peers' in `python experiments/bench/peer.py JOB`, which imports
+nothing of murajax (nor its malloc settings).
 """
 
 import dataclasses
@@ -21,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from experiments.bench import workloads
-from experiments.bench.worker import FRAMEWORKS, RESULT_PREFIX
+from experiments.bench import peer, workloads
+from experiments.bench.arch import PEER_MODELS
+from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
 from experiments.bench.workloads import Workload
 
 DEFAULT_PEERS = ("keras-tf", "keras-jax", "torch-eager", "torch-compile")
@@ -49,11 +52,16 @@ def log(message: str) -> None:
 
 
 def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = None) -> Any:
-    """Runs `job` in `python -m experiments.bench.worker` and returns its result.
+    """Runs `job` in a process of its own and returns its result: a peer's train step in
+    `python experiments/bench/peer.py` (which imports nothing of murajax), anything else in
+    `python -m experiments.bench.worker`.
 
-    Raises `WorkerError` (with the worker's last error line) if it fails or times out.
+    Raises `WorkerError` (with the process's last error line) if it fails or times out.
     """
-    command = [sys.executable, "-m", "experiments.bench.worker", json.dumps(job)]
+    if job.get("kind") == "train_step" and FRAMEWORKS[job["framework"]]["kind"] != "murajax":
+        command = [sys.executable, peer.SCRIPT, json.dumps(job)]
+    else:
+        command = [sys.executable, "-m", "experiments.bench.worker", json.dumps(job)]
     env = {**os.environ, **QUIET_ENV, **(env or {})}
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -125,7 +133,7 @@ def has_peer(framework: str, workload: Workload) -> bool:
     peers have the CNN, VGG16 and DenseNet-169, not the multi-view study model)."""
     if FRAMEWORKS[framework]["kind"] == "murajax":
         return True
-    return workload.config().model.name in ("cnn", "vgg16", "densenet169")
+    return workload.config().model.name in PEER_MODELS
 
 
 # --------------------------------------------------------------------------- train steps
@@ -143,6 +151,31 @@ def _base_row(framework: str, workload: Workload, dtype: str) -> dict[str, Any]:
     if workload.views > 1:
         row["views"] = workload.views
     return row
+
+
+def train_step_job(
+    framework: str,
+    workload: Workload,
+    dtype: str,
+    min_seconds: float,
+    min_steps: int = 5,
+    warmup_steps: int = 2,
+) -> dict[str, Any]:
+    """The job (for `run_job`) of one train-step row: murajax's carry the workload, the
+    peers' its `workloads.peer_spec` (plain data: their process imports no murajax)."""
+    job: dict[str, Any] = {
+        "kind": "train_step",
+        "framework": framework,
+        "dtype": dtype,
+        "min_seconds": min_seconds,
+        "min_steps": min_steps,
+        "warmup_steps": warmup_steps,
+    }
+    if FRAMEWORKS[framework]["kind"] == "murajax":
+        job["workload"] = dataclasses.asdict(workload)
+    else:
+        job["spec"] = workloads.peer_spec(workload)
+    return job
 
 
 def run_train_steps(
@@ -174,15 +207,7 @@ def run_train_steps(
         name = f"{framework} {workload.model}@{workload.image_size} b{workload.batch_size} {dtype}"
         log(f"{i}/{len(jobs)} {name} ...")
         row = _base_row(framework, workload, dtype)
-        job = {
-            "kind": "train_step",
-            "framework": framework,
-            "workload": dataclasses.asdict(workload),
-            "dtype": dtype,
-            "min_seconds": min_seconds,
-            "min_steps": min_steps,
-            "warmup_steps": warmup_steps,
-        }
+        job = train_step_job(framework, workload, dtype, min_seconds, min_steps, warmup_steps)
         start = time.perf_counter()
         try:
             row.update(run_job(job, timeout))

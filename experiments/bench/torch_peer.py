@@ -15,40 +15,38 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from experiments.bench import timing, workloads
-from experiments.bench.workloads import Workload
+from . import arch, timing  # relative: a peer's process never imports `experiments` (peer.py)
 
 MODES = ("eager", "compile")
 
 
-def _cnn(workload: Workload) -> nn.Module:
-    model_config = workload.config().model
+def _cnn(spec: dict[str, Any]) -> nn.Module:
     layers: list[nn.Module] = []
-    cin = workload.channels
-    for width in model_config.widths:
-        for _ in range(model_config.convs_per_block):
-            layers.append(nn.Conv2d(cin, width, 3, padding=1, bias=not model_config.batch_norm))
-            if model_config.batch_norm:
-                momentum = 1 - model_config.bn_momentum  # torch's is Keras's 1 - momentum
+    cin = spec["channels"]
+    for width in spec["widths"]:
+        for _ in range(spec["convs_per_block"]):
+            layers.append(nn.Conv2d(cin, width, 3, padding=1, bias=not spec["batch_norm"]))
+            if spec["batch_norm"]:
+                momentum = 1 - spec["bn_momentum"]  # torch's is Keras's 1 - momentum
                 layers.append(nn.BatchNorm2d(width, eps=1e-3, momentum=momentum))
             layers.append(nn.ReLU(inplace=True))
             cin = width
         layers.append(nn.MaxPool2d(2))
     features = cin
-    if model_config.pooling == "avg":
+    if spec["pooling"] == "avg":
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    elif model_config.pooling == "max":
+    elif spec["pooling"] == "max":
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
     else:
-        size = workload.image_size // 2 ** len(model_config.widths)
+        size = spec["image_size"] // 2 ** len(spec["widths"])
         layers.append(nn.Flatten())
         features = cin * size * size
-    for width in model_config.dense:
+    for width in spec["dense"]:
         layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
-        if model_config.dropout_rate:
-            layers.append(nn.Dropout(model_config.dropout_rate))
+        if spec["dropout_rate"]:
+            layers.append(nn.Dropout(spec["dropout_rate"]))
         features = width
-    layers.append(nn.Linear(features, model_config.num_classes))
+    layers.append(nn.Linear(features, spec["num_classes"]))
     return nn.Sequential(*layers)
 
 
@@ -60,16 +58,15 @@ def _head(features: int, dropout_rate: float, num_classes: int) -> list[nn.Modul
     return [*head, nn.Linear(features, num_classes)]
 
 
-def _vgg16(workload: Workload) -> nn.Module:
-    model_config = workload.config().model
+def _vgg16(spec: dict[str, Any]) -> nn.Module:
     layers: list[nn.Module] = []
-    cin = workload.channels
-    for width, convs in workloads.VGG16_BLOCKS:
+    cin = spec["channels"]
+    for width, convs in arch.VGG16_BLOCKS:
         for _ in range(convs):
             layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=True)]
             cin = width
         layers.append(nn.MaxPool2d(2))
-    layers += _head(cin, model_config.dropout_rate, model_config.num_classes)
+    layers += _head(cin, spec["dropout_rate"], spec["num_classes"])
     return nn.Sequential(*layers)
 
 
@@ -103,24 +100,23 @@ class _DenseBlock(nn.Module):
         return x
 
 
-def _densenet169(workload: Workload) -> nn.Module:
-    model_config = workload.config().model
-    growth = workloads.GROWTH_RATE
+def _densenet169(spec: dict[str, Any]) -> nn.Module:
+    growth = arch.GROWTH_RATE
     layers: list[nn.Module] = [
-        nn.Conv2d(workload.channels, 64, 7, stride=2, padding=3, bias=False),
+        nn.Conv2d(spec["channels"], 64, 7, stride=2, padding=3, bias=False),
         *_bn_relu(64),
         nn.MaxPool2d(3, stride=2, padding=1),
     ]
     channels = 64
-    for stage, count in enumerate(workloads.DENSENET169_BLOCKS):
+    for stage, count in enumerate(arch.DENSENET169_BLOCKS):
         layers.append(_DenseBlock(channels, count, growth))
         channels += count * growth
-        if stage < len(workloads.DENSENET169_BLOCKS) - 1:
+        if stage < len(arch.DENSENET169_BLOCKS) - 1:
             layers += [*_bn_relu(channels), nn.Conv2d(channels, channels // 2, 1, bias=False)]
             layers.append(nn.AvgPool2d(2))
             channels //= 2
     layers += _bn_relu(channels)
-    layers += _head(channels, model_config.dropout_rate, model_config.num_classes)
+    layers += _head(channels, spec["dropout_rate"], spec["num_classes"])
     return nn.Sequential(*layers)
 
 
@@ -132,17 +128,17 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_model(workload: Workload) -> nn.Module:
-    """The torch.nn model of `workload` (NCHW images, channels_last in memory, to logits)."""
-    name = workload.config().model.name
-    if name not in _BUILDERS:
-        raise ValueError(f"no PyTorch peer for model {name!r}")
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """The torch.nn model of a workload's `spec` (`workloads.peer_spec`): NCHW images,
+    channels_last in memory, to logits."""
+    if spec["name"] not in _BUILDERS:
+        raise ValueError(f"no PyTorch peer for model {spec['name']!r}")
     torch.manual_seed(0)
-    return _BUILDERS[name](workload).to(memory_format=torch.channels_last)
+    return _BUILDERS[spec["name"]](spec).to(memory_format=torch.channels_last)
 
 
 def measure(
-    workload: Workload,
+    spec: dict[str, Any],
     dtype: str,
     mode: str,
     *,
@@ -150,19 +146,19 @@ def measure(
     min_steps: int = 5,
     warmup_steps: int = 2,
 ) -> dict[str, Any]:
-    """Times a PyTorch train step of `workload` in `dtype`, `mode` 'eager' or 'compile'
+    """Times a PyTorch train step of a workload's `spec` in `dtype`, `mode` 'eager' or 'compile'
     (`torch.compile` of the model; Adam stays eager); returns the row's measured fields."""
     if mode not in MODES:
         raise ValueError(f"unknown torch mode {mode!r}: expected one of {MODES}")
     where = device()
-    model = build_model(workload).to(where)
+    model = build_model(spec).to(where)
     model.train()
     forward = torch.compile(model) if mode == "compile" else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=workload.config().optim.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec["learning_rate"])
     rng = np.random.default_rng(0)
-    shape = (workload.batch_size, workload.image_size, workload.image_size, workload.channels)
+    shape = (spec["batch_size"], spec["image_size"], spec["image_size"], spec["channels"])
     images = rng.random(shape, dtype=np.float32)  # NHWC on the host, as the other frameworks
-    labels = torch.from_numpy(rng.integers(0, 2, workload.batch_size).astype(np.int64))
+    labels = torch.from_numpy(rng.integers(0, 2, spec["batch_size"]).astype(np.int64))
     labels = labels.to(where)
 
     def step() -> None:
@@ -180,9 +176,7 @@ def measure(
     result = timing.time_steps(
         step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
     )
-    row = timing.measurement_row(
-        result, workload.images_per_step, workloads.train_step_flops(workload)
-    )
+    row = timing.measurement_row(result, spec["images_per_step"], spec["step_flops"])
     row["flops_source"] = "analytic"
     row["device"] = where
     if where == "cuda":

@@ -1,11 +1,12 @@
-"""One benchmark measurement in its own process: `python -m experiments.bench.worker JOB`.
+"""One murajax measurement in its own process: `python -m experiments.bench.worker JOB`.
 
-JOB is a JSON object; its "kind" is "train_step" (with "framework", "workload", "dtype" and
-the timing settings), "matmul" or "pipeline". The result is printed as one line
-`RESULT {...}` on stdout; anything else the frameworks print is left alone. The runner
-(`experiments.bench.runner`) starts one such process per measurement so that no two
-frameworks' thread pools or allocators share a process, and so that `peak_memory_mb` is the
-peak of that measurement alone.
+JOB is a JSON object; its "kind" is "train_step" (murajax's, with "framework" 'murajax' or
+'murajax-xla', "workload", "dtype" and the timing settings), "matmul" or "pipeline". The
+result is printed as one line `RESULT {...}` on stdout; anything else printed is left alone.
+The runner (`experiments.bench.runner`) starts one such process per measurement (and one
+`peer.py` process per peer measurement) so that no two frameworks' thread pools or allocators
+share a process, and so that `peak_memory_mb` is the peak of that measurement alone. Being
+`experiments`, it runs as murajax's programs do (`experiments/__init__.py`).
 
 This module imports no framework at import time: grain's worker processes re-import it.
 """
@@ -16,20 +17,7 @@ import os
 import sys
 from typing import Any
 
-RESULT_PREFIX = "RESULT "
-
-FRAMEWORKS: dict[str, dict[str, Any]] = {
-    "murajax": {"kind": "murajax", "conv_impl": "auto"},
-    "murajax-xla": {"kind": "murajax", "conv_impl": "xla"},
-    "keras-tf": {"kind": "keras", "backend": "tensorflow", "jit_compile": "auto"},
-    "keras-tf-xla": {"kind": "keras", "backend": "tensorflow", "jit_compile": True},
-    "keras-jax": {"kind": "keras", "backend": "jax", "jit_compile": "auto"},
-    "torch-eager": {"kind": "torch", "mode": "eager"},
-    "torch-compile": {"kind": "torch", "mode": "compile"},
-}
-"""Every framework a train-step row can name, and how its worker measures it. 'keras-tf'
-uses Keras's own choice of `jit_compile` (no XLA on a CPU-only machine); 'keras-tf-xla'
-forces XLA, to check that choice."""
+from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
 
 
 def has_conv_impl() -> bool:
@@ -49,26 +37,17 @@ def _workload(spec: str | dict[str, Any]) -> Any:
 
 
 def train_step(job: dict[str, Any]) -> dict[str, Any]:
-    """Measures one train-step row: `job['framework']` on `job['workload']` in `job['dtype']`."""
+    """Measures murajax's train-step row: `job['framework']` ('murajax', 'murajax-xla') on
+    `job['workload']` in `job['dtype']`."""
+    from experiments.bench import murajax_step
+
     workload = _workload(job["workload"])
-    spec = FRAMEWORKS[job["framework"]]
+    settings = FRAMEWORKS[job["framework"]]
+    if settings["kind"] != "murajax":
+        raise ValueError(f"{job['framework']!r} runs in experiments/bench/peer.py, not here")
     timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps") if k in job}
-    if spec["kind"] == "murajax":
-        from experiments.bench import murajax_step
-
-        conv_impl = spec["conv_impl"] if has_conv_impl() else None
-        return murajax_step.measure(workload, job["dtype"], conv_impl, **timing)
-    if spec["kind"] == "keras":
-        from experiments.bench import keras_peer
-
-        return keras_peer.measure(
-            workload, job["dtype"], spec["backend"], jit_compile=spec["jit_compile"], **timing
-        )
-    if spec["kind"] == "torch":
-        from experiments.bench import torch_peer
-
-        return torch_peer.measure(workload, job["dtype"], spec["mode"], **timing)
-    raise ValueError(f"unknown framework kind {spec['kind']!r}")
+    conv_impl = settings["conv_impl"] if has_conv_impl() else None
+    return murajax_step.measure(workload, job["dtype"], conv_impl, **timing)
 
 
 def pipeline(job: dict[str, Any]) -> list[dict[str, Any]]:

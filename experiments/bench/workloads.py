@@ -8,18 +8,15 @@ jax nor TensorFlow nor torch (the configs are plain dataclasses).
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from experiments.bench.arch import DENSENET169_BLOCKS, GROWTH_RATE, VGG16_BLOCKS
 from experiments.configs import densenet169 as densenet169_config
 from experiments.configs import multiview as multiview_config
 from experiments.configs import quickstart as quickstart_config
 from experiments.configs import vgg16 as vgg16_config
 from murajax.config import Config, ModelConfig, OptimConfig
 
-VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
-"""(width, convolutions) of VGG16's five blocks (as `murajax.models.vgg.VGG16_BLOCKS`)."""
-
-DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
-GROWTH_RATE = 32
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 
@@ -199,3 +196,31 @@ def train_step_flops(workload: Workload) -> int | None:
     over the batch's images; the first layer's unneeded input gradient is counted too."""
     forward = forward_flops(workload)
     return None if forward is None else 3 * forward * workload.images_per_step
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def peer_spec(workload: Workload) -> dict[str, Any]:
+    """What a peer (`keras_peer`, `torch_peer`) needs to train `workload`, as plain JSON data:
+    the model's architecture fields from its murajax config, the input and batch, Adam's
+    learning rate and the analytic FLOPs of a step."""
+    config = workload.config()
+    model = config.model
+    return {
+        "name": model.name,
+        "num_classes": model.num_classes,
+        "widths": list(model.widths),
+        "convs_per_block": model.convs_per_block,
+        "batch_norm": model.batch_norm,
+        "bn_momentum": model.bn_momentum,
+        "pooling": model.pooling,
+        "dense": list(model.dense),
+        "dropout_rate": model.dropout_rate,
+        "image_size": workload.image_size,
+        "batch_size": workload.batch_size,
+        "channels": workload.channels,
+        "images_per_step": workload.images_per_step,
+        "learning_rate": config.optim.learning_rate,
+        "step_flops": train_step_flops(workload),
+    }
