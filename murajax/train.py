@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import data, evaluation, freeze, losses, models, optim, parallel, writers
+from murajax import data, evaluation, freeze, losses, models, ops, optim, parallel, writers
 from murajax.config import Config
 from tfds_mura.features import BODY_PARTS
 
@@ -266,6 +266,7 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
     """
     config_lib.validate(config)
     parallel.check_config(config)  # the batch splits over the processes and devices
+    ops.check_conv_impl(config.model.conv_impl)
     os.makedirs(workdir, exist_ok=True)
     _write_config(config, workdir)
     model = _build_model(config, model)

@@ -169,3 +169,17 @@ def test_models_train_the_same_on_both_implementations(name):
     (vars_xla, grads_xla), (vars_onednn, grads_onednn) = results
     chex.assert_trees_all_equal(vars_xla, vars_onednn)
     chex.assert_trees_all_close(grads_xla, grads_onednn, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_where_it_cannot_run_is_a_one_line_config_error(monkeypatch):
+    monkeypatch.setattr(conv_lib, "onednn_status", lambda: "libdnnl.so not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ops.check_conv_impl("auto")  # falls back to XLA with a warning, no error
+    ops.check_conv_impl("xla")
+    with pytest.raises(ConfigError) as error:
+        ops.check_conv_impl("onednn")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "config.model.conv_impl='onednn'" in message and "libdnnl.so not found" in message
+    assert "use 'auto' or 'xla'" in message

@@ -6,7 +6,7 @@ oneDNN's kernels (the ones TensorFlow uses) through XLA's FFI when the extension
 missing, it is `lax.conv_general_dilated`, with the same values and gradients.
 """
 
-from murajax.ops.conv import CONV_IMPLS, conv2d, resolve_conv_impl
+from murajax.ops.conv import check_conv_impl, conv2d, resolve_conv_impl
 from murajax.ops.onednn import onednn_status
 
-__all__ = ["CONV_IMPLS", "conv2d", "onednn_status", "resolve_conv_impl"]
+__all__ = ["check_conv_impl", "conv2d", "onednn_status", "resolve_conv_impl"]

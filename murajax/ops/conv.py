@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from murajax.config import CONV_IMPLS
+from murajax.config import CONV_IMPLS, ConfigError
 from murajax.ops.onednn import onednn_status
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -48,6 +48,18 @@ def resolve_conv_impl(impl: str) -> str:
         raise RuntimeError(f"conv_impl='onednn' is not available: {problem}")
     _warn_fallback(problem)
     return "xla"
+
+
+def check_conv_impl(impl: str) -> None:
+    """Raises the one-line `ConfigError` for `model.conv_impl='onednn'` where the extension
+    cannot run (before any compute); "auto" and "xla" always work."""
+    try:
+        resolve_conv_impl(impl)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"config.model.conv_impl={impl!r} cannot run here ({onednn_status()}): "
+            "use 'auto' or 'xla'"
+        ) from e
 
 
 def _xla_conv(x, kernel, bias, strides, pads, relu):
