@@ -15,6 +15,9 @@ def get_config(arg: str | None = None) -> Config:
     config.data.dataset = "mura_synthetic"
     config.data.image_size = 64
     config.data.num_workers = 0
+    # Decode and resize each image once (identical batches): the pipeline then runs ~7x faster
+    # than the step it feeds instead of ~1x (README, Performance).
+    config.data.cache = "memory"
     config.data.normalization = "standardize"  # per image: exposure varies between views
     config.data.rotation = 0.0  # flips only: rotations slow a 4-minute run down too much
     config.model.widths = (16, 32, 64, 64)
@@ -35,6 +38,7 @@ def get_config(arg: str | None = None) -> Config:
     config.eval.bootstrap_samples = 1000
     if arg == "smoke":
         config.data.dataset = "mura_synthetic/tiny"
+        config.data.cache = "none"  # seconds-long: nothing to gain
         config.data.image_size = 32
         config.model.widths = (8, 16)
         config.model.dense = (16,)
