@@ -2,7 +2,6 @@
 device against 'jit' and 'pmap' on 2 fake CPU devices (a subprocess with
 `--xla_force_host_platform_device_count=2`: a CPU's cores are then split between the two)."""
 
-import functools
 import json
 import os
 import subprocess
@@ -27,24 +26,11 @@ def train_step_throughput(
     import jax
     import numpy as np
 
-    from murajax import models, optim, parallel, train
+    from experiments.bench.murajax_step import placed_step
 
-    config = quickstart.get_config()
-    model = models.create_from_config(config.model)
-    tx = optim.make_optimizer(config.optim, config.train.steps)
     shape = (batch_size, image_size, image_size, 1)
-    state = train.create_train_state(model, tx, jax.random.key(0), shape)
-    step_fn = functools.partial(
-        train.train_step,
-        model=model,
-        tx=tx,
-        weight_table=np.ones((7, 2), np.float32),
-        label_smoothing=0.0,
-        l2_weight=0.0,
-    )
     devices = jax.devices()[:device_count]
-    dp = parallel.data_parallel(step_fn, parallelism, parallel.make_mesh(devices))
-    state = dp.put_state(state)
+    dp, state = placed_step(quickstart.get_config(), shape, parallelism, devices)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.random(shape, dtype=np.float32),

@@ -43,13 +43,17 @@ def host_batch(workload: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     return batch
 
 
-def _step_and_state(workload: Workload, dtype: str, conv_impl: str | None) -> tuple[Any, ...]:
-    """(DataParallel, device state, host batch) of `workload`'s train step."""
-    config = workload.config(dtype, conv_impl)
+def placed_step(
+    config: Any,
+    input_shape: tuple[int, ...],
+    parallelism: str = "jit",
+    devices: Any = None,
+) -> tuple[parallel.DataParallel, Any]:
+    """(DataParallel, device state) of `config`'s train step (no class weights, smoothing or
+    L2) as `train.parallelism` places it over `devices` (default: all)."""
     model = models.create_from_config(config.model)
     tx = optim.make_optimizer(config.optim, config.train.steps)
-    batch = host_batch(workload)
-    state = train.create_train_state(model, tx, jax.random.key(0), batch["image"].shape)
+    state = train.create_train_state(model, tx, jax.random.key(0), input_shape)
     step_fn = functools.partial(
         train.train_step,
         model=model,
@@ -58,8 +62,15 @@ def _step_and_state(workload: Workload, dtype: str, conv_impl: str | None) -> tu
         label_smoothing=0.0,
         l2_weight=0.0,
     )
-    dp = parallel.data_parallel(step_fn, "jit", parallel.make_mesh())
-    return dp, dp.put_state(state), batch
+    dp = parallel.data_parallel(step_fn, parallelism, parallel.make_mesh(devices))
+    return dp, dp.put_state(state)
+
+
+def _step_and_state(workload: Workload, dtype: str, conv_impl: str | None) -> tuple[Any, ...]:
+    """(DataParallel, device state, host batch) of `workload`'s train step."""
+    batch = host_batch(workload)
+    dp, state = placed_step(workload.config(dtype, conv_impl), batch["image"].shape)
+    return dp, state, batch
 
 
 def measure(
