@@ -14,7 +14,7 @@ import numpy as np
 
 from experiments.bench import timing
 from experiments.bench.workloads import Workload
-from murajax import models, optim, parallel, train
+from murajax import models, ops, optim, parallel, train
 
 
 def _flops(cost: Any) -> float | None:
@@ -106,7 +106,7 @@ def measure(
         step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
     )
     flops, source = _flops(compiled.cost_analysis()), "xla_cost_analysis"
-    if conv_impl not in (None, "xla") and hasattr(workload.config().model, "conv_impl"):
+    if conv_impl not in (None, "xla"):
         xla_dp, xla_state, _ = _step_and_state(workload, dtype, "xla")
         lowered = xla_dp.step.lower(xla_state, xla_dp.put_batch(batch))
         xla_flops = _flops(lowered.cost_analysis())
@@ -118,22 +118,16 @@ def measure(
     stats = jax.devices()[0].memory_stats()  # None on CPU
     if stats and "peak_bytes_in_use" in stats:
         row["device_peak_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
-    conv_field = getattr(workload.config(dtype, conv_impl).model, "conv_impl", None)
-    if conv_field is not None:
-        row["conv_impl"] = conv_field
-        row["conv_impl_resolved"] = _resolved_conv_impl(conv_field)
+    row["conv_impl"] = workload.config(dtype, conv_impl).model.conv_impl
+    row["conv_impl_resolved"] = _resolved_conv_impl(row["conv_impl"])
     return row
 
 
 def _resolved_conv_impl(conv_impl: str) -> str | None:
     """The convolution `conv_impl` runs here ('xla' or 'onednn'), if murajax says."""
-    try:
-        from murajax.ops import resolve_conv_impl
-    except ImportError:
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's warning was given once already
         try:
-            return resolve_conv_impl(conv_impl)
+            return ops.resolve_conv_impl(conv_impl)
         except (RuntimeError, ValueError):
             return None

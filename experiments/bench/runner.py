@@ -94,27 +94,16 @@ def missing_package(framework: str) -> str | None:
     return next((p for p in needs if importlib.util.find_spec(p) is None), None)
 
 
-def has_conv_impl() -> bool:
-    """Whether murajax's `ModelConfig` has the `conv_impl` field."""
-    from murajax.config import ModelConfig
-
-    return hasattr(ModelConfig(), "conv_impl")
-
-
 def frameworks(only: Sequence[str] | None = None, notes: list[str] | None = None) -> list[str]:
-    """The frameworks to measure, murajax's first: 'murajax' (and 'murajax-xla' when the
-    config has `conv_impl`) then `DEFAULT_PEERS`, or `only` in that order. A peer whose
+    """The frameworks to measure, murajax's first: 'murajax' and 'murajax-xla' (its
+    `model.conv_impl='xla'`), then `DEFAULT_PEERS`, or `only` in that order. A peer whose
     package (torch, keras, tensorflow) is not importable is left out, with a line in `notes`."""
-    default = ["murajax", *(["murajax-xla"] if has_conv_impl() else []), *DEFAULT_PEERS]
+    default = ["murajax", "murajax-xla", *DEFAULT_PEERS]
     if only:
         unknown = [f for f in only if f not in FRAMEWORKS]
         if unknown:
             raise ValueError(f"unknown framework(s) {unknown}: expected some of {list(FRAMEWORKS)}")
         chosen = [f for f in FRAMEWORKS if f in only]
-        if "murajax-xla" in chosen and not has_conv_impl():
-            chosen.remove("murajax-xla")
-            if notes is not None:
-                notes.append("murajax-xla: murajax has no model.conv_impl yet; skipped")
     else:
         chosen = default
     kept = []

@@ -20,13 +20,6 @@ from typing import Any
 from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
 
 
-def has_conv_impl() -> bool:
-    """Whether murajax's `ModelConfig` has the `conv_impl` field (the oneDNN convolution)."""
-    from murajax.config import ModelConfig
-
-    return hasattr(ModelConfig(), "conv_impl")
-
-
 def _workload(spec: str | dict[str, Any]) -> Any:
     """A `Workload` from its key, or from its fields (a dict, e.g. a test's tiny variant)."""
     from experiments.bench import workloads
@@ -46,8 +39,7 @@ def train_step(job: dict[str, Any]) -> dict[str, Any]:
     if settings["kind"] != "murajax":
         raise ValueError(f"{job['framework']!r} runs in experiments/bench/peer.py, not here")
     timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps") if k in job}
-    conv_impl = settings["conv_impl"] if has_conv_impl() else None
-    return murajax_step.measure(workload, job["dtype"], conv_impl, **timing)
+    return murajax_step.measure(workload, job["dtype"], settings["conv_impl"], **timing)
 
 
 def pipeline(job: dict[str, Any]) -> list[dict[str, Any]]:

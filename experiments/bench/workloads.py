@@ -51,10 +51,10 @@ class Workload:
 
     def config(self, dtype: str = "float32", conv_impl: str | None = None) -> Config:
         """The murajax config of this train step in `dtype`, with `model.conv_impl` set when
-        given and the config has that field (else left out)."""
+        given (else the config's default)."""
         config = _BUILDERS[self.key]()
         config.model.dtype = dtype
-        if conv_impl is not None and hasattr(config.model, "conv_impl"):
+        if conv_impl is not None:
             config.model.conv_impl = conv_impl
         # Every framework trains with plain Adam at a constant learning rate.
         config.optim = OptimConfig(name="adam", learning_rate=config.optim.learning_rate)
