@@ -48,14 +48,19 @@ def peak_memory_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
 
 
+def _significant(seconds: float, digits: int = 4) -> float:
+    """`seconds` to `digits` significant digits: a 4 ms step keeps its 0.1% precision."""
+    return float(f"{seconds:.{digits}g}")
+
+
 def measurement_row(timing: dict[str, float], images_per_step: int, flops: float | None) -> dict:
     """The timing fields of a train-step row: images/s, step and compile seconds, GFLOP/s
     achieved (from `flops` per step, when known) and the peak memory so far."""
     step_s = timing["step_s"]
     return {
         "images_per_s": round(images_per_step / step_s, 2),
-        "step_s": round(step_s, 4),
-        "step_s_min": round(timing["step_s_min"], 4),
+        "step_s": _significant(step_s),
+        "step_s_min": _significant(timing["step_s_min"]),
         "compile_s": round(timing["compile_s"], 2),
         "steps": timing["steps"],
         "timed_s": round(timing["timed_s"], 2),
