@@ -32,6 +32,8 @@ PARALLELISMS = ("jit", "pmap")
 AGGREGATIONS = ("mean", "max")
 THRESHOLD_METHODS = ("fixed", "youden")
 CHECKPOINT_SELECTIONS = ("best", "latest")
+# A step whose loss, gradients or updated parameters are not finite: stop the run, or skip it.
+ON_NONFINITE = ("stop", "skip")
 EVAL_SPLITS = ("holdout", "validation")
 DATA_CACHES = ("none", "memory", "disk")
 
@@ -132,6 +134,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     l2_weight: float = 0.0  # L2 penalty on kernels, added to the loss
     progress: bool = True  # tqdm progress bar
+    # A non-finite loss, gradient or updated parameter (checked on device in every step):
+    # "stop" ends the run naming the step (the last good checkpoint stays the newest);
+    # "skip" leaves params, batch statistics and optimiser state as they were for that step
+    # and counts it in the train rows' `skipped`, stopping after `max_skipped` in a row.
+    on_nonfinite: str = "stop"
+    max_skipped: int = 10
 
 
 @dataclasses.dataclass
@@ -311,6 +319,8 @@ def validate(config: Config) -> Config:
     check_choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)
     _in_range("train.label_smoothing", t.label_smoothing, 0.0, 1.0, closed=False)
     _at_least("train.l2_weight", t.l2_weight, 0.0)
+    check_choice("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
+    _at_least("train.max_skipped", t.max_skipped, 1)
 
     _at_least("eval.batch_size", e.batch_size, 1)
     check_choice("eval.aggregation", e.aggregation, AGGREGATIONS)

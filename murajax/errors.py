@@ -17,3 +17,29 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     WeightsError,
     FileNotFoundError,
 )
+
+
+class NonFinitePredictions(ValueError):
+    """A model gave non-finite probabilities (a diverged checkpoint); nothing was scored."""
+
+
+# A checkpoint whose model outputs NaN is a bad input to `evaluate` (exit status 2 there);
+# `experiments.main` reports a diverged training run with its own status (TrainingDiverged).
+USER_ERRORS = (*USER_ERRORS, NonFinitePredictions)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training met a non-finite loss, gradient or parameter (`train.on_nonfinite`); the
+    message names the step and the last good checkpoint, which is kept as it was."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped training (a KeyboardInterrupt, so that code handling Ctrl-C
+    handles it). `step` is where it stopped with a checkpoint saved (None if it stopped
+    before training or after it), `exit_status` what a shell expects (128 + the signal)."""
+
+    def __init__(self, message: str, *, signum: int, step: int | None = None):
+        super().__init__(message)
+        self.signum = signum
+        self.step = step
+        self.exit_status = 128 + signum
