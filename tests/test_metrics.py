@@ -61,16 +61,47 @@ def _assert_close(a: float, b: float) -> None:
 # --------------------------------------------------------------------------- vs scikit-learn
 
 
-@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.77])
-def test_point_scores_equal_sklearn(threshold):
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 300)
-    probs = np.clip(0.2 * labels + rng.uniform(0, 0.8, 300), 0, 1).round(2)
-    scores = metrics.point_scores(labels, probs, threshold)
-    for name, value in _sklearn_scores(labels, probs, threshold).items():
-        assert scores[name] == value, name  # exactly: the same functions
-    confusion = skm.confusion_matrix(labels, probs >= threshold).ravel()
-    assert [scores["confusion"][k] for k in ("tn", "fp", "fn", "tp")] == list(confusion)
+# 4 abnormal and 6 normal cases; an abnormal 0.5 sits on the threshold 0.5 (>= predicts
+# abnormal) and an abnormal 0.2 ties a normal 0.2. AUROC = P(abnormal > normal) + ties / 2:
+# 0.9 and 0.7 beat all 6 normals, 0.5 beats 5, 0.2 beats 2 and ties 1: 19.5 / 24.
+HAND_LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+HAND_PROBS = np.array([0.9, 0.7, 0.5, 0.2, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+HAND_SCORES = {
+    # threshold 0.5: tp 3 (0.9, 0.7, 0.5), fn 1, fp 1 (0.6), tn 5; chance agreement
+    # pe = 0.4 * 0.4 + 0.6 * 0.6 = 0.52, kappa = (0.8 - 0.52) / (1 - 0.52) = 7 / 12
+    0.5: {
+        "confusion": {"tn": 5, "fp": 1, "fn": 1, "tp": 3},
+        "accuracy": 0.8,
+        "sensitivity": 3 / 4,
+        "specificity": 5 / 6,
+        "precision": 3 / 4,
+        "f1": 3 / 4,
+        "kappa": 7 / 12,
+        "auroc": 19.5 / 24,
+    },
+    # threshold 0.65: tp 2, fn 2, fp 0, tn 6; pe = 0.4 * 0.2 + 0.6 * 0.8 = 0.56,
+    # kappa = (0.8 - 0.56) / 0.44 = 6 / 11; f1 = 2 * 1 * 0.5 / 1.5 = 2 / 3
+    0.65: {
+        "confusion": {"tn": 6, "fp": 0, "fn": 2, "tp": 2},
+        "accuracy": 0.8,
+        "sensitivity": 1 / 2,
+        "specificity": 1.0,
+        "precision": 1.0,
+        "f1": 2 / 3,
+        "kappa": 6 / 11,
+        "auroc": 19.5 / 24,
+    },
+}
+
+
+@pytest.mark.parametrize("threshold", sorted(HAND_SCORES))
+def test_point_scores_equal_hand_computed_values(threshold):
+    scores = metrics.point_scores(HAND_LABELS, HAND_PROBS, threshold)
+    want = HAND_SCORES[threshold]
+    assert scores["confusion"] == want["confusion"]
+    assert (scores["n"], scores["abnormal"], scores["normal"]) == (10, 4, 6)
+    for name in metrics.SCORE_NAMES:
+        assert scores[name] == pytest.approx(want[name], rel=1e-12), name
 
 
 def test_point_scores_single_class_are_nan_like_sklearn():

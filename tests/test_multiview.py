@@ -313,15 +313,18 @@ def test_evaluation_reproduces_and_sees_every_view(run):
     )
     assert batch["image"].shape[1] > 1
     row = int(np.argmax(batch["num_views"]))
+    views = int(batch["num_views"][row])
+    assert views > 1 and batch["view_mask"][row].all()  # a largest study: no padding
+    study = batch["image"][row : row + 1]
     variables = loaded.variables()
-    full = loaded.model.apply(variables, batch["image"][row : row + 1])
-    masked = loaded.model.apply(
-        variables, batch["image"][row : row + 1], view_mask=batch["view_mask"][row : row + 1]
-    )
-    first = loaded.model.apply(variables, batch["image"][row : row + 1, :1])
-    assert batch["view_mask"][row].all()  # one of the split's largest studies: no padding
-    chex.assert_trees_all_close(masked, full)
-    assert not np.allclose(np.asarray(masked), np.asarray(first))
+    full = loaded.model.apply(variables, study, view_mask=batch["view_mask"][row : row + 1])
+    # Hiding the last view gives exactly what the study without that view gives, and not
+    # what the whole study gives: the mask is applied, and every real view counts.
+    hide_last = np.arange(views)[None, :] < views - 1
+    masked = loaded.model.apply(variables, study, view_mask=hide_last)
+    removed = loaded.model.apply(variables, study[:, : views - 1])
+    chex.assert_trees_all_close(masked, removed, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(masked), np.asarray(full), rtol=1e-4, atol=1e-5)
 
 
 def test_predict_scores_a_study_from_all_its_views(run, tmp_path):

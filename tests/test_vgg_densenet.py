@@ -339,10 +339,19 @@ def test_multiview_loads_its_backbones_file_into_its_encoder(vgg_file, vgg_backb
         models.create_from_config(ModelConfig(name="multiview", weights=vgg_file))
 
 
-def test_create_from_config_passes_weights():
+def test_create_refuses_weights_and_create_from_config_leaves_them_to_the_trainer(vgg_file):
     for name in ("vgg16", "densenet169"):
-        model = models.create_from_config(ModelConfig(name=name, weights="x.h5", dtype="bfloat16"))
-        assert model.dtype == "bfloat16"
+        with pytest.raises(TypeError, match=rf"holds no weights.*load_keras_weights\('{name}'"):
+            models.create(name, num_classes=None, weights=vgg_file)
+        assert models.create(name, weights=None) == models.create(name)
+        # The config's file is loaded at initialisation (`create_train_state`), so the module
+        # is the one without it, and a trained workdir loads after the file has gone.
+        model_config = ModelConfig(name=name, weights="gone.h5", dtype="bfloat16")
+        assert models.create_from_config(model_config) == models.create(name, dtype="bfloat16")
+    with pytest.raises(TypeError, match="holds no weights"):
+        models.create("multiview", backbone="vgg16", weights=vgg_file)
+    with pytest.raises(config_lib.ConfigError, match="model.weights='x.h5' is invalid"):
+        models.create_from_config(ModelConfig(name="cnn", weights="x.h5"))
 
 
 # --------------------------------------------------------------------------- configs

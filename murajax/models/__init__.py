@@ -10,6 +10,15 @@ registering a factory:
     @murajax.models.register("tiny")
     def tiny(num_classes=2, **kwargs):
         return MyModule(num_classes=num_classes)
+
+A module holds no weights, so `create(name, weights=path)` raises (a `TypeError` that says
+what to call instead); pretrained weights are variables:
+
+    model = models.create("vgg16", num_classes=2)
+    variables = models.pretrained_variables(
+        ModelConfig(name="vgg16", weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))),
+    )  # the backbone from the file, the new head as initialised
 """
 
 from murajax.models import (  # noqa: F401  (register the built-in models)
@@ -33,6 +42,7 @@ from murajax.models.registry import (
     input_shape,
     input_spec,
     is_study_model,
+    loads_keras_weights,
     register,
     registered_names,
 )
@@ -50,6 +60,7 @@ __all__ = [
     "input_spec",
     "is_study_model",
     "load_keras_weights",
+    "loads_keras_weights",
     "max_pool_2x2",
     "pretrained_variables",
     "register",

@@ -137,19 +137,18 @@ class DenseNet(nn.Module):
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
 
 
-@register("densenet169", normalization="imagenet", channels=3)
+@register("densenet169", normalization="imagenet", channels=3, keras_weights=True)
 def densenet169(
     num_classes: int | None = 2,
     *,
     dropout_rate: float = 0.5,
     dtype: Any = "float32",
-    weights: str | None = None,
     conv_impl: str = "auto",
 ) -> DenseNet:
-    """DenseNet-169 for 3-channel 'imagenet' inputs (the MURA paper's model); `weights` (a
-    Keras .h5 file) is loaded at initialisation by the trainer
-    (`murajax.models.pretrained_variables`), not here."""
-    del weights  # the module holds no weights; see `pretrained_variables`
+    """DenseNet-169 for 3-channel 'imagenet' inputs (the MURA paper's model). The module
+    holds no weights: Keras's go into its variables through `murajax.models.load_keras_weights`
+    (the backbone) or `pretrained_variables` (backbone + new head; what the trainer does for
+    `model.weights`)."""
     return DenseNet(
         blocks=DENSENET169_BLOCKS,
         num_classes=num_classes,

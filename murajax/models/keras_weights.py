@@ -113,11 +113,14 @@ def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Keras weights file {path} does not exist")
+        raise FileNotFoundError(
+            f"Keras weights file {path} does not exist (expected a Keras .h5 weights file,"
+            " such as keras.applications' *_weights_tf_dim_ordering_tf_kernels_notop.h5)"
+        )
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise WeightsError(f"{path} is not an HDF5 file ({e})") from None
+        raise WeightsError(f"{path} is not an HDF5 file ({_first_line(e)})") from None
     with f:
         root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
         layer_names = read_attribute_list(root, "layer_names")
@@ -129,12 +132,22 @@ def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
             )
         layers = []
         for name in layer_names:
-            group = root[name]
-            weight_names = tuple(read_attribute_list(group, "weight_names"))
-            if weight_names:
+            try:
+                group = root[name]
+                weight_names = tuple(read_attribute_list(group, "weight_names"))
                 values = tuple(np.asarray(group[w][()]) for w in weight_names)
+            except (OSError, KeyError, ValueError) as e:  # listed but absent, or damaged
+                raise WeightsError(
+                    f"{path} is damaged: layer {name} cannot be read ({_first_line(e)});"
+                    " download the weights file again"
+                ) from None
+            if weight_names:
                 layers.append(KerasLayer(name, weight_names, values))
     return layers
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
 
 
 # --------------------------------------------------------------------------- names
@@ -344,14 +357,19 @@ def pretrained_variables(model_config: "ModelConfig", initial_variables: Variabl
     (`load_keras_weights(model_config.name, model_config.weights)`), the new head stays as
     initialised. For a study model ("multiview") the file holds its `backbone`'s weights and
     fills its "encoder". Without `weights`, `initial_variables` come back unchanged.
+
+    Raises `ConfigError` if the model loads no Keras weights, `FileNotFoundError` for a
+    missing file and `WeightsError` for one that is damaged, not Keras weights, another
+    model's, or of other shapes (each names the file and what does not fit).
     """
     if model_config.weights is None:
         return initial_variables
+    registry.check_weights_field(model_config)
+    name = registry.weights_model(model_config)
+    loaded = load_keras_weights(name, model_config.weights)
     if not registry.is_study_model(model_config.name):
-        loaded = load_keras_weights(model_config.name, model_config.weights)
         return replace_backbone(initial_variables, loaded, source=model_config.weights)
     # A study model ("multiview"): the file is its backbone's, loaded into its "encoder".
-    loaded = load_keras_weights(model_config.backbone, model_config.weights)
     encoder = {c: layers[ENCODER] for c, layers in initial_variables.items() if ENCODER in layers}
     encoder = replace_backbone(encoder, loaded, source=model_config.weights)
     return {

@@ -175,7 +175,8 @@ def multiview(
 ) -> MultiView:
     """A `MultiView` over the registered image model `backbone`, built with
     `num_classes=None` and those of `backbone_fields` (e.g. `widths` for the "cnn",
-    `weights` for "vgg16"/"densenet169") and `dropout_rate`/`dtype` that its factory takes."""
+    `conv_impl` for "vgg16"/"densenet169") and `dropout_rate`/`dtype` that its factory takes.
+    A Keras file for the backbone loads into the "encoder" variables (`pretrained_variables`)."""
     if num_classes is None:
         raise ValueError("multiview always has a head: num_classes must be set")
     if registry.is_study_model(backbone):

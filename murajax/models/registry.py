@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 
+from murajax import config as config_lib
+
 if TYPE_CHECKING:
     from murajax.config import ModelConfig
 
@@ -15,10 +17,16 @@ ModelFactory = Callable[..., nn.Module]
 _FACTORIES: dict[str, ModelFactory] = {}
 _NORMALIZATIONS: dict[str, tuple[str, int] | None] = {}
 _STUDY_MODELS: set[str] = set()
+_KERAS_WEIGHTS: set[str] = set()
 
 
 def register(
-    name: str, *, normalization: str = "unit", channels: int = 1, study_level: bool = False
+    name: str,
+    *,
+    normalization: str = "unit",
+    channels: int = 1,
+    study_level: bool = False,
+    keras_weights: bool = False,
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Registers a model factory under `name` so that configs can name it (`model.name`).
 
@@ -30,6 +38,10 @@ def register(
     A `study_level` model instead maps study batches, images (B, V, H, W, C) with a
     `view_mask` (B, V) keyword, to one logit pair per study, and its images are prepared as its
     `config.backbone`'s are (see "multiview").
+
+    `keras_weights=True` says that the model's backbone layers are named as a Keras
+    application's, so that `load_keras_weights(name, path)` fills them and a config may set
+    `model.weights` (as "vgg16" and "densenet169" do).
 
         @murajax.models.register("tiny")
         def tiny(num_classes=2, **kwargs):
@@ -43,6 +55,10 @@ def register(
             _STUDY_MODELS.add(name)
         else:
             _STUDY_MODELS.discard(name)
+        if keras_weights:
+            _KERAS_WEIGHTS.add(name)
+        else:
+            _KERAS_WEIGHTS.discard(name)
         return factory
 
     return decorator
@@ -53,11 +69,42 @@ def registered_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def loads_keras_weights(name: str) -> bool:
+    """Whether model `name` was registered with `keras_weights=True` (see `register`)."""
+    return name in _KERAS_WEIGHTS
+
+
+def weights_in_create_message(name: str, weights: Any) -> str:
+    """Why `create(name, weights=...)` is refused, and what loads the file instead."""
+    return (
+        f"models.create({name!r}, weights={weights!r}): a Flax module holds no weights, so"
+        f" create() cannot load them. Build the module without `weights` and load the file"
+        f" into its variables: `models.load_keras_weights({name!r}, path)` gives the backbone's"
+        f" variables (for create({name!r}, num_classes=None)), and"
+        f" `models.pretrained_variables(ModelConfig(name={name!r}, weights=path),"
+        f" model.init(...))` puts them into a model with a head; in a config, `model.weights`"
+        f" is loaded by the trainer"
+    )
+
+
 def create(name: str, num_classes: int | None = 2, **kwargs: Any) -> nn.Module:
-    """Builds the registered model `name`; `num_classes=None` gives the backbone's features."""
+    """Builds the registered model `name`; `num_classes=None` gives the backbone's features.
+
+    Returns a Flax linen Module, which holds no variables: they come from `model.init`, or
+    from a Keras file through `load_keras_weights` / `pretrained_variables`. So `weights`
+    is refused (a `TypeError` saying what to call instead) rather than silently ignored;
+    `weights=None` is accepted.
+
+        model = models.create("vgg16", num_classes=None)
+        variables = models.load_keras_weights("vgg16", "vgg16_..._notop.h5")
+        features = model.apply(variables, images)
+    """
     if name not in _FACTORIES:
         valid = ", ".join(repr(n) for n in registered_names())
         raise ValueError(f"unknown model {name!r}: expected one of {valid}")
+    weights = kwargs.pop("weights", None)
+    if weights is not None:
+        raise TypeError(weights_in_create_message(name, weights))
     return _FACTORIES[name](num_classes=num_classes, **kwargs)
 
 
@@ -98,8 +145,7 @@ def create_with_fields(name: str, num_classes: int | None, fields: dict[str, Any
     """Builds model `name` with those of `fields` that its factory takes.
 
     A factory with named keyword parameters receives the fields of those names; one with
-    `**kwargs` receives them all. Setting `weights` for a model whose factory cannot take them
-    is an error rather than silently training from scratch.
+    `**kwargs` receives them all. `fields` holds no `weights` (see `create`).
     """
     if name not in _FACTORIES:
         valid = ", ".join(repr(n) for n in registered_names())
@@ -107,9 +153,30 @@ def create_with_fields(name: str, num_classes: int | None, fields: dict[str, Any
     parameters = inspect.signature(_FACTORIES[name]).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     kwargs = {k: v for k, v in fields.items() if takes_any or k in parameters}
-    if fields.get("weights") is not None and "weights" not in kwargs:
-        raise ValueError(f"model {name!r} does not load weights, but model.weights is set")
     return create(name, num_classes=num_classes, **kwargs)
+
+
+def weights_model(model_config: "ModelConfig") -> str:
+    """The model whose Keras weights `model_config.weights` holds: the model itself, or a
+    study model's ("multiview") `backbone`."""
+    return model_config.backbone if is_study_model(model_config.name) else model_config.name
+
+
+def check_weights_field(model_config: "ModelConfig") -> None:
+    """Raises a one-line `ConfigError` if `model.weights` is set for a model that has no
+    Keras weights to load (see `register(..., keras_weights=True)`)."""
+    if model_config.weights is None:
+        return
+    target = weights_model(model_config)
+    if not loads_keras_weights(target):
+        which = ", ".join(repr(n) for n in sorted(_KERAS_WEIGHTS)) or "none registered"
+        owner = "the backbone " if target != model_config.name else ""
+        raise config_lib.invalid(
+            "model.weights",
+            model_config.weights,
+            f"None: {owner}model {target!r} does not load weights (models that do: {which},"
+            " or a study model with one of them as backbone)",
+        )
 
 
 def create_from_config(model_config: "ModelConfig") -> nn.Module:
@@ -117,10 +184,17 @@ def create_from_config(model_config: "ModelConfig") -> nn.Module:
 
     A factory with named keyword parameters receives the config fields of those names (the
     "cnn" factory takes `widths`, `convs_per_block`, `batch_norm`, `pooling`, `dense`,
-    `dropout_rate`, `dtype`); one with `**kwargs` receives every field but `name` (the
-    "multiview" factory, which hands its backbone the fields that backbone takes).
+    `dropout_rate`, `dtype`); one with `**kwargs` receives every field but `name` and
+    `weights` (the "multiview" factory, which hands its backbone the fields that backbone
+    takes).
+
+    The Module holds no weights: `model.weights` (a Keras `.h5` file) is checked to belong to
+    a model that loads Keras weights (else a `ConfigError`) and is loaded into the variables
+    at initialisation, by `pretrained_variables`, which the trainer's `create_train_state`
+    calls. The file is not read here, so a trained workdir loads without it.
     """
+    check_weights_field(model_config)
     fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)}
-    del fields["name"]
+    del fields["name"], fields["weights"]
     num_classes = fields.pop("num_classes")
     return create_with_fields(model_config.name, num_classes, fields)

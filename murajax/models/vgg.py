@@ -62,18 +62,17 @@ class VGG16(nn.Module):
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
 
 
-@register("vgg16", normalization="caffe", channels=3)
+@register("vgg16", normalization="caffe", channels=3, keras_weights=True)
 def vgg16(
     num_classes: int | None = 2,
     *,
     dropout_rate: float = 0.5,
     dtype: Any = "float32",
-    weights: str | None = None,
     conv_impl: str = "auto",
 ) -> VGG16:
-    """VGG16 for 3-channel 'caffe' inputs; `weights` (a Keras .h5 file) is loaded at
-    initialisation by the trainer (`murajax.models.pretrained_variables`), not here."""
-    del weights  # the module holds no weights; see `pretrained_variables`
+    """VGG16 for 3-channel 'caffe' inputs. The module holds no weights: Keras's go into its
+    variables through `murajax.models.load_keras_weights` (the backbone) or
+    `pretrained_variables` (backbone + new head; what the trainer does for `model.weights`)."""
     return VGG16(
         num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype, conv_impl=conv_impl
     )
