@@ -31,6 +31,7 @@ import numpy as np
 
 from murajax import data, metrics, models
 from murajax.config import Config
+from murajax.errors import NonFinitePredictions
 from murajax.metrics import EvalState
 from tfds_mura.features import BODY_PARTS
 
@@ -84,7 +85,21 @@ def predict_state(config: Config, state: Any, eval_fn: EvalFn, split: str) -> Ev
         outputs = {k: np.asarray(outputs[k]) for k in ("prob", "loss") if k in outputs}
         parts.append(EvalState.from_batch(batch, outputs))
     local = EvalState.merge_all(parts)
-    return metrics.gather_state(local, process_count=jax.process_count())
+    return check_finite(metrics.gather_state(local, process_count=jax.process_count()), split)
+
+
+def check_finite(predictions: EvalState, split: str) -> EvalState:
+    """`predictions` if every probability is finite; else `NonFinitePredictions`, one line
+    naming how many and the first image (scikit-learn's scores would fail on them)."""
+    bad = ~np.isfinite(predictions.prob)
+    if bad.any():
+        first = predictions.image_path[bad][0] or predictions.study_id[bad][0]
+        raise NonFinitePredictions(
+            f"the model's probabilities are not finite for {int(bad.sum())} of"
+            f" {len(predictions)} {split} predictions (the first: {first}): its parameters"
+            " diverged; evaluate an earlier checkpoint"
+        )
+    return predictions
 
 
 def predict_split(config: Config, state: Any, eval_fn: EvalFn, split: str) -> dict[str, np.ndarray]:
@@ -219,7 +234,7 @@ def write_evaluation(
     `writers.MetricWriter` that also logs the study-level scalars to `metrics.jsonl`.
     Returns the `metrics.json` body.
     """
-    state = EvalState.from_dict(predictions)
+    state = check_finite(EvalState.from_dict(predictions), split)
     threshold = _resolve_threshold(config, split, state, threshold)
     body = metrics_body(config, split, state, step, threshold)
     if jax.process_index() != 0:

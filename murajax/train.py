@@ -8,7 +8,6 @@ they are jitted, never what they compute.
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -23,7 +22,21 @@ from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import data, evaluation, freeze, losses, models, ops, optim, parallel, writers
+from murajax import (
+    data,
+    errors,
+    evaluation,
+    freeze,
+    interrupt,
+    losses,
+    models,
+    nonfinite,
+    ops,
+    optim,
+    parallel,
+    resume,
+    writers,
+)
 from murajax.config import Config
 from tfds_mura.features import BODY_PARTS
 
@@ -103,6 +116,7 @@ def train_step(
     label_smoothing: float,
     l2_weight: float,
     batch_stats_mask: Any = None,
+    skip_nonfinite: bool = False,
     axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
@@ -111,6 +125,10 @@ def train_step(
     `batch_stats_mask` (`freeze.batch_stats_mask`: a pytree like `batch_stats` of Python
     bools) keeps the running statistics where it is False (frozen BatchNorm layers) as they
     were; None updates them all.
+
+    The metric `nonfinite` is 0 for a good step, else the `murajax.nonfinite` bits of what
+    was not finite (loss, gradients, updated parameters); `skip_nonfinite` then keeps the
+    params, batch statistics and optimiser state as they were (the step still counts).
 
     `axis_name`: inside `jax.pmap` over that axis (`murajax.parallel`), `batch` is one
     device's equal share: BatchNorm normalises with the whole batch's statistics, and the
@@ -159,11 +177,19 @@ def train_step(
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    code = nonfinite.nonfinite_code(loss, grads, params)
+    if skip_nonfinite:
+        params, batch_stats, opt_state = nonfinite.keep_if(
+            code == 0,
+            (params, batch_stats, opt_state),
+            (state.params, state.batch_stats, state.opt_state),
+        )
     metrics = {
         "loss": loss,
         "accuracy": accuracy,
         "grad_norm": optax.global_norm(grads),
         "learning_rate": optim.effective_learning_rate(opt_state),
+        nonfinite.CODE_KEY: code,
     }
     new_state = state.replace(
         step=state.step + 1,
@@ -217,28 +243,8 @@ def class_weight_table(config: Config) -> np.ndarray:
 
 
 def _write_config(config: Config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    text = config_lib.to_json(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = _diff(old, json.loads(text))
-        if changed:
-            print(f"[murajax] config differs from {path} in: {', '.join(changed)}; updating it")
-    with open(path, "w") as f:
-        f.write(text + "\n")
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two configs read as JSON."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
+    """`workdir/config.json`, checked against a checkpoint's config (`murajax.resume`)."""
+    resume.check_and_write_config(config, workdir)
 
 
 def _build_model(config: Config, model: nn.Module | None) -> nn.Module:
@@ -263,12 +269,30 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
     A custom Flax `model` may be passed (it must map NHWC images to 2 logits and accept
     `train=`); otherwise `config.model` names one. Returns the final `metrics.json` bodies
     by split.
+
+    A config that changed since the workdir's checkpoints were saved must pass
+    `murajax.resume` (else `ConfigError`). SIGTERM and SIGINT stop training after the step
+    in flight, save a checkpoint at it and raise `errors.TrainingInterrupted`; calling again
+    resumes from there (`murajax.interrupt`; the previous handlers are back on return). A
+    non-finite step raises `errors.TrainingDiverged` as `train.on_nonfinite` says, keeping
+    the last good checkpoint the newest.
     """
     config_lib.validate(config)
     parallel.check_config(config)  # the batch splits over the processes and devices
     ops.check_conv_impl(config.model.conv_impl)
     os.makedirs(workdir, exist_ok=True)
     _write_config(config, workdir)
+    signals = interrupt.StopSignals(
+        process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    with signals:
+        return _train_and_evaluate(config, workdir, model, signals)
+
+
+def _train_and_evaluate(
+    config: Config, workdir: str, model: nn.Module | None, signals: interrupt.StopSignals
+) -> dict:
+    """`train_and_evaluate` after the config checks, with `signals` installed."""
     model = _build_model(config, model)
     process_index, process_count = jax.process_index(), jax.process_count()
 
@@ -303,15 +327,66 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
         writers.truncate_after(workdir, latest)
         print(f"[murajax] resumed from {workdir}/checkpoints/{latest}")
     start = int(state.step)
+    carry = _loop_carry(manager, start)
 
     writer = writers.MetricWriter(workdir, enabled=process_index == 0)
-    if start < config.train.steps:
-        state = _train_loop(
-            config, workdir, model, tx, state, train_iter, manager, writer, layer_order
-        )
-    else:
-        print(f"[murajax] training already finished at step {start}; evaluating only")
+    try:
+        if start < config.train.steps:
+            with signals.deferring():
+                state, stopped = _train_loop(
+                    config,
+                    workdir,
+                    model,
+                    tx,
+                    state,
+                    train_iter,
+                    manager,
+                    writer,
+                    layer_order,
+                    signals=signals,
+                    carry=carry,
+                )
+            stopped = stopped or signals.signum  # a signal during the last step
+            if stopped is not None:
+                raise _interrupted(stopped, int(state.step), workdir)
+        else:
+            print(f"[murajax] training already finished at step {start}; evaluating only")
+        state, results = _evaluate_splits(config, workdir, model, state, manager, writer)
+    finally:
+        writer.close()
+        manager.close()
+    if process_index == 0:
+        _write_report(config, workdir, model, state)
+    return results
 
+
+def _interrupted(signum: int, step: int, workdir: str) -> errors.TrainingInterrupted:
+    """The exception for a run stopped by `signum` with a checkpoint at `step`."""
+    where = os.path.join(workdir, "checkpoints", str(step))
+    return errors.TrainingInterrupted(
+        f"interrupted by {interrupt.signal_name(signum)}: stopped after step {step} with a"
+        f" checkpoint in {where}",
+        signum=signum,
+        step=step,
+    )
+
+
+def _loop_carry(manager: Any, step: int) -> dict[str, Any]:
+    """What the train loop saved beside the state at `step` (the log window's steps not
+    written yet, the non-finite count): `{}` at step 0 or for an older checkpoint."""
+    import orbax.checkpoint as ocp
+
+    if step == 0 or step not in manager.all_steps():
+        return {}
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"] or {}).get("train_loop") or {}
+
+
+def _evaluate_splits(
+    config: Config, workdir: str, model: nn.Module, state: TrainState, manager: Any, writer: Any
+) -> tuple[TrainState, dict]:
+    """The final evaluation of `eval.checkpoint` on `eval.splits`; returns the state
+    evaluated and the `metrics.json` bodies by split."""
     results = {}
     step = ckpt.select_step(manager, config.eval.checkpoint)
     if step is not None and step != int(state.step):
@@ -326,11 +401,7 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
             f" [{study['kappa_ci'][0]:.3f}, {study['kappa_ci'][1]:.3f}],"
             f" AUROC {study['auroc']:.3f}, n={study['n']} studies"
         )
-    writer.close()
-    manager.close()
-    if process_index == 0:
-        _write_report(config, workdir, model, state)
-    return results
+    return state, results
 
 
 def _write_report(config: Config, workdir: str, model: nn.Module, state: TrainState) -> None:
@@ -365,14 +436,27 @@ def _train_loop(
     manager: Any,
     writer: writers.MetricWriter,
     layer_order: Any = None,
-) -> TrainState:
+    *,
+    signals: interrupt.StopSignals | None = None,
+    carry: dict[str, Any] | None = None,
+) -> tuple[TrainState, int | None]:
     """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints.
 
     `state` (host-local) goes onto every device as `train.parallelism` says
     (`murajax.parallel`); evaluation and checkpoints see it host-local again, and so does
     the caller.
+
+    Step metrics stay on the devices until a step that logs, evaluates, saves or stops. There
+    the host fetches them and checks them for non-finite steps (`murajax.nonfinite`), which
+    raises `TrainingDiverged` before anything of them is logged or saved. A checkpoint keeps
+    the log window's steps not logged yet (`carry` hands them back on resume), so a resumed
+    run logs what an uninterrupted one does. `signals` is asked after every step; when it
+    says stop, a checkpoint is saved at that step. Returns the host-local state and the
+    signal that stopped the loop (None when every step ran).
     """
     t = config.train
+    signals = signals if signals is not None else interrupt.StopSignals()  # none installed
+    carry = carry or {}
     step_fn = functools.partial(
         train_step,
         model=model,
@@ -381,47 +465,96 @@ def _train_loop(
         label_smoothing=t.label_smoothing,
         l2_weight=t.l2_weight,
         batch_stats_mask=_batch_stats_mask(config, state, layer_order),
+        skip_nonfinite=t.on_nonfinite == "skip",
     )
     dp = parallel.data_parallel(step_fn, t.parallelism)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     start = int(state.step)
     state = dp.put_state(state)
+    watch = nonfinite.Watch(skip=t.on_nonfinite == "skip", max_skipped=t.max_skipped)
+    watch.restore(carry.get("watch"))
+    window = nonfinite.rows_from_json(carry.get("window"))  # fetched, not logged yet
+    on_device: list[tuple[int, Metrics]] = []
+    stopped = None
     progress = tqdm(
         total=t.steps, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True
     )
-    pending: list[Metrics] = []
     tick, images = time.perf_counter(), 0
-    for step in range(start + 1, t.steps + 1):
-        batch = next(train_iter)
-        state, metrics = dp.step(state, dp.put_batch(batch))
-        pending.append(metrics)
-        images += images_in(batch, t.batch_size)
-        progress.update(1)
-        if step % t.log_every == 0 or step == t.steps:
-            summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-            summary["images_per_sec"] = images / (time.perf_counter() - tick)
-            writer.write(step, "train", summary)
-            progress.set_postfix(
-                loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_sec']:.0f}"
-            )
-            pending, tick, images = [], time.perf_counter(), 0
-        eval_metrics = None
-        if step % t.eval_every == 0 or step == t.steps:
-            host = dp.host_state(state)
-            eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn)
-            writer.write(step, "holdout", eval_metrics)
-            opt_state = optim.observe_holdout_loss(
-                host.opt_state, eval_metrics["loss"], config.optim
-            )
-            if opt_state is not host.opt_state:  # a plateau schedule took the loss
-                state = dp.put_state(host.replace(opt_state=opt_state))
-            progress.write(
-                f"step {step}: holdout loss {eval_metrics['loss']:.4f},"
-                f" study kappa {eval_metrics['kappa']:.3f}, AUROC {eval_metrics['auroc']:.3f}"
-            )
-        if eval_metrics is not None or step % t.checkpoint_every == 0:
+    try:
+        for step in range(start + 1, t.steps + 1):
+            batch = next(train_iter)
+            state, metrics = dp.step(state, dp.put_batch(batch))
+            on_device.append((step, metrics))
+            images += images_in(batch, t.batch_size)
+            progress.update(1)
+            stopped = signals.stop_at(step, final=step == t.steps)
+            log = step % t.log_every == 0 or step == t.steps
+            evaluate = step % t.eval_every == 0 or step == t.steps
+            save = evaluate or step % t.checkpoint_every == 0 or stopped is not None
+            if not (log or save):
+                continue
+            window += nonfinite.host_rows(on_device)
+            on_device = []
+            _check_finite(watch, window, manager, workdir)
+            if log:
+                summary = nonfinite.train_row(window, count_skipped=watch.skip)
+                summary["images_per_sec"] = images / (time.perf_counter() - tick)
+                writer.write(step, "train", summary)
+                progress.set_postfix(
+                    loss=f"{summary['loss']:.4f}", img_s=f"{summary['images_per_sec']:.0f}"
+                )
+                window, tick, images = [], time.perf_counter(), 0
+            if not save:
+                continue
+            eval_metrics = None
+            if evaluate:
+                host = dp.host_state(state)
+                eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn)
+                writer.write(step, "holdout", eval_metrics)
+                opt_state = optim.observe_holdout_loss(
+                    host.opt_state, eval_metrics["loss"], config.optim
+                )
+                if opt_state is not host.opt_state:  # a plateau schedule took the loss
+                    state = dp.put_state(host.replace(opt_state=opt_state))
+                progress.write(
+                    f"step {step}: holdout loss {eval_metrics['loss']:.4f}, study kappa"
+                    f" {eval_metrics['kappa']:.3f}, AUROC {eval_metrics['auroc']:.3f}"
+                )
             ckpt_metrics = {ckpt.BEST_METRIC: eval_metrics["kappa"]} if eval_metrics else None
-            meta = {"step": step, "config": dataclasses.asdict(config)}
+            meta = {
+                "step": step,
+                "config": dataclasses.asdict(config),
+                "train_loop": {"window": nonfinite.rows_to_json(window), "watch": watch.to_json()},
+            }
             ckpt.save(manager, step, dp.host_state(state), train_iter, meta, ckpt_metrics)
-    progress.close()
-    return dp.host_state(state)
+            if stopped is not None:
+                break
+    finally:
+        progress.close()
+    return dp.host_state(state), stopped
+
+
+def _check_finite(watch: nonfinite.Watch, rows: list, manager: Any, workdir: str) -> None:
+    """Raises `TrainingDiverged` if `watch` finds a reason to stop in `rows` (one line: the
+    step, what was not finite, the checkpoint kept and what to do)."""
+    found = watch.check(rows)
+    if found is None:
+        return
+    what = nonfinite.describe(found.code)
+    if watch.skip:
+        reason = (
+            f"{found.in_a_row} steps in a row up to step {found.step} had a non-finite {what}"
+            f" (train.max_skipped={watch.max_skipped})"
+        )
+    else:
+        reason = f"step {found.step} had a non-finite {what} (train.on_nonfinite='stop')"
+    latest = manager.latest_step()
+    if latest is None:
+        kept = "no checkpoint was saved before it; start again with a lower"
+    else:
+        where = os.path.join(workdir, "checkpoints", str(latest))
+        kept = f"the last good checkpoint is {where}; rerun with a lower"
+    raise errors.TrainingDiverged(
+        f"training diverged: {reason}; {kept} optim.learning_rate (or optim.grad_clip_norm"
+        f" in a new workdir)"
+    )

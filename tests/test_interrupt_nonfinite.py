@@ -1,0 +1,430 @@
+"""Long runs that survive (issue 10): SIGTERM/SIGINT checkpoint and resume bit-exactly,
+non-finite steps stop or are skipped, and a resume refuses a config its checkpoints cannot
+take. The command-line checks run `python -m experiments.main` as a user does."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import tfds_mura  # noqa: F401  (registers the MURA datasets)
+from murajax import errors, evaluation, interrupt, models, nonfinite, optim, resume, train, writers
+from murajax.config import ConfigError
+from murajax.metrics import EvalState
+from tests import interrupt_fixture_config
+from tests.trivial_mura import trivial_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = "tests/interrupt_fixture_config.py"
+STEPS = interrupt_fixture_config.STEPS
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The environment of the module's commands: one compilation cache, so that only the
+    first command compiles the train step."""
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    return {**os.environ, "MURAJAX_COMPILATION_CACHE": cache}
+
+
+def _main_args(workdir: str, data_dir: str, *flags: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        f"--config={FIXTURE}:{data_dir}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _train_steps(workdir: str) -> list[int]:
+    return [r["step"] for r in writers.read_metrics(workdir) if r["split"] == "train"]
+
+
+def _interrupt(args: list[str], env: dict[str, str], signum: int, after: int) -> dict:
+    """Starts `args`, sends `signum` once a train row after step `after` is logged, and
+    returns its exit status, stderr and the seconds from the signal to the exit."""
+    workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not any(step > after for step in _train_steps(workdir)):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    sent = time.monotonic()
+    out, err = process.communicate(timeout=60)
+    return {"status": process.returncode, "stderr": err, "seconds": time.monotonic() - sent}
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+    folder = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+def _saved_state(workdir: str, step: int) -> dict:
+    """The arrays of a checkpoint's train state, read without a target."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path)
+
+
+def _rows(workdir: str) -> list[dict]:
+    """metrics.jsonl without the wall-clock throughput."""
+    return [
+        {k: v for k, v in row.items() if k != "images_per_sec"}
+        for row in writers.read_metrics(workdir)
+    ]
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert "Traceback" not in text, text
+    return lines[-1]
+
+
+# --------------------------------------------------------------------------- SIGTERM, SIGINT
+
+
+@pytest.fixture(scope="module")
+def interrupted(data_dir, env, tmp_path_factory) -> dict:
+    """An uninterrupted run, and the same command stopped by SIGTERM, resumed and stopped
+    by SIGINT, then resumed to the end."""
+    base = tmp_path_factory.mktemp("signals")
+    reference, stopped = str(base / "reference"), str(base / "stopped")
+    first = _main_args(stopped, data_dir)
+    # The reference runs beside the first interrupted run (its compilation fills the cache).
+    uninterrupted = subprocess.Popen(
+        _main_args(reference, data_dir),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    term = _interrupt(first, env, signal.SIGTERM, after=0)
+    term["checkpoints"] = _checkpoint_steps(stopped)
+    term["rows"] = _train_steps(stopped)
+    sigint = _interrupt(first, env, signal.SIGINT, after=max(term["checkpoints"]))
+    sigint["checkpoints"] = _checkpoint_steps(stopped)
+    resumed = _run(first, env)
+    out, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    return {
+        "reference": reference,
+        "stopped": stopped,
+        "term": term,
+        "int": sigint,
+        "resumed": resumed,
+    }
+
+
+def test_sigterm_saves_the_current_step_and_exits_143(interrupted):
+    term = interrupted["term"]
+    assert term["status"] == 143, term["stderr"][-3000:]
+    assert term["seconds"] < 30
+    (step,) = term["checkpoints"]  # no periodic checkpoint before it: the signal's
+    assert 0 < step < STEPS // 2
+    # Every row logged is at or before the checkpoint; the steps after the last row are
+    # kept in the checkpoint, not written as a partial row.
+    assert term["rows"] and max(term["rows"]) <= step
+    line = _one_line(term["stderr"])
+    assert f"interrupted by SIGTERM: stopped after step {step}" in line
+    assert "to resume, run the same command:" in line and FIXTURE in line
+
+
+def test_sigint_after_resuming_saves_again_and_exits_130(interrupted):
+    first, second = interrupted["term"], interrupted["int"]
+    assert second["status"] == 130, second["stderr"][-3000:]
+    assert second["seconds"] < 30
+    new = sorted(set(second["checkpoints"]) - set(first["checkpoints"]))
+    assert new and new[-1] > max(first["checkpoints"])
+    assert f"interrupted by SIGINT: stopped after step {new[-1]}" in _one_line(second["stderr"])
+
+
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(interrupted):
+    resumed = interrupted["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    reference, stopped = interrupted["reference"], interrupted["stopped"]
+    chex.assert_trees_all_equal(_saved_state(reference, STEPS), _saved_state(stopped, STEPS))
+    assert _rows(stopped) == _rows(reference)
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    """The first signal is only recorded while training; the second ends the process."""
+    program = (
+        "import os, signal, time\n"
+        "from murajax import interrupt\n"
+        "with interrupt.StopSignals() as signals, signals.deferring():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.1)\n"
+        "    print('recorded', signals.stop_at(1), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 143
+    assert done.stdout.split() == ["recorded", str(int(signal.SIGTERM))]
+    assert "second SIGTERM: exiting now" in done.stderr
+
+
+def test_handlers_are_restored_and_a_signal_outside_the_loop_raises():
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(errors.TrainingInterrupted) as caught:
+        with interrupt.StopSignals() as signals:
+            assert signal.getsignal(signal.SIGINT) == signals._handle
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert caught.value.exit_status == 130 and isinstance(caught.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is previous
+    with interrupt.StopSignals() as signals:
+        assert signals.stop_at(5) is None
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+class _FakeKeyValueStore:
+    """The coordination service's key-value store and barriers, for threads."""
+
+    def __init__(self, processes: int):
+        self.values: dict[str, str] = {}
+        self.barriers: dict[str, threading.Barrier] = {}
+        self.calls = 0
+        self._processes = processes
+        self._lock = threading.Lock()
+
+    def key_value_set(self, key: str, value: str) -> None:
+        with self._lock:
+            self.calls += 1
+            self.values[key] = value
+
+    def wait_at_barrier(self, barrier_id: str, timeout_in_ms: int) -> None:
+        with self._lock:
+            barrier = self.barriers.setdefault(barrier_id, threading.Barrier(self._processes))
+        barrier.wait(timeout=timeout_in_ms / 1000)
+
+    def key_value_dir_get(self, key: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(k, v) for k, v in self.values.items() if k.startswith(key)]
+
+    def key_value_delete(self, key: str) -> None:
+        with self._lock:
+            self.values = {k: v for k, v in self.values.items() if not k.startswith(key)}
+
+
+def test_processes_agree_on_the_step_to_stop_at():
+    """Process 1 is signalled at step 13; both stop at step 20, the next agreement, and
+    exchange nothing at the steps between agreements."""
+    store = _FakeKeyValueStore(processes=2)
+    stops: dict[int, tuple[int, int]] = {}
+
+    def run(process: int) -> None:
+        agreement = interrupt.Agreement(store, process, session=1, sync_every=10)
+        for step in range(1, 40):
+            signum = signal.SIGTERM if process == 1 and step >= 13 else None
+            decided = agreement.decide(step, signum)
+            if decided:
+                stops[process] = (step, decided)
+                return
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert stops == {0: (20, signal.SIGTERM), 1: (20, signal.SIGTERM)}
+    assert store.calls == 4  # steps 10 and 20, one key per process each
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def _nan_step(skip: bool):
+    config = trivial_config("/unused")
+    model = models.create_from_config(config.model)
+    tx = optim.make_optimizer(config.optim, config.train.steps)
+    state = train.create_train_state(model, tx, jax.random.key(0), (8, 16, 16, 1))
+    batch = {
+        "image": jnp.ones((8, 16, 16, 1)).at[0, 0, 0, 0].set(jnp.nan),
+        "label": jnp.arange(8) % 2,
+        "body_part": jnp.zeros(8, jnp.int32),
+    }
+    step = jax.jit(
+        lambda s, b: train.train_step(
+            s,
+            b,
+            model=model,
+            tx=tx,
+            weight_table=jnp.ones((7, 2)),
+            label_smoothing=0.0,
+            l2_weight=0.0,
+            skip_nonfinite=skip,
+        )
+    )
+    return state, *step(state, batch)
+
+
+def test_skip_leaves_params_batch_stats_and_optimiser_state_unchanged():
+    before, after, metrics = _nan_step(skip=True)
+    code = int(metrics["nonfinite"])
+    assert code & nonfinite.LOSS and code & nonfinite.GRADIENTS
+    assert before.batch_stats  # the model has BatchNorm: its statistics must not move
+    chex.assert_trees_all_equal(after.params, before.params)
+    chex.assert_trees_all_equal(after.batch_stats, before.batch_stats)
+    chex.assert_trees_all_equal(after.opt_state, before.opt_state)
+    assert int(after.step) == int(before.step) + 1
+
+
+def test_stop_mode_steps_report_what_was_not_finite():
+    _, after, metrics = _nan_step(skip=False)
+    code = int(metrics["nonfinite"])
+    assert code & nonfinite.LOSS and code & nonfinite.GRADIENTS
+    assert not nonfinite.all_finite(after.params)
+    assert nonfinite.describe(code).startswith("loss, gradients")
+
+
+def test_skipped_steps_are_counted_and_left_out_of_the_means():
+    rows = [(1, {"loss": 1.0, "nonfinite": 0.0}), (2, {"loss": math.nan, "nonfinite": 1.0})]
+    rows.append((3, {"loss": 2.0, "nonfinite": 0.0}))
+    assert nonfinite.train_row(rows, count_skipped=True) == {"loss": 1.5, "skipped": 1}
+    watch = nonfinite.Watch(skip=True, max_skipped=2)
+    assert watch.check(rows) is None and watch.in_a_row == 0
+    bad = [(s, {"loss": math.nan, "nonfinite": 1.0}) for s in (4, 5)]
+    assert watch.check(rows + bad[:1]) is None  # rows already seen are not counted again
+    assert watch.check(rows + bad) == nonfinite.Divergence(step=5, code=1, in_a_row=2)
+    saved = json.loads(json.dumps(nonfinite.rows_to_json(rows)))
+    restored = nonfinite.rows_from_json(saved)
+    assert restored[0] == rows[0] and math.isnan(restored[1][1]["loss"])
+
+
+@pytest.fixture(scope="module")
+def diverged(interrupted, data_dir, env, tmp_path_factory) -> dict:
+    """A copy of the finished reference run (checkpoints at 100 and 200) resumed for 40
+    more steps with a learning rate that diverges."""
+    workdir = str(tmp_path_factory.mktemp("diverge") / "run")
+    shutil.copytree(interrupted["reference"], workdir)
+    rows = writers.read_metrics(workdir)
+    flags = ("--config.train.steps=240", "--config.optim.learning_rate=1e12")
+    done = _run(_main_args(workdir, data_dir, *flags), env)
+    return {"workdir": workdir, "rows_before": rows, "done": done}
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(diverged):
+    workdir, done = diverged["workdir"], diverged["done"]
+    assert done.returncode == 1
+    line = _one_line(done.stderr)
+    assert line.startswith("error: training diverged: step ")
+    assert "non-finite loss" in line and "checkpoints/200;" in line
+    step = int(line.split("step ")[1].split()[0])
+    assert step > 200
+    # A lower learning rate is a change a resume accepts, and is listed as such.
+    assert "[murajax] resuming with changed " in done.stdout
+    assert "optim.learning_rate (0.01 -> 1000000000000.0)" in done.stdout
+    assert _checkpoint_steps(workdir) == [100, 200]
+    rows = writers.read_metrics(workdir)
+    assert rows[: len(diverged["rows_before"])] == diverged["rows_before"]
+    for row in rows:
+        assert all(v is not None for v in row.values()), row
+        assert row["step"] < step
+
+
+def test_skip_mode_counts_skipped_steps_and_stops_after_max_skipped(data_dir, tmp_path):
+    config = trivial_config(data_dir, steps=40, on_nonfinite="skip", max_skipped=3)
+    config.train.log_every = 1
+    config.optim.learning_rate = 1e12
+    config.eval.splits = ()
+    with pytest.raises(errors.TrainingDiverged, match="3 steps in a row up to step ") as caught:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(caught.value)
+    rows = [r for r in writers.read_metrics(str(tmp_path)) if r["split"] == "train"]
+    assert rows and all(r["loss"] is not None or r["skipped"] == 1 for r in rows)
+    assert all(r["skipped"] in (0, 1) for r in rows)
+    assert not os.path.exists(tmp_path / "checkpoints") or not _checkpoint_steps(str(tmp_path))
+
+
+def test_evaluating_non_finite_probabilities_is_one_line():
+    config = trivial_config("/unused")
+    predictions = EvalState.create(
+        study_id=["a", "a", "b"],
+        body_part=[0, 0, 1],
+        label=[0, 0, 1],
+        prob=[0.2, np.nan, 0.9],
+        image_path=["a/1.png", "a/2.png", "b/1.png"],
+    )
+    with pytest.raises(errors.NonFinitePredictions) as caught:
+        evaluation.write_evaluation(config, "/nonexistent", "validation", predictions, step=3)
+    message = str(caught.value)
+    assert "\n" not in message and "1 of 3 validation predictions (the first: a/2.png)" in message
+    assert errors.NonFinitePredictions in errors.USER_ERRORS  # `error: ...`, exit status 2
+
+
+# --------------------------------------------------------------------------- changed config
+
+
+def test_resume_refuses_a_model_or_optimiser_change_with_one_line(diverged, data_dir, env):
+    workdir = diverged["workdir"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        before = f.read()
+    done = _run(
+        _main_args(workdir, data_dir, "--config.model.dropout_rate=0.5", "--config.optim.b1=0.5"),
+        env,
+    )
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert line.startswith(f"error: cannot resume {workdir}:")
+    assert "model.dropout_rate (0.25 -> 0.5), optim.b1 (0.9 -> 0.5)" in line
+    assert "new --workdir" in line
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == before  # nothing changed
+
+
+def test_allowed_changes_are_listed_and_a_workdir_without_checkpoints_takes_any(tmp_path, capsys):
+    config = trivial_config("/data")
+    workdir = str(tmp_path)
+    resume.check_and_write_config(config, workdir)
+    config.model.widths = (2, 2)
+    resume.check_and_write_config(config, workdir)  # no checkpoint: taken
+    assert "no checkpoint to resume" in capsys.readouterr().out
+    os.makedirs(tmp_path / "checkpoints" / "4")
+    config.train.steps, config.eval.bootstrap_samples = 48, 5
+    resume.check_and_write_config(config, workdir)
+    assert capsys.readouterr().out.strip() == (
+        "[murajax] resuming with changed eval.bootstrap_samples (20 -> 5), train.steps (24 -> 48)"
+    )
+    config.seed = 1
+    with pytest.raises(ConfigError, match=r"another seed \(0 -> 1\)"):
+        resume.check_and_write_config(config, workdir)
+
+
+def test_fields_missing_from_an_older_config_json_are_unchanged_at_their_default():
+    new = json.loads(json.dumps(train.config_lib.to_dict(trivial_config("/data"))))
+    old = json.loads(json.dumps(new))
+    del old["train"]["on_nonfinite"], old["train"]["max_skipped"]
+    assert resume.changes(old, new) == {}
+    new["train"]["max_skipped"] = 3
+    assert list(resume.changes(old, new)) == ["train.max_skipped"]
