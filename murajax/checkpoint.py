@@ -3,9 +3,22 @@
 Each `checkpoints/<step>/` holds the train state (params, batch statistics, optimiser and
 schedule state, PRNG key, step), the grain iterator state and a small JSON of metadata. The
 manager keeps the latest few checkpoints and the best ones by holdout study kappa.
+
+Torn and unreadable checkpoints. orbax (0.12.8, on a local or POSIX file system) writes
+step N into `checkpoints/N.orbax-checkpoint-tmp`, writes `commit_success.txt` last and then
+renames the folder to `checkpoints/N`; the manager lists only such finalised folders, so a
+save that was killed part-way is never restored (and orbax removes its folder when step N
+is saved again). `restore_latest` removes such leftovers with a note, and when the newest
+checkpoint cannot be read (a file truncated, deleted or garbled afterwards) it falls back to
+the one before, and so on, moving each unreadable one to `checkpoints_unreadable/` with one
+warning line (the resumed run then saves those steps afresh); if none can be restored it
+raises `CheckpointError`, moving nothing.
 """
 
+import json
+import math
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -16,19 +29,44 @@ from orbax.checkpoint import checkpoint_managers as policies
 from murajax import parallel
 
 BEST_METRIC = "holdout_kappa"
+CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
+"""Where `restore_latest` and `make_manager` move checkpoints that cannot be read (beside
+`checkpoints/`, so that orbax never lists them and the resumed run can save those steps)."""
+TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
+
+
+class CheckpointError(ValueError):
+    """A workdir holds checkpoints but none of them can be restored."""
+
+
+def best_metric(metrics: dict[str, Any]) -> float:
+    """A checkpoint's rank for "best": its holdout kappa; a missing or non-finite kappa
+    (logged as null in metrics.jsonl) ranks below every number.
+
+    Ties go to the later step: orbax sorts checkpoints stably in step order by this value
+    and takes the last, for `best_step` and for the `keep_best` it keeps.
+    """
+    value = metrics.get(BEST_METRIC)
+    if value is None or not math.isfinite(float(value)):
+        return -math.inf
+    return float(value)
 
 
 def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.CheckpointManager:
     """A manager over `workdir/checkpoints` that keeps the latest and the best checkpoints.
 
-    "Best" is the highest `holdout_kappa` among checkpoints saved with metrics. (orbax's
-    `BestN` keeps every checkpoint while there are at most `keep_best` of them.)
+    Kept: the `keep_latest` newest checkpoints and the `keep_best` with the highest
+    `holdout_kappa` among those saved with metrics (`best_metric`); the rest are deleted at
+    each save. (orbax's `BestN` keeps every checkpoint while there are at most `keep_best`
+    of them.) A checkpoint whose metrics file cannot be parsed (orbax reads them all here)
+    is moved to `checkpoints_unreadable/` with a warning.
     """
     preservation = policies.AnyPreservationPolicy(
         [
             policies.LatestN(n=keep_latest),
             policies.BestN(
-                get_metric_fn=lambda m: m[BEST_METRIC],
+                get_metric_fn=best_metric,
                 reverse=False,
                 n=keep_best,
                 keep_checkpoints_without_metrics=False,
@@ -37,12 +75,16 @@ def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.C
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation,
-        best_fn=lambda m: m[BEST_METRIC],
+        best_fn=best_metric,
         best_mode="max",
         enable_async_checkpointing=False,
         create=True,
     )
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR))
+    for step in _steps_with_unreadable_metrics(directory):
+        moved = _set_aside(directory, step)
+        _warn(f"checkpoint {directory}/{step} has an unreadable metrics file; moved to {moved}")
+    _sync("murajax_make_manager")  # every process sees the folder as process 0 left it
     return ocp.CheckpointManager(directory, options=options)
 
 
@@ -88,6 +130,119 @@ def restore(
     if jax.process_count() > 1:
         state = parallel.unreplicate(state)
     return state, dict(restored["meta"])
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any | None
+) -> tuple[Any, int] | None:
+    """The newest checkpoint that can be restored, as `(state, step)`; None if there is none.
+
+    Restores like `restore` (the iterator in place). Torn saves (`N.orbax-checkpoint-tmp`,
+    never listed by orbax) are removed with a note. A checkpoint that fails to restore is
+    skipped for the one before; once one restores, each skipped one is moved to
+    `checkpoints_unreadable/` with one warning line naming it and why. If every checkpoint
+    fails, `CheckpointError` names them and nothing is moved.
+    """
+    directory = str(manager.directory)
+    for name in _torn_saves(directory):
+        _note(f"removing {directory}/{name}: a checkpoint interrupted while being written")
+        if jax.process_index() == 0:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    failures: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, _ = restore(manager, step, abstract_state, data_iterator)
+        except Exception as error:  # noqa: BLE001 (any failure to read means unreadable)
+            failures.append((step, _reason(error)))
+            continue
+        for bad, reason in failures:
+            moved = _set_aside(directory, bad)
+            _warn(
+                f"checkpoint {directory}/{bad} cannot be restored ({reason}); moved to {moved},"
+                f" resuming from checkpoint {step}"
+            )
+        _sync("murajax_restore_latest")
+        manager.reload()
+        return state, step
+    if failures:
+        listed = "; ".join(f"{step}: {reason}" for step, reason in failures)
+        raise CheckpointError(
+            f"no checkpoint in {directory} can be restored ({listed}); move that folder"
+            " away to train afresh, or use a new --workdir"
+        )
+    return None
+
+
+def _torn_saves(directory: str) -> list[str]:
+    """Names of the step folders in `directory` whose save never finished."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(directory)
+        if TMP_SUFFIX in name and name.split(TMP_SUFFIX)[0].isdigit()
+    )
+
+
+def _steps_with_unreadable_metrics(directory: str) -> list[int]:
+    """Finalised steps in `directory` whose `metrics/metrics` JSON does not parse."""
+    if not os.path.isdir(directory):
+        return []
+    bad = []
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name, "metrics", "metrics")
+        if not name.isdigit() or not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                json.load(f)
+        except (ValueError, UnicodeDecodeError):
+            bad.append(int(name))
+        except OSError:  # deleted meanwhile (a concurrent save's retention): not ours
+            continue
+    return sorted(bad)
+
+
+def _set_aside(directory: str, step: int) -> str:
+    """Moves `directory/<step>` to `<workdir>/checkpoints_unreadable/<step>[.k]` (process 0;
+    every process returns the destination) and returns that path."""
+    target_dir = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
+    target, k = os.path.join(target_dir, str(step)), 0
+    while os.path.exists(target):
+        k += 1
+        target = os.path.join(target_dir, f"{step}.{k}")
+    if jax.process_index() == 0:
+        os.makedirs(target_dir, exist_ok=True)
+        shutil.move(os.path.join(directory, str(step)), target)
+    return target
+
+
+def _reason(error: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _warn(message: str) -> None:
+    """One `[murajax] warning:` line on stdout, from process 0 only."""
+    _note(f"warning: {message}")
+
+
+def _note(message: str) -> None:
+    """One `[murajax]` line on stdout, from process 0 only."""
+    if jax.process_index() == 0:
+        print(f"[murajax] {message}")
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (after process 0 moved folders); nothing with one."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _global(state: Any) -> Any:

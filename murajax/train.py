@@ -321,11 +321,11 @@ def _train_and_evaluate(
     manager = ckpt.make_manager(
         workdir, keep_latest=config.train.keep_checkpoints, keep_best=config.train.keep_best
     )
-    latest = manager.latest_step()
-    if latest is not None:
-        state, _ = ckpt.restore(manager, latest, state, train_iter)
-        writers.truncate_after(workdir, latest)
+    resumed = ckpt.restore_latest(manager, state, train_iter)  # falls back from unreadable
+    if resumed is not None:
+        state, latest = resumed
         print(f"[murajax] resumed from {workdir}/checkpoints/{latest}")
+    writers.truncate_after(workdir, int(state.step))  # a killed run's later rows come again
     start = int(state.step)
     carry = _loop_carry(manager, start)
 

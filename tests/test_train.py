@@ -66,15 +66,6 @@ def test_writes_the_contract_files(finished_run, data_dir):
     assert {r["label"] for r in table} == {"0", "1"}
 
 
-def test_best_checkpoint_is_kept_with_the_latest(finished_run, data_dir):
-    workdir, _ = finished_run
-    manager = ckpt.make_manager(workdir, keep_latest=3)
-    assert manager.latest_step() == 24
-    assert {16, 24} <= set(manager.all_steps()) and len(manager.all_steps()) <= 4
-    assert manager.best_step() in (12, 24)
-    manager.close()
-
-
 def test_finished_run_is_not_trained_again(finished_run, data_dir, capsys):
     workdir, results = finished_run
     before = len(writers.read_metrics(workdir))
