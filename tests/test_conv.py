@@ -200,3 +200,47 @@ def test_onednn_gradients_are_bitwise_reproducible():
     first = grad(x, kernel, bias)
     for _ in range(4):
         chex.assert_trees_all_equal(grad(x, kernel, bias), first)
+
+
+@pytest.mark.parametrize("impl", ["onednn", "xla"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "size, with_bias", [(8, True), (9, True), (7, False)], ids=["even", "odd", "odd-nobias"]
+)
+def test_conv_relu_max_pool_equals_the_layers_apart(impl, dtype, size, with_bias):
+    """Values and gradients equal conv2d(relu=True) then max_pool_2x2, bit for bit: ties from
+    the ReLU's zeros and from small-integer inputs, odd sizes (a dropped row and column)."""
+    if impl == "onednn" and not ONEDNN_EXPECTED:
+        pytest.skip("oneDNN's wheels exist for x86-64 Linux only")
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(-2, 3, (2, size, size, 3)), dtype)
+    kernel = jnp.asarray(rng.integers(-1, 2, (3, 3, 3, 4)), jnp.float32)
+    bias = jnp.asarray(rng.integers(-1, 2, 4), jnp.float32) if with_bias else None
+    weights = jnp.asarray(rng.standard_normal((2, size // 2, size // 2, 4)), jnp.float32)
+
+    def apart(x, kernel, bias):
+        y = ops.conv2d(x, kernel, bias, relu=True, impl=impl)
+        return ops.max_pool_2x2(y)
+
+    def fused(x, kernel, bias):
+        return ops.conv2d_relu_max_pool(x, kernel, bias, impl=impl)
+
+    def loss(f):
+        return lambda *a: jnp.sum(f(*a).astype(jnp.float32) * weights)
+
+    argnums = (0, 1, 2) if with_bias else (0, 1)
+    expected = jax.jit(jax.value_and_grad(loss(apart), argnums))(x, kernel, bias)
+    got = jax.jit(jax.value_and_grad(loss(fused), argnums))(x, kernel, bias)
+    assert int(jnp.sum(apart(x, kernel, bias) == 0)) > 0  # the ReLU's zeros tie
+    chex.assert_trees_all_equal(fused(x, kernel, bias), apart(x, kernel, bias))
+    chex.assert_trees_all_equal(got, expected)
+
+
+@needs_onednn
+def test_conv_relu_max_pool_keeps_no_full_size_activation_for_its_gradient():
+    """Its backward pass needs the input, kernel and quarter-size pooled arrays only."""
+    x = jnp.ones((2, 16, 16, 3))
+    kernel = jnp.ones((3, 3, 3, 8))
+    _, residuals = jax.vjp(lambda x: ops.conv2d_relu_max_pool(x, kernel, impl="onednn"), x)
+    sizes = sorted(leaf.size for leaf in jax.tree.leaves(residuals) if hasattr(leaf, "size"))
+    assert max(sizes) == x.size  # the input; the 2 x 16 x 16 x 8 ReLU output is not kept

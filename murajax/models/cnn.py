@@ -79,6 +79,7 @@ class CNN(nn.Module):
                     name=f"block{block}_conv{i}",
                     use_bias=not self.batch_norm,
                     relu=not self.batch_norm,  # without BatchNorm the ReLU fuses into the conv
+                    pool=not self.batch_norm and i == self.convs_per_block,  # and the pooling
                     conv_impl=self.conv_impl,
                 )(x)
                 if self.batch_norm:
@@ -91,7 +92,8 @@ class CNN(nn.Module):
                         name=f"block{block}_bn{i}",
                     )(x)
                     x = nn.relu(x)
-            x = max_pool_2x2(x)
+            if self.batch_norm:
+                x = max_pool_2x2(x)
         if self.num_classes is None:
             return x
 

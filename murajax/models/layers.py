@@ -13,7 +13,9 @@ from murajax.config import CNN_POOLINGS
 
 class Conv(nn.Module):
     """A 2-D convolution over NHWC inputs through `murajax.ops.conv2d`, optionally with its
-    ReLU fused in (one pass over the output instead of two).
+    ReLU fused in (one pass over the output instead of two) and, after the ReLU, the 2x2
+    max-pooling that follows it (`pool=True`: `murajax.ops.conv2d_relu_max_pool`, whose
+    backward pass is leaner than the layers' apart; the module then returns the pooled map).
 
     Its parameters are `nn.Conv`'s: "kernel" (KH, KW, in, out) and "bias" (out), float32, with
     the same initialisers and names, so Keras weights and checkpoints load unchanged. It
@@ -27,6 +29,7 @@ class Conv(nn.Module):
     padding: str | Sequence[tuple[int, int]] = "SAME"
     use_bias: bool = True
     relu: bool = False
+    pool: bool = False
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
     kernel_init: Callable[..., jax.Array] = initializers.kernel_init
@@ -34,21 +37,20 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """`relu?(conv(x) + bias?)` in `dtype`."""
+        """`pool?(relu?(conv(x) + bias?))` in `dtype`."""
         shape = (*self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        return ops.conv2d(
-            jnp.asarray(x, self.dtype),
-            kernel.astype(self.dtype),
-            None if bias is None else bias.astype(self.dtype),
-            strides=self.strides,
-            padding=self.padding,
-            relu=self.relu,
-            impl=self.conv_impl,
-        )
+        x = jnp.asarray(x, self.dtype)
+        kernel = kernel.astype(self.dtype)
+        bias = None if bias is None else bias.astype(self.dtype)
+        options = {"strides": self.strides, "padding": self.padding, "impl": self.conv_impl}
+        if self.pool and self.relu:
+            return ops.conv2d_relu_max_pool(x, kernel, bias, **options)
+        y = ops.conv2d(x, kernel, bias, relu=self.relu, **options)
+        return max_pool_2x2(y) if self.pool else y
 
 
 def conv3x3(
@@ -58,16 +60,18 @@ def conv3x3(
     name: str,
     use_bias: bool = True,
     relu: bool = False,
+    pool: bool = False,
     conv_impl: str = "auto",
 ) -> Conv:
     """A 3x3 'SAME' convolution: Glorot-uniform kernel, zero bias, float32 parameters; `relu`
-    fuses the ReLU that follows it."""
+    fuses the ReLU that follows it, `pool` the 2x2 max-pooling after that."""
     return Conv(
         features,
         (3, 3),
         padding="SAME",
         use_bias=use_bias,
         relu=relu,
+        pool=pool,
         dtype=dtype,
         conv_impl=conv_impl,
         name=name,
@@ -86,55 +90,7 @@ def dense(features: int, *, dtype: Any, name: str) -> nn.Dense:
     )
 
 
-def _windows(x: jax.Array) -> tuple[jax.Array, ...]:
-    """The four corners of each 2x2 window of NHWC `x` (even height and width), row-major."""
-    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
-
-
-@jax.custom_vjp
-def _max_pool_even(x: jax.Array) -> jax.Array:
-    top_left, top_right, bottom_left, bottom_right = _windows(x)
-    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
-
-
-def _max_pool_even_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = _max_pool_even(x)
-    return y, (x, y)
-
-
-def _max_pool_even_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
-    x, y = residuals
-    zero = jnp.zeros_like(g)
-    taken = jnp.zeros(g.shape, bool)
-    grads = []
-    for corner in _windows(x):  # the first maximum in row-major order gets the gradient
-        first = (corner == y) & ~taken
-        taken = taken | first
-        grads.append(jnp.where(first, g, zero))
-    top = jnp.stack(grads[:2], axis=3)  # (N, H/2, W/2, 2, C): interleave the columns
-    bottom = jnp.stack(grads[2:], axis=3)
-    n, h2, w2, _, c = top.shape
-    rows = jnp.stack([top.reshape(n, h2, 2 * w2, c), bottom.reshape(n, h2, 2 * w2, c)], axis=2)
-    return (rows.reshape(n, 2 * h2, 2 * w2, c),)
-
-
-_max_pool_even.defvjp(_max_pool_even_fwd, _max_pool_even_bwd)
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 over NHWC `x`.
-
-    Same values and gradients as `flax.linen.max_pool(x, (2, 2), strides=(2, 2),
-    padding="VALID")`: an odd height or width drops its last row or column (floor), and a
-    window's gradient goes to its first maximum in row-major order (select-and-scatter's
-    choice where maxima tie). Written as four strided corners with a custom VJP because XLA:CPU
-    runs `reduce_window` and its select-and-scatter, and even a reshape + max's tie-splitting
-    gradient, several times slower (the pooling gradient was a quarter of a bfloat16 CNN step).
-    """
-    if x.ndim != 4:
-        raise ValueError(f"max_pool_2x2 expects NHWC input, got shape {x.shape}")
-    _, h, w, _ = x.shape
-    return _max_pool_even(x[:, : 2 * (h // 2), : 2 * (w // 2), :])
+max_pool_2x2 = ops.max_pool_2x2  # 2x2 max-pooling with flax's gradient (`murajax.ops.pool`)
 
 
 def global_pool(x: jax.Array, pooling: str) -> jax.Array:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from murajax.models.cnn import as_dtype
 from murajax.models.heads import ClassifierHead
-from murajax.models.layers import conv3x3, max_pool_2x2
+from murajax.models.layers import conv3x3
 from murajax.models.registry import register
 
 VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -54,9 +54,10 @@ class VGG16(nn.Module):
                     dtype=dtype,
                     name=f"block{block}_conv{i}",
                     relu=True,  # Keras's Conv2D(activation="relu"), fused
+                    # and the block's MaxPooling2D((2, 2), strides=(2, 2)), 'valid', fused
+                    pool=i == convs,
                     conv_impl=self.conv_impl,
                 )(x)
-            x = max_pool_2x2(x)  # Keras's MaxPooling2D((2, 2), strides=(2, 2)), 'valid'
         if self.num_classes is None:
             return x
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)

@@ -4,9 +4,19 @@
 oneDNN's kernels (the ones TensorFlow uses) through XLA's FFI when the extension is built
 (`python -m murajax.ops.build`, part of `make install`); elsewhere, or when the extension is
 missing, it is `lax.conv_general_dilated`, with the same values and gradients.
+`conv2d_relu_max_pool` is `conv2d(..., relu=True)` and `max_pool_2x2` in one op with a
+leaner backward pass.
 """
 
-from murajax.ops.conv import check_conv_impl, conv2d, resolve_conv_impl
+from murajax.ops.conv import check_conv_impl, conv2d, conv2d_relu_max_pool, resolve_conv_impl
 from murajax.ops.onednn import onednn_status
+from murajax.ops.pool import max_pool_2x2
 
-__all__ = ["check_conv_impl", "conv2d", "onednn_status", "resolve_conv_impl"]
+__all__ = [
+    "check_conv_impl",
+    "conv2d",
+    "conv2d_relu_max_pool",
+    "max_pool_2x2",
+    "onednn_status",
+    "resolve_conv_impl",
+]
