@@ -1,18 +1,60 @@
 """Shared command-line plumbing: absl flag parsing that turns user mistakes into one line."""
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from absl import flags
 
 from murajax.config import ConfigError
+from murajax.errors import WorkdirError
+
+
+def one_line(message: str) -> str:
+    """`message` on one line: its non-empty lines, stripped, joined by spaces."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Prints `error: message` to stderr and exits (no traceback)."""
-    print(f"error: {message}", file=sys.stderr)
+    """Prints `error: message` (on one line) to stderr and exits (no traceback)."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
+
+
+def nearest_existing(path: str) -> str:
+    """`path` itself if it exists, else its nearest ancestor that does."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def unwritable_reason(folder: str) -> str | None:
+    """Why files cannot be written in `folder` (which need not exist yet), or None.
+
+    Creates nothing: the nearest existing path on the way to `folder` must be a folder that
+    accepts a new file (an anonymous temporary file, gone at once). Trying is the test that
+    holds for root, read-only mounts and ACLs alike, where permission bits alone do not.
+    """
+    existing = nearest_existing(folder)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot create files in {existing} ({e.strerror or e})"
+    return None
+
+
+def check_writable(folder: str, what: str) -> None:
+    """Raises `WorkdirError` if files cannot be written in `folder`; the message names
+    `what` (e.g. `--workdir=W`) and why."""
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise WorkdirError(f"cannot write to {what}: {reason}; choose a folder you can write to")
 
 
 def flag_error_line(message: str) -> str:
@@ -84,17 +126,26 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def run_main(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]) -> None:
-    """Runs `main` under absl; `user_errors` become one-line messages with exit status 2."""
-    from absl import app
+def guard(
+    main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]
+) -> Callable[[list[str]], None]:
+    """`main` with `user_errors` turned into `error: <message>` on one line and exit status 2
+    (`fail`); any other exception is a bug and keeps its traceback."""
 
     def guarded(argv: list[str]) -> None:
         try:
             main(argv)
         except user_errors as e:
-            fail(str(e))
+            fail(str(e) or type(e).__name__)
 
-    app.run(guarded, flags_parser=parse_flags)
+    return guarded
+
+
+def run_main(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]) -> None:
+    """Runs `main` under absl; `user_errors` become one-line messages with exit status 2."""
+    from absl import app
+
+    app.run(guard(main, user_errors), flags_parser=parse_flags)
 
 
 def loaded_sweep(spec: str, name: str = "config") -> Any:

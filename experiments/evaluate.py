@@ -53,6 +53,9 @@ def evaluate(
 
     if split not in SPLITS:
         raise inference.WorkdirError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+    out = evaluation.eval_dir(workdir, split)
+    if os.path.isdir(workdir):  # (one that does not exist is named by `inference.load`)
+        cli.check_writable(out, f"{out} (the evaluation's folder in --workdir={workdir})")
     loaded = inference.load(workdir, checkpoint, ensemble)
     if loaded.note:
         print(f"[murajax] note: {loaded.note}")

@@ -35,6 +35,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    # An unwritable workdir fails before any compute (this creates nothing).
+    cli.check_writable(_WORKDIR.value, f"--workdir={_WORKDIR.value}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     import jax
 

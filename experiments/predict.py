@@ -220,6 +220,18 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
             out.writerow({**row, "prob": f"{row['prob']:.6f}"})
 
 
+def check_outputs(output: str, heatmaps_dir: str | None = None) -> None:
+    """Raises `WorkdirError` if the CSV `output` (a file path, not a folder) or the
+    `heatmaps_dir` cannot be written; creates nothing."""
+    if os.path.isdir(output):
+        raise inference.WorkdirError(
+            f"--output={output} is a folder: expected the path of the CSV file to write"
+        )
+    cli.check_writable(os.path.dirname(os.path.abspath(output)), f"--output={output}")
+    if heatmaps_dir is not None:
+        cli.check_writable(heatmaps_dir, f"--heatmaps={heatmaps_dir}")
+
+
 def input_root(inputs: Sequence[str]) -> str:
     """The folder that the heatmap tree mirrors: the common folder of the inputs (a folder
     input counts as itself, a file as its parent)."""
@@ -241,13 +253,21 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Scores the studies of `inputs` with `workdir`'s checkpoint; writes the CSV `output`.
 
-    Returns the rows. Raises `inference.InputError` if no image could be scored.
+    Returns the rows. Raises `inference.InputError` for inputs that hold no file or of which
+    no image could be scored, and `WorkdirError` for an `output` or `heatmaps_dir` that
+    cannot be written (both before the checkpoint is loaded, where they can be told).
     """
+    check_outputs(output, heatmaps_dir)
+    studies = inference.collect_studies(inputs)
+    paths = [path for files in studies.values() for path in files]
+    if not paths:
+        raise inference.InputError(
+            f"nothing to score: --input={','.join(inputs)} holds no files; expected image"
+            " files, folders of them (a study is the images of one folder) or shell patterns"
+        )
     loaded = inference.load(workdir, checkpoint)
     if loaded.note:
         warn(loaded.note)
-    studies = inference.collect_studies(inputs)
-    paths = [path for files in studies.values() for path in files]
     root = input_root(inference.expand_inputs(inputs)) if studies else ""
     if models.is_study_model(loaded.config.model.name):
         probs = score_studies(loaded, studies, warn=warn)

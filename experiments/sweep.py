@@ -55,6 +55,9 @@ def main(argv: list[str]) -> None:
     from murajax import sweep as sweep_lib
 
     workdir = _WORKDIR.value
+    if not _DRY_RUN.value:
+        # An unwritable workdir fails before any compute (this creates nothing).
+        cli.check_writable(workdir, f"--workdir={workdir}")
     if _SUMMARY_ONLY.value:
         print_summary(sweep_lib.summarise(workdir, split=_SPLIT.value))
         return

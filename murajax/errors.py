@@ -11,10 +11,16 @@ class WeightsError(ValueError):
     """A weights file does not fit the model; the message lists everything that does not fit."""
 
 
+class WorkdirError(ValueError):
+    """A workdir (or another folder or file a command writes or reads) cannot be used: it
+    does not exist, is not writable, or lacks what the command needs; one-line message."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     DataError,
     WeightsError,
+    WorkdirError,
     FileNotFoundError,
 )
 

@@ -40,15 +40,12 @@ from murajax import config as config_lib
 from murajax import freeze, models, train
 from murajax.config import Config
 from murajax.data import pipeline, preprocess
+from murajax.errors import WorkdirError
 from tfds_mura.features import BODY_PARTS
 from tfds_mura.mura.mura_dataset_builder import image_to_grayscale
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
-
-
-class WorkdirError(ValueError):
-    """The workdir, the checkpoint asked for or the inputs cannot be used; one-line message."""
 
 
 class InputError(ValueError):
@@ -60,6 +57,8 @@ class UnreadableImage(ValueError):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (WorkdirError, InputError)
+"""`WorkdirError` (`murajax.errors`, re-exported here): the workdir, the checkpoint asked for
+or an output folder cannot be used."""
 
 
 # --------------------------------------------------------------------------- workdir
@@ -69,7 +68,8 @@ def load_config(workdir: str) -> Config:
     """The resolved `Config` a run wrote to `<workdir>/config.json`."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isdir(workdir):
-        raise WorkdirError(f"workdir {workdir} does not exist")
+        what = "is a file, not a folder" if os.path.exists(workdir) else "does not exist"
+        raise WorkdirError(f"workdir {workdir} {what}: expected a training run's folder")
     if not os.path.isfile(path):
         raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a murajax workdir?")
     try:
@@ -149,6 +149,7 @@ def select_steps(manager: ocp.CheckpointManager, checkpoint: str, ensemble: int 
             if step not in available:
                 raise WorkdirError(
                     f"checkpoint {step} not found: available steps {_listing(available)}"
+                    " (or 'best', 'latest')"
                 )
             return Selection((step,))
         note = None
@@ -365,7 +366,10 @@ def collect_studies(inputs: Iterable[str]) -> dict[str, list[str]]:
             folder = os.path.normpath(os.path.dirname(item) or ".")
             studies.setdefault(folder, set()).add(item)
         else:
-            raise FileNotFoundError(f"input {item} does not exist")
+            raise FileNotFoundError(
+                f"input {item} does not exist (expected image files, folders of them or shell"
+                " patterns that match some)"
+            )
     return {folder: sorted(files) for folder, files in sorted(studies.items())}
 
 

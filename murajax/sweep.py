@@ -375,10 +375,11 @@ def run_sweep(
     """
     selected = select_runs(sweep.runs, only)
     if train_fn is None:
-        from murajax import parallel, train  # local: jax only when training
+        from murajax import models, parallel, train  # local: jax only when training
 
         for run in selected:  # every run's batch fits the devices, before any compute
             parallel.check_config(run.config)
+            models.registry.check_weights_field(run.config.model)
         train_fn = train.train_and_evaluate
     wall_s = dict(read_state(workdir).get("wall_s", {}))
     write_state(workdir, sweep.spec, sweep.runs, wall_s)

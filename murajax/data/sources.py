@@ -17,12 +17,14 @@ per process and, where the dataset folder is writable, in a small file beside th
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 from murajax.config import DataConfig
 from murajax.errors import DataError
@@ -150,13 +152,75 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         return tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError as e:
         hint = f" (import tfds_mura failed: {import_error})" if import_error else ""
-        raise DataError(f"unknown dataset {name!r}{hint}") from e
-    except ValueError as e:  # e.g. an unknown config: "mura_synthetic/nope"
-        raise DataError(f"cannot open dataset {name!r}: {_first_line(e)}") from e
+        raise DataError(
+            f"unknown dataset {name!r}{hint}: expected a registered TFDS dataset, such as"
+            " 'mura' (real MURA, manual download) or 'mura_synthetic' (offline)"
+        ) from e
+    except (ValueError, OSError, json_format.ParseError) as e:
+        # An unknown config ("mura_synthetic/nope"), or a prepared dataset whose
+        # dataset_info.json is damaged or unreadable.
+        where = f" in {data_dir}" if data_dir else ""
+        reason = _tfds_reason(e).rstrip(".")
+        if isinstance(e, json_format.ParseError):
+            folder = os.path.join(data_dir, name.split("/")[0]) if data_dir else name
+            raise DataError(
+                f"dataset {name!r}{where} is damaged: its dataset_info.json cannot be read"
+                f" ({reason}); delete {folder} to rebuild it"
+            ) from e
+        raise DataError(f"cannot open dataset {name!r}{where}: {reason}{_configs(name)}") from e
 
 
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
+
+
+_TFDS_PREFIX = re.compile(r'^Failed to construct dataset "[^"]*", builder_kwargs "\{.*?\}": ')
+
+
+def _tfds_reason(error: Exception) -> str:
+    """The first line of a TFDS error without its `Failed to construct dataset ...` prefix
+    (and without a dangling "Here are ... whose name closely match:" tail)."""
+    line = _TFDS_PREFIX.sub("", _first_line(error))
+    return re.sub(r"\s*Here are \d+ BuilderConfigs .*$", "", line)
+
+
+def _configs(name: str) -> str:
+    """` (its configs: 'a', 'b')` for a `dataset/config` name whose dataset has configs."""
+    if "/" not in name:
+        return ""
+    try:
+        configs = [c.name for c in tfds.builder_cls(name.split("/")[0]).BUILDER_CONFIGS]
+    except Exception:  # noqa: BLE001  (a hint only)
+        return ""
+    return f" (its configs: {', '.join(repr(c) for c in configs)})" if configs else ""
+
+
+def _build_errors() -> tuple[type[Exception], ...]:
+    """What a failed `download_and_prepare` raises for a bad dataset tree or data_dir:
+    TFDS's AssertionError (no manual dir), OSError (a missing file, an unwritable or
+    non-folder data_dir) and the `mura` builder's `MuraFormatError` (a malformed tree)."""
+    errors: tuple[type[Exception], ...] = (AssertionError, OSError)
+    try:
+        from tfds_mura.mura.mura_dataset_builder import MuraFormatError
+    except ImportError:
+        return errors
+    return (*errors, MuraFormatError)
+
+
+def build_failure(config: DataConfig, where: str, error: Exception) -> str:
+    """The one-line message of a failed build of `config.dataset` into `where`."""
+    manual = f"manual_dir={config.manual_dir!r}"
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+        return (
+            f"building {config.dataset!r} into {where} failed: {_first_line(error)}"
+            " (data.data_dir must be a folder you can write to)"
+        )
+    if isinstance(error, (AssertionError, FileNotFoundError)):
+        return f"building {config.dataset!r} failed ({manual}): {_first_line(error)}"
+    return (
+        f"building {config.dataset!r} failed ({manual}): {_first_line(error)}"
+        " (fix or replace it in the manual dir, then rerun)"
+    )
 
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
@@ -179,12 +243,28 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
     try:
         builder.download_and_prepare(download_config=download_config)
-    except (AssertionError, FileNotFoundError) as e:
-        raise DataError(
-            f"building {config.dataset!r} failed (manual_dir={config.manual_dir!r}): "
-            + _first_line(e)
-        ) from e
+    except _build_errors() as e:
+        raise DataError(build_failure(config, str(where), e)) from e
     return builder
+
+
+def check_readable(
+    name: str, folder: str, split: str, source: Source, shards: Sequence[int]
+) -> None:
+    """Reads the first record of each shard of a split, so that record files that are
+    missing or damaged (a half-deleted or half-copied dataset folder) are one `DataError`
+    here rather than an error from deep inside the input pipeline mid-training."""
+    start = 0
+    for length in shards:
+        if length:
+            try:
+                source[start]
+            except (RuntimeError, OSError, ValueError) as e:
+                raise DataError(
+                    f"dataset {name!r} in {folder} is damaged: reading its {split!r} split"
+                    f" failed ({_first_line(e)}); delete {folder} to rebuild it"
+                ) from e
+        start += length
 
 
 _OPENED: dict[tuple[str, str | None], dict[str, Source]] = {}
@@ -200,7 +280,11 @@ def open_sources(config: DataConfig) -> dict[str, Source]:
     if key not in _OPENED:
         builder = prepare(config)
         decoders = {"image": tfds.decode.SkipDecoding()}
-        _OPENED[key] = {s: builder.as_data_source(split=s, decoders=decoders) for s in TFDS_SPLITS}
+        opened = {s: builder.as_data_source(split=s, decoders=decoders) for s in TFDS_SPLITS}
+        for split, source in opened.items():
+            shards = builder.info.splits[split].shard_lengths
+            check_readable(config.dataset, str(builder.data_dir), split, source, shards)
+        _OPENED[key] = opened
     return _OPENED[key]
 
 
