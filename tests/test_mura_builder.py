@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -530,3 +532,35 @@ def test_corrupt_zip_names_it(tmp_path):
     manual.mkdir()
     (manual / "MURA-v1.1.zip").write_bytes(b"PK\x03\x04 this is not a zip")
     assert_build_fails(manual, tmp_path / "data", "MURA-v1.1.zip", "not a readable zip")
+
+
+# ----------------------------------------------------------------------------- `tfds build`
+
+
+def test_tfds_build_command_builds_the_same_dataset(built, tmp_path):
+    """The dataset card's command, `cd tfds_mura/mura && tfds build --manual_dir=M ...`, with
+    the dev extra's pinned TFDS command line (the `tfds-cli` extra), gives the examples that
+    `download_and_prepare` gives."""
+    tfds_command = Path(sys.executable).with_name("tfds")
+    assert tfds_command.exists(), "the `tfds` command is installed with tensorflow-datasets"
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [
+            str(tfds_command),
+            "build",
+            f"--manual_dir={DUMMY}",
+            f"--data_dir={data_dir}",
+            "--file_format=array_record",
+        ],
+        cwd=DUMMY.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_command = read_all(data_dir)
+    for split in ("train", "validation"):
+        assert from_command[split].keys() == built[split].keys()
+        for path, example in built[split].items():
+            for key in ("image", "label", "body_part", "patient_id", "study_id"):
+                np.testing.assert_array_equal(from_command[split][path][key], example[key])
