@@ -16,6 +16,7 @@ raises `CheckpointError`, moving nothing.
 """
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from murajax import parallel
+from murajax import errors, parallel
 
 BEST_METRIC = "holdout_kappa"
 CHECKPOINTS_DIR = "checkpoints"
@@ -36,8 +37,20 @@ UNREADABLE_DIR = "checkpoints_unreadable"
 TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
 
 
-class CheckpointError(ValueError):
-    """A workdir holds checkpoints but none of them can be restored."""
+class CheckpointError(errors.WorkdirError):
+    """A workdir holds checkpoints but none of them can be restored (a user error: the
+    commands report it as one line, exit status 2)."""
+
+
+class _PeriodicSaveNote(logging.Filter):
+    """Drops orbax's warning that a checkpoint was saved without metrics: the periodic
+    (`train.checkpoint_every`) checkpoints have none by design, and it came at every one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+_PERIODIC_SAVE_NOTE = _PeriodicSaveNote()
 
 
 def best_metric(metrics: dict[str, Any]) -> float:
@@ -80,6 +93,7 @@ def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.C
         enable_async_checkpointing=False,
         create=True,
     )
+    logging.getLogger("absl").addFilter(_PERIODIC_SAVE_NOTE)  # once: filters are a set
     directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR))
     for step in _steps_with_unreadable_metrics(directory):
         moved = _set_aside(directory, step)
@@ -159,7 +173,7 @@ def restore_latest(
             moved = _set_aside(directory, bad)
             _warn(
                 f"checkpoint {directory}/{bad} cannot be restored ({reason}); moved to {moved},"
-                f" resuming from checkpoint {step}"
+                f" falling back to checkpoint {step}"
             )
         _sync("murajax_restore_latest")
         manager.reload()
@@ -217,12 +231,18 @@ def _set_aside(directory: str, step: int) -> str:
     return target
 
 
-def _reason(error: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
+def _reason(error: BaseException, limit: int = 300) -> str:
+    """Why a restore failed, as one line: the root cause's type and first message line (a
+    TensorStore read error says which file and what is wrong with it; orbax's wrapper only
+    that an array could not be read)."""
+    seen = {id(error)}
+    while (cause := error.__cause__ or error.__context__) is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        error = cause
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
-    if len(text) > 160:
-        text = text[:157] + "..."
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

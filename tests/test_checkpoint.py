@@ -94,16 +94,21 @@ for step in range(1, 1000):
 """
 
 
+ARRAYS_BEING_WRITTEN = os.path.join(f"state{ckpt.TMP_SUFFIX}", "ocdbt.process_0", "d")
+"""Inside a step's temporary folder: where orbax writes the state's arrays, before that item
+and then the step are finalised (each by a rename)."""
+
+
 def _kill_during_a_save(process: subprocess.Popen, folder: str, timeout: float = 120) -> str:
-    """SIGKILLs `process` while a step after the first is being saved into `folder`; returns
-    the name of the temporary folder it left. The process is stopped (SIGSTOP) first, and
-    killed only if the save is still unfinished then."""
+    """SIGKILLs `process` while the arrays of a step after the first are being written into
+    `folder`; returns the name of the step's temporary folder. The process is stopped
+    (SIGSTOP) first, and killed only if the save is still unfinished then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read()
         names = os.listdir(folder) if os.path.isdir(folder) else []
         torn = [n for n in names if ckpt.TMP_SUFFIX in n and not n.startswith("1.")]
-        if torn:
+        if torn and _entries(os.path.join(folder, torn[0], ARRAYS_BEING_WRITTEN)):
             process.send_signal(signal.SIGSTOP)
             if os.path.exists(os.path.join(folder, torn[0])):
                 process.kill()
@@ -113,6 +118,13 @@ def _kill_during_a_save(process: subprocess.Popen, folder: str, timeout: float =
         time.sleep(0.001)
     process.kill()
     raise AssertionError("no save to interrupt")
+
+
+def _entries(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def test_a_save_killed_midway_is_never_restored(tmp_path, capsys):
@@ -129,8 +141,8 @@ def test_a_save_killed_midway_is_never_restored(tmp_path, capsys):
     torn_step = int(torn.split(".")[0])
     finished = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
     assert finished == list(range(1, torn_step))  # the interrupted step is not finalised
-    # Something of the interrupted save is on disk, but orbax does not list it...
-    assert os.listdir(os.path.join(folder, torn))
+    # Half a save is on disk (its arrays unfinished), but orbax does not list it...
+    assert f"state{ckpt.TMP_SUFFIX}" in os.listdir(os.path.join(folder, torn))
     manager = ckpt.make_manager(workdir, keep_latest=100)
     assert list(manager.all_steps()) == finished
     # ...and resuming takes the one before, exactly as saved.

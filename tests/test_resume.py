@@ -1,16 +1,19 @@
 """Kill-and-resume as a user meets it: `python -m experiments.main` SIGKILLed at seeded
-random points (some during a checkpoint save), rerun each time, ends exactly where an
-uninterrupted run ends: params, batch statistics, optimiser (and plateau) state, PRNG key,
-data iterator, kept checkpoints, metrics.jsonl and the final evaluation.
+random points (some during a checkpoint save), rerun each time, and with its newest
+checkpoint damaged before the last rerun, ends exactly where an uninterrupted run ends:
+params, batch statistics, optimiser (and plateau) state, PRNG key, data iterator, kept
+checkpoints, metrics.jsonl and the final evaluation.
 
 The run (tests/resume_fixture_config.py) has dropout, rotations and the plateau schedule on,
 checkpoints every 5 steps, holdout evaluations every 6 and train logs every 4.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ import pytest
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import checkpoint as ckpt
-from murajax import inference, writers
+from murajax import errors, inference, train, writers
 from tests import resume_fixture_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,6 +183,9 @@ def _resume_lines(output: str) -> list[str]:
 
 
 def test_killed_and_resumed_runs_end_as_the_uninterrupted_one(reference, data_dir, env, tmp_path):
+    """Three SIGKILLs at seeded points, then the newest finished checkpoint damaged (as a
+    disk might): each rerun resumes from the newest checkpoint it can restore, never from a
+    save it interrupted, and the last run ends exactly as the uninterrupted one."""
     workdir = str(tmp_path / "killed")
     points = kill_points()
     assert {p.kind for p in points} == {"save", "log"}
@@ -191,6 +197,10 @@ def test_killed_and_resumed_runs_end_as_the_uninterrupted_one(reference, data_di
         if point.kind == "save":  # torn: the unfinished save is on disk, not finalised
             assert f"{point.step}{ckpt.TMP_SUFFIX}" in entry["checkpoints left"]
             assert str(point.step) not in entry["checkpoints left"]
+    finished = _steps(workdir)
+    assert len(finished) >= 2
+    _truncate_largest_array(workdir, finished[-1])
+    record[-1]["damaged"] = finished[-1]
     # What the run after each kill said: the next killed run's output, or the last run's.
     after = [entry.pop("output") for entry in record][1:]
     after.append(_finish(_start(workdir, data_dir, env)))
@@ -199,18 +209,30 @@ def test_killed_and_resumed_runs_end_as_the_uninterrupted_one(reference, data_di
     print("\nkill points and resumes:")
     for entry in record:
         print(f"  {entry}")
-    # Each run after a kill resumed from the newest finalised checkpoint of the one before,
-    # never from the save it interrupted.
     for entry in record:
-        finished = [int(n) for n in entry["checkpoints left"] if n.isdigit()]
+        finished = sorted(int(n) for n in entry["checkpoints left"] if n.isdigit())
+        damaged = entry.get("damaged")
+        readable = [s for s in finished if s != damaged]
         resumed = [line for line in entry["resume"] if "resumed from" in line]
-        if finished:
-            assert resumed and resumed[0].endswith(f"/checkpoints/{max(finished)}"), entry
+        if readable:
+            assert resumed and resumed[0].endswith(f"/checkpoints/{readable[-1]}"), entry
         else:
             assert not resumed, entry
         torn = [n for n in entry["checkpoints left"] if not n.isdigit()]
         assert all(any(t in line for line in entry["resume"]) for t in torn), entry
+        warnings = [line for line in entry["resume"] if "cannot be restored" in line]
+        assert len(warnings) == (damaged is not None), entry
+        assert damaged is None or f"/checkpoints/{damaged} cannot be" in warnings[0]
+    assert os.listdir(os.path.join(workdir, ckpt.UNREADABLE_DIR)) == [str(record[-1]["damaged"])]
     _assert_same_run(reference.workdir(), workdir)
+
+
+def _truncate_largest_array(workdir: str, step: int) -> None:
+    """Damages checkpoint `step`: its largest array file loses all but 10 bytes."""
+    folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR, str(step), "state", "ocdbt.process_0")
+    arrays = glob.glob(os.path.join(folder, "d", "*"))
+    with open(max(arrays, key=os.path.getsize), "r+b") as f:
+        f.truncate(10)
 
 
 def _assert_same_run(expected: str, actual: str) -> None:
@@ -252,6 +274,22 @@ def _log(workdir: str) -> list[dict]:
     return [
         {k: v for k, v in row.items() if k not in TIMING} for row in writers.read_metrics(workdir)
     ]
+
+
+def test_no_restorable_checkpoint_stops_the_run_with_one_user_error(reference, data_dir, tmp_path):
+    """Every checkpoint damaged: the run stops before training with the one-line user error
+    (exit status 2 from the commands), and moves or truncates nothing."""
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(reference.workdir(), workdir)
+    for step in _steps(workdir):
+        _truncate_largest_array(workdir, step)
+    before = _text(workdir, writers.METRICS_FILE), _steps(workdir)
+    with pytest.raises(errors.USER_ERRORS) as raised:
+        train.train_and_evaluate(resume_fixture_config.get_config(data_dir), workdir)
+    assert isinstance(raised.value, ckpt.CheckpointError)
+    assert "\n" not in str(raised.value) and "can be restored" in str(raised.value)
+    assert (_text(workdir, writers.METRICS_FILE), _steps(workdir)) == before
+    assert not os.path.exists(os.path.join(workdir, ckpt.UNREADABLE_DIR))
 
 
 # --------------------------------------------------------------------------- retention
