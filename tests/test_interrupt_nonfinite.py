@@ -61,7 +61,14 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _train_steps(workdir: str) -> list[int]:
-    return [r["step"] for r in writers.read_metrics(workdir) if r["split"] == "train"]
+    """The steps of the train rows in metrics.jsonl so far (a line still being written by a
+    running command is left out)."""
+    path = os.path.join(workdir, writers.METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.endswith("\n")]
+    return [row["step"] for row in rows if row["split"] == "train"]
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -117,10 +124,11 @@ def _rows(workdir: str) -> list[dict]:
     ]
 
 
-def _one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert "Traceback" not in text, text
-    return lines[-1]
+def _one_line(stderr: str) -> str:
+    """A command's stderr, which must be one line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
 
 
 # --------------------------------------------------------------------------- SIGTERM, SIGINT
@@ -172,7 +180,7 @@ def test_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_run(interrupte
     assert _rows(stopped) == _rows(reference)
 
 
-def test_a_second_signal_exits_at_once(tmp_path):
+def test_a_second_signal_exits_at_once():
     """The first signal is only recorded while training; the second ends the process."""
     program = (
         "import os, signal, time\n"
@@ -233,7 +241,9 @@ class _FakeKeyValueStore:
 
     def key_value_delete(self, key: str) -> None:
         with self._lock:
-            self.values = {k: v for k, v in self.values.items() if not k.startswith(key)}
+            self.values = {
+                k: v for k, v in self.values.items() if k != key and not k.startswith(key + "/")
+            }
 
 
 def test_processes_agree_on_the_step_to_stop_at():
@@ -467,3 +477,22 @@ def test_fields_missing_from_an_older_config_json_are_unchanged_at_their_default
     assert resume.changes(old, new) == {}
     new["train"]["max_skipped"] = 3
     assert list(resume.changes(old, new)) == ["train.max_skipped"]
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        (
+            "on_nonfinite",
+            "ignore",
+            "config.train.on_nonfinite='ignore' is invalid: expected one of 'stop', 'skip'",
+        ),
+        ("max_skipped", 0, "config.train.max_skipped=0 is invalid: expected a number >= 1"),
+    ],
+)
+def test_non_finite_options_are_validated_in_one_line(field, value, expected):
+    config = trivial_config("/data")
+    setattr(config.train, field, value)
+    with pytest.raises(ConfigError) as caught:
+        train.config_lib.validate(config)
+    assert str(caught.value) == expected
