@@ -432,6 +432,21 @@ def test_evaluating_non_finite_probabilities_is_one_line():
     assert errors.NonFinitePredictions in errors.USER_ERRORS  # `error: ...`, exit status 2
 
 
+def test_predicting_with_a_diverged_model_is_one_line(data_dir):
+    """The probabilities a model gives are checked where they enter evaluation (holdout
+    evaluations, the final one and `experiments.evaluate` all predict through here)."""
+    config = trivial_config(data_dir)
+    model = _Tiny()
+    tx = optim.make_optimizer(config.optim, 10)
+    state = train.create_train_state(model, tx, jax.random.key(0), (1, 16, 16, 1))
+    state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+    eval_fn = jax.jit(functools.partial(train.eval_step, model=model))
+    with pytest.raises(
+        errors.NonFinitePredictions, match="not finite for 31 of 31 validation predictions"
+    ):
+        evaluation.predict_state(config, state, eval_fn, "validation")
+
+
 # --------------------------------------------------------------------------- changed config
 
 
