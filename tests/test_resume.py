@@ -133,8 +133,16 @@ def kill_points(seed: int = SEED) -> list[KillPoint]:
 def _happened(point: KillPoint, workdir: str) -> bool:
     if point.kind == "save":
         return os.path.exists(_tmp_dir(workdir, point.step))
-    rows = writers.read_metrics(workdir) if os.path.exists(_metrics(workdir)) else []
-    return any(r["step"] == point.step and r["split"] == "train" for r in rows)
+    return any(r["step"] == point.step and r["split"] == "train" for r in _rows_so_far(workdir))
+
+
+def _rows_so_far(workdir: str) -> list[dict]:
+    """The complete rows of a metrics.jsonl that a running process may be appending to."""
+    if not os.path.exists(_metrics(workdir)):
+        return []
+    with open(_metrics(workdir)) as f:
+        lines = f.read().split("\n")[:-1]  # the last piece may be a line being written
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _tmp_dir(workdir: str, step: int) -> str:
@@ -165,7 +173,7 @@ def _kill_at(process: subprocess.Popen, point: KillPoint, workdir: str) -> dict:
     output = process.communicate()[0]
     folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR)
     names = sorted(os.listdir(folder), key=lambda n: int(n.split(".")[0]))
-    rows = writers.read_metrics(workdir)
+    rows = _rows_so_far(workdir)
     return {
         "killed": f"{point.kind} {point.step}",
         "checkpoints left": names,
