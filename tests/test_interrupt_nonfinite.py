@@ -136,21 +136,21 @@ def _one_line(stderr: str) -> str:
 
 @pytest.fixture(scope="module")
 def interrupted(data_dir, env, tmp_path_factory) -> dict:
-    """Side by side: an uninterrupted run, the same command stopped by SIGTERM and another
-    stopped by SIGINT; then the SIGTERM one rerun to the end."""
+    """A run stopped by SIGTERM beside one stopped by SIGINT; then, side by side, the
+    SIGTERM one rerun to the end and the same command run uninterrupted."""
     base = tmp_path_factory.mktemp("signals")
-    workdirs = {name: str(base / name) for name in ("reference", "term", "int")}
+    workdirs = {name: str(base / name) for name in ("term", "int", "reference")}
     commands = {name: _main_args(workdir, data_dir) for name, workdir in workdirs.items()}
-    processes = {name: _start(command, env) for name, command in commands.items()}
     stopped = _signal_once_training(
         {
-            name: (processes[name], workdirs[name], signum)
+            name: (_start(commands[name], env), workdirs[name], signum)
             for name, signum in (("term", signal.SIGTERM), ("int", signal.SIGINT))
         }
     )
+    reference = _start(commands["reference"], env)
     resumed = _run(commands["term"], env)
-    _, err = processes["reference"].communicate(timeout=300)
-    assert processes["reference"].returncode == 0, err[-3000:]
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
     return {**workdirs, "stopped": stopped, "resumed": resumed}
 
 
@@ -367,19 +367,36 @@ def test_skipped_steps_are_counted_and_left_out_of_the_means():
 
 
 @pytest.fixture(scope="module")
-def diverged(interrupted, data_dir, env, tmp_path_factory) -> dict:
-    """A copy of the finished reference run (checkpoints at 100 and 200) resumed for 40
-    more steps with a learning rate that diverges."""
-    workdir = str(tmp_path_factory.mktemp("diverge") / "run")
-    shutil.copytree(interrupted["reference"], workdir)
-    rows = writers.read_metrics(workdir)
+def rerun(interrupted, data_dir, env, tmp_path_factory) -> dict:
+    """Side by side: a copy of the finished reference run (checkpoints at 100 and 200)
+    resumed for 40 more steps with a learning rate that diverges, and a copy of the run
+    stopped by SIGINT rerun with another dropout rate and Adam b1."""
+    base = tmp_path_factory.mktemp("rerun")
+    diverging, changed = str(base / "diverging"), str(base / "changed")
+    shutil.copytree(interrupted["reference"], diverging)
+    shutil.copytree(interrupted["int"], changed)
+    with open(os.path.join(changed, "config.json")) as f:
+        config_before = f.read()
+    rows = writers.read_metrics(diverging)
     flags = ("--config.train.steps=240", "--config.optim.learning_rate=1e12")
-    done = _run(_main_args(workdir, data_dir, *flags), env)
-    return {"workdir": workdir, "rows_before": rows, "done": done}
+    refused = _start(
+        _main_args(changed, data_dir, "--config.model.dropout_rate=0.5", "--config.optim.b1=0.5"),
+        env,
+    )
+    done = _run(_main_args(diverging, data_dir, *flags), env)
+    out, err = refused.communicate(timeout=300)
+    return {
+        "diverging": diverging,
+        "rows_before": rows,
+        "done": done,
+        "changed": changed,
+        "config_before": config_before,
+        "refused": subprocess.CompletedProcess(refused.args, refused.returncode, out, err),
+    }
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(diverged):
-    workdir, done = diverged["workdir"], diverged["done"]
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(rerun):
+    workdir, done = rerun["diverging"], rerun["done"]
     assert done.returncode == 1
     line = _one_line(done.stderr)
     assert line.startswith("error: training diverged: step ")
@@ -391,7 +408,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     assert "optim.learning_rate (0.01 -> 1000000000000.0)" in done.stdout
     assert _checkpoint_steps(workdir) == [100, 200]
     rows = writers.read_metrics(workdir)
-    assert rows[: len(diverged["rows_before"])] == diverged["rows_before"]
+    assert rows[: len(rerun["rows_before"])] == rerun["rows_before"]
     for row in rows:
         assert all(v is not None for v in row.values()), row
         assert row["step"] < step
@@ -450,21 +467,15 @@ def test_predicting_with_a_diverged_model_is_one_line(data_dir):
 # --------------------------------------------------------------------------- changed config
 
 
-def test_resume_refuses_a_model_or_optimiser_change_with_one_line(diverged, data_dir, env):
-    workdir = diverged["workdir"]
-    with open(os.path.join(workdir, "config.json")) as f:
-        before = f.read()
-    done = _run(
-        _main_args(workdir, data_dir, "--config.model.dropout_rate=0.5", "--config.optim.b1=0.5"),
-        env,
-    )
+def test_resume_refuses_a_model_or_optimiser_change_with_one_line(rerun):
+    workdir, done = rerun["changed"], rerun["refused"]
     assert done.returncode == 2
     line = _one_line(done.stderr)
     assert line.startswith(f"error: cannot resume {workdir}:")
     assert "model.dropout_rate (0.25 -> 0.5), optim.b1 (0.9 -> 0.5)" in line
     assert "new --workdir" in line
     with open(os.path.join(workdir, "config.json")) as f:
-        assert f.read() == before  # nothing changed
+        assert f.read() == rerun["config_before"]  # nothing changed
 
 
 def test_allowed_changes_are_listed_and_a_workdir_without_checkpoints_takes_any(tmp_path, capsys):
