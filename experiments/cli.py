@@ -1,6 +1,7 @@
 """Shared command-line plumbing: absl flag parsing that turns user mistakes into one line."""
 
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from typing import Any
 from absl import flags
 
 from murajax.config import ConfigError
-from murajax.errors import WorkdirError
+from murajax.errors import TrainingDiverged, TrainingInterrupted, WorkdirError
 
 
 def one_line(message: str) -> str:
@@ -130,15 +131,28 @@ def guard(
     main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]
 ) -> Callable[[list[str]], None]:
     """`main` with `user_errors` turned into `error: <message>` on one line and exit status 2
-    (`fail`); any other exception is a bug and keeps its traceback."""
+    (`fail`); a diverged training run is `error: ...` and exit status 1; SIGTERM/SIGINT (a
+    `TrainingInterrupted` that saved a checkpoint, or Ctrl-C elsewhere) is one line saying how
+    to go on, and exit status 143/130. Any other exception is a bug and keeps its traceback."""
 
     def guarded(argv: list[str]) -> None:
         try:
             main(argv)
         except user_errors as e:
             fail(str(e) or type(e).__name__)
+        except TrainingDiverged as e:
+            fail(str(e), code=1)
+        except KeyboardInterrupt as e:
+            print(f"[murajax] {interruption_line(e)}", file=sys.stderr)
+            sys.exit(getattr(e, "exit_status", 130))
 
     return guarded
+
+
+def interruption_line(error: KeyboardInterrupt) -> str:
+    """What was interrupted and how to go on: the program's own command line, which resumes."""
+    what = str(error) if isinstance(error, TrainingInterrupted) else "interrupted"
+    return f"{what}; to resume, run the same command: {shlex.join(sys.orig_argv)}"
 
 
 def run_main(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]) -> None:

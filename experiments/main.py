@@ -12,9 +12,6 @@ one line saying how to resume and exits with status 143 or 130 (a second signal 
 once). A diverged run (`train.on_nonfinite`) is one `error:` line and exit status 1.
 """
 
-import shlex
-import sys
-
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -50,23 +47,7 @@ def main(argv: list[str]) -> None:
         )
     from murajax import train
 
-    try:
-        train.train_and_evaluate(cli.loaded_config(_CONFIG), _WORKDIR.value)
-    except KeyboardInterrupt as e:  # errors.TrainingInterrupted, or Ctrl-C before training
-        resume = f"to resume, run the same command: {_command()}"
-        print(f"[murajax] {_interruption(e)}; {resume}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_status", 130))
-    except errors.TrainingDiverged as e:
-        cli.fail(str(e), code=1)
-
-
-def _interruption(error: KeyboardInterrupt) -> str:
-    return str(error) if isinstance(error, errors.TrainingInterrupted) else "interrupted"
-
-
-def _command() -> str:
-    """This program's command line as it was started (`sys.orig_argv`)."""
-    return shlex.join(sys.orig_argv)
+    train.train_and_evaluate(cli.loaded_config(_CONFIG), _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         read_only=True,
         create=False,
-        best_fn=lambda m: m[ckpt.BEST_METRIC],
+        best_fn=ckpt.best_metric,  # a NaN kappa never ranks best
         best_mode="max",
         enable_async_checkpointing=False,
     )

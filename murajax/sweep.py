@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from murajax import config as config_lib
+from murajax import errors
 from murajax.config import Config, ConfigError
 
 Overrides = Mapping[str, Any]
@@ -388,7 +389,10 @@ def run_sweep(
         note = {"new": "", "partial": " (resuming)", "finished": " (finished: evaluating only)"}
         log(f"[sweep] run {index}/{len(selected)} {run.name}{note[status]}")
         start = time.perf_counter()
-        train_fn(run.config, run_dir(workdir, run))
+        try:
+            train_fn(run.config, run_dir(workdir, run))
+        except errors.TrainingDiverged as e:
+            raise errors.TrainingDiverged(f"run {run.name}: {e}") from None
         if status != "finished":
             wall_s[run.name] = wall_s.get(run.name, 0.0) + time.perf_counter() - start
             write_state(workdir, sweep.spec, sweep.runs, wall_s)

@@ -298,12 +298,17 @@ def _train_and_evaluate(
 
     layer_order = freeze.config_layer_order(config, model)
     tx = freeze.make_train_optimizer(config, order=layer_order)
+    manager = ckpt.make_manager(
+        workdir, keep_latest=config.train.keep_checkpoints, keep_best=config.train.keep_best
+    )
+    # A run that resumes takes its weights from the checkpoint: `model.weights` is read only
+    # to start (so a resumed run does not need the file any more, nor spends time loading it).
     state = create_train_state(
         model,
         tx,
         jax.random.key(config.seed),
         model_input_shape(config, config.train.batch_size),
-        config.model,
+        config.model if manager.latest_step() is None else None,
     )
     make_iterator = (
         data.make_study_train_iterator
@@ -317,9 +322,6 @@ def _train_and_evaluate(
         seed=config.seed,
         process_index=process_index,
         process_count=process_count,
-    )
-    manager = ckpt.make_manager(
-        workdir, keep_latest=config.train.keep_checkpoints, keep_best=config.train.keep_best
     )
     resumed = ckpt.restore_latest(manager, state, train_iter)  # falls back from unreadable
     if resumed is not None:

@@ -522,3 +522,47 @@ def test_non_finite_options_are_validated_in_one_line(field, value, expected):
     with pytest.raises(ConfigError) as caught:
         train.config_lib.validate(config)
     assert str(caught.value) == expected
+
+
+# --------------------------------------------------------------------------- every program
+
+
+def test_every_program_reports_an_interruption_and_a_divergence_in_one_line(capsys):
+    """`cli.guard` (main, sweep, evaluate, predict): a checkpointed SIGTERM is one line with the
+    command that resumes and status 143, Ctrl-C elsewhere 130, a divergence `error:` and 1."""
+    from experiments import cli
+
+    def raising(error: BaseException):
+        def main(argv: list[str]) -> None:
+            raise error
+
+        return cli.guard(main, errors.USER_ERRORS)
+
+    stopped = errors.TrainingInterrupted(
+        "interrupted by SIGTERM: stopped after step 7 with a checkpoint in W/checkpoints/7",
+        signum=signal.SIGTERM,
+        step=7,
+    )
+    cases = [
+        (stopped, 143, "interrupted by SIGTERM: stopped after step 7"),
+        (KeyboardInterrupt(), 130, "interrupted; to resume, run the same command: "),
+        (errors.TrainingDiverged("training diverged: step 3 had a non-finite loss"), 1, "error: "),
+    ]
+    for error, status, start in cases:
+        with pytest.raises(SystemExit) as exited:
+            raising(error)([])
+        assert exited.value.code == status
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and start in lines[0], lines
+
+
+def test_a_diverged_sweep_run_is_named(tmp_path):
+    from murajax import sweep as sweep_lib
+
+    sweep = sweep_lib.load_sweep("experiments/configs/optimizers.py:smoke")
+
+    def diverge(config, workdir):
+        raise errors.TrainingDiverged("training diverged: step 2 had a non-finite loss")
+
+    with pytest.raises(errors.TrainingDiverged, match=rf"^run {sweep.runs[0].name}: training"):
+        sweep_lib.run_sweep(sweep, str(tmp_path), train_fn=diverge, log=lambda line: None)

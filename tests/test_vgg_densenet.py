@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -393,8 +394,22 @@ def run_smoke(module, data_dir: str, workdir: str) -> dict:
     return results
 
 
-def test_vgg16_smoke_config_trains_end_to_end(data_dir, tmp_path):
-    run_smoke(vgg16_config, data_dir, str(tmp_path / "vgg16"))
+def test_vgg16_smoke_config_trains_from_a_weights_file_and_reruns_without_it(
+    data_dir, tmp_path, vgg_file
+):
+    """`vgg16.py:smoke` from a Keras file; the finished run is evaluated again after the file
+    is gone (a resumed run takes its weights from its checkpoint, not from model.weights)."""
+    weights = tmp_path / "vgg16_notop.h5"
+    shutil.copy(vgg_file, weights)
+    config = vgg16_config.get_config("smoke")
+    config.data.data_dir = data_dir
+    config.model.weights = str(weights)
+    workdir = str(tmp_path / "vgg16")
+    first = train.train_and_evaluate(config, workdir)
+    weights.unlink()
+    again = train.train_and_evaluate(config, workdir)
+    np.testing.assert_equal(again["validation"]["study"], first["validation"]["study"])
+    assert first["validation"]["step"] == 3
 
 
 def test_densenet169_smoke_config_trains_end_to_end(data_dir, tmp_path):
