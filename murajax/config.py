@@ -74,7 +74,9 @@ class ModelConfig:
     name: str = "cnn"
     num_classes: int = 2
     dropout_rate: float = 0.5
-    weights: str | None = None  # a Keras .h5 weights file for vgg16 / densenet169
+    # vgg16 / densenet169 (or a multiview on one): a Keras .h5 weights file, or "imagenet"
+    # (Keras's file, downloaded once into $MURAJAX_CACHE/weights: murajax.models.weights_hub)
+    weights: str | None = None
     dtype: str = "float32"  # computation dtype; parameters stay float32
     # CPU convolutions: "auto" (oneDNN where its extension is built and runs, else XLA),
     # "xla", or "onednn" (an error where it cannot run). GPUs and TPUs always use XLA's.

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from murajax.errors import WeightsError
-from murajax.models import registry
+from murajax.models import registry, weights_hub
 from murajax.models.multiview import ENCODER
 
 if TYPE_CHECKING:
@@ -304,16 +304,20 @@ def load_keras_weights(name: str, path: str | os.PathLike) -> Variables:
     Returns `{"params": ..., "batch_stats": ...}` (no "batch_stats" for a model without
     BatchNorm), float32, ready for `model.apply` of the backbone; a file with Keras's ImageNet
     top loads its backbone and logs the top layers it ignores. A file that does not fit raises
-    one `WeightsError` listing what does not fit.
+    one `WeightsError` listing what does not fit. `path="imagenet"` is Keras's ImageNet file
+    for `name` ("vgg16", "densenet169"), downloaded once into murajax's cache
+    (`weights_hub.resolve_weights`).
 
         variables = load_keras_weights(
             "densenet169", "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"
         )
         features = models.create("densenet169", num_classes=None).apply(variables, images)
+        variables = load_keras_weights("vgg16", "imagenet")  # fetched once, then cached
     """
+    path = weights_hub.resolve_weights(name, path)
     specs = layer_specs(backbone_shapes(name))
     layers = read_keras_h5(path)
-    variables, ignored = keras_layers_to_variables(name, layers, specs, os.fspath(path))
+    variables, ignored = keras_layers_to_variables(name, layers, specs, path)
     if ignored:
         log.info("%s weights from %s: ignored the top layers %s", name, path, ", ".join(ignored))
     return variables
@@ -357,21 +361,25 @@ def pretrained_variables(model_config: "ModelConfig", initial_variables: Variabl
     (`load_keras_weights(model_config.name, model_config.weights)`), the new head stays as
     initialised. For a study model ("multiview") the file holds its `backbone`'s weights and
     fills its "encoder". Without `weights`, `initial_variables` come back unchanged.
+    `weights="imagenet"` is Keras's ImageNet file for the model, downloaded once into
+    murajax's cache (`weights_hub.resolve_weights`).
 
-    Raises `ConfigError` if the model loads no Keras weights, `FileNotFoundError` for a
-    missing file and `WeightsError` for one that is damaged, not Keras weights, another
-    model's, or of other shapes (each names the file and what does not fit).
+    Raises `ConfigError` if the model loads no Keras weights (or has no ImageNet file),
+    `FileNotFoundError` for a missing file and `WeightsError` for a download that fails or a
+    file that is damaged, not Keras weights, another model's, or of other shapes (each names
+    the file and what does not fit).
     """
     if model_config.weights is None:
         return initial_variables
     registry.check_weights_field(model_config)
     name = registry.weights_model(model_config)
-    loaded = load_keras_weights(name, model_config.weights)
+    path = weights_hub.resolve_weights(name, model_config.weights)
+    loaded = load_keras_weights(name, path)
     if not registry.is_study_model(model_config.name):
-        return replace_backbone(initial_variables, loaded, source=model_config.weights)
+        return replace_backbone(initial_variables, loaded, source=path)
     # A study model ("multiview"): the file is its backbone's, loaded into its "encoder".
     encoder = {c: layers[ENCODER] for c, layers in initial_variables.items() if ENCODER in layers}
-    encoder = replace_backbone(encoder, loaded, source=model_config.weights)
+    encoder = replace_backbone(encoder, loaded, source=path)
     return {
         c: {**layers, **({ENCODER: encoder[c]} if c in encoder else {})}
         for c, layers in initial_variables.items()

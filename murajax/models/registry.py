@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 
 from murajax import config as config_lib
+from murajax.models import weights_hub
 
 if TYPE_CHECKING:
     from murajax.config import ModelConfig
@@ -164,18 +165,29 @@ def weights_model(model_config: "ModelConfig") -> str:
 
 def check_weights_field(model_config: "ModelConfig") -> None:
     """Raises a one-line `ConfigError` if `model.weights` is set for a model that has no
-    Keras weights to load (see `register(..., keras_weights=True)`)."""
+    Keras weights to load (see `register(..., keras_weights=True)`), or is "imagenet" for a
+    model that has no ImageNet file to download (`weights_hub.IMAGENET_FILES`). Reads and
+    downloads nothing."""
     if model_config.weights is None:
         return
     target = weights_model(model_config)
+    owner = "the backbone " if target != model_config.name else ""
     if not loads_keras_weights(target):
         which = ", ".join(repr(n) for n in sorted(_KERAS_WEIGHTS)) or "none registered"
-        owner = "the backbone " if target != model_config.name else ""
         raise config_lib.invalid(
             "model.weights",
             model_config.weights,
             f"None: {owner}model {target!r} does not load weights (models that do: {which},"
             " or a study model with one of them as backbone)",
+        )
+    if model_config.weights == weights_hub.IMAGENET and target not in weights_hub.IMAGENET_FILES:
+        which = ", ".join(repr(n) for n in weights_hub.imagenet_models())
+        raise config_lib.invalid(
+            "model.weights",
+            model_config.weights,
+            f"the path of a Keras .h5 weights file: {owner}model {target!r} has no ImageNet"
+            f" weights to download (models that have: {which}, or a study model with one of"
+            " them as backbone)",
         )
 
 
@@ -188,10 +200,11 @@ def create_from_config(model_config: "ModelConfig") -> nn.Module:
     `weights` (the "multiview" factory, which hands its backbone the fields that backbone
     takes).
 
-    The Module holds no weights: `model.weights` (a Keras `.h5` file) is checked to belong to
-    a model that loads Keras weights (else a `ConfigError`) and is loaded into the variables
-    at initialisation, by `pretrained_variables`, which the trainer's `create_train_state`
-    calls. The file is not read here, so a trained workdir loads without it.
+    The Module holds no weights: `model.weights` (a Keras `.h5` file, or "imagenet") is
+    checked to belong to a model that loads Keras weights (else a `ConfigError`) and is
+    loaded into the variables at initialisation, by `pretrained_variables`, which the
+    trainer's `create_train_state` calls. The file is neither read nor downloaded here, so a
+    trained workdir loads without it.
     """
     check_weights_field(model_config)
     fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)}

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import jax
 
+from murajax.compilation_cache import cache_root
+
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 LIBRARY_NAME = "_onednn_conv.so"
 TARGETS = {
@@ -45,7 +47,7 @@ def onednn_prefix() -> Path:
 
 def cache_dir() -> Path:
     """murajax's cache folder (`$MURAJAX_CACHE`, default `~/.cache/murajax`)."""
-    return Path(os.environ.get("MURAJAX_CACHE") or Path.home() / ".cache" / "murajax")
+    return Path(cache_root())
 
 
 def library_candidates() -> list[Path]:
