@@ -4,16 +4,14 @@
 rotations up to 30 degrees, Adam (lr 1e-4, b1 0.9, b2 0.999) on batches of 8, the learning
 rate divided by 10 when the holdout loss plateaus, class-weighted cross-entropy ('global').
 
-ImageNet weights: murajax never downloads them. Download Keras's file once, e.g.
-
-    curl -LO https://storage.googleapis.com/tensorflow/keras-applications/densenet/\
-densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5
-
-and pass it; without it (`model.weights` = None, the default) the network starts random:
+ImageNet weights: `--config.model.weights=imagenet` loads Keras's own file
+(densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5), downloaded once into
+$MURAJAX_CACHE/weights and hash-checked (murajax.models.weights_hub; offline, place it there
+by hand or pass a path). Without weights (`model.weights` = None, the default) the network
+starts random:
 
     python -m experiments.main --config=experiments/configs/densenet169.py --workdir=W \
-        --config.data.manual_dir=/path/holding/MURA-v1.1 \
-        --config.model.weights=densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5
+        --config.data.manual_dir=/path/holding/MURA-v1.1 --config.model.weights=imagenet
 
 `densenet169.py:smoke` is a seconds-long variant on `mura_synthetic/tiny` for tests.
 """
@@ -29,7 +27,7 @@ def get_config(arg: str | None = None) -> Config:
     config.data.flip = True
     config.data.rotation = 30.0
     config.model.name = "densenet169"
-    config.model.weights = None  # a Keras .h5 file: --config.model.weights=PATH
+    config.model.weights = None  # "imagenet" or a Keras .h5 file (PATH)
     config.model.dropout_rate = 0.0  # the paper's head has no dropout
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-4

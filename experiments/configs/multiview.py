@@ -12,7 +12,7 @@ The argument picks the encoder and the view pooling, comma-separated, in any ord
     multiview.py                    quickstart's CNN, attention pooling, mura_synthetic (CPU)
     multiview.py:mean               the same with mean (or max) pooling of the views
     multiview.py:densenet169        the MURA paper's DenseNet-169 recipe as a study model (real
-                                    MURA, 320 px, Adam 1e-4; `--config.model.weights=FILE.h5`)
+                                    MURA, 320 px, Adam 1e-4; `--config.model.weights=imagenet`)
     multiview.py:vgg16,max          VGG16 (Keras weights optional), max pooling
     multiview.py:smoke              seconds-long, on `mura_synthetic/tiny` (tests)
 

@@ -179,7 +179,10 @@ def by_hand(entry: WeightsFile, path: str) -> str:
 
 
 def _size_text(size: int | None) -> str:
-    return "unknown size" if size is None else f"{size / 1e6:.1f} MB"
+    """'58.9 MB', '1000 bytes' or 'unknown size'."""
+    if size is None:
+        return "unknown size"
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
 
 
 # --------------------------------------------------------------------------- downloading
