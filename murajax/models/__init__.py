@@ -19,6 +19,10 @@ what to call instead); pretrained weights are variables:
         ModelConfig(name="vgg16", weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
         model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))),
     )  # the backbone from the file, the new head as initialised
+
+`weights="imagenet"` (in a `ModelConfig`, or `load_keras_weights("vgg16", "imagenet")`) is
+Keras's ImageNet file for vgg16 / densenet169, downloaded once, hash-checked and cached in
+`$MURAJAX_CACHE/weights` (`murajax.models.weights_hub`).
 """
 
 from murajax.models import (  # noqa: F401  (register the built-in models)
