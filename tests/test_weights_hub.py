@@ -93,7 +93,9 @@ class Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -344,6 +346,22 @@ def test_offline_is_one_line_with_the_url_and_where_to_place_the_file(
         "$MURAJAX_WEIGHTS_URL",
     )
     assert not (cache / NAME).exists() and leftovers(cache) == []
+
+
+def test_an_unwritable_cache_is_one_line(served, tmp_path, monkeypatch):
+    """A cache folder that cannot be created (here: below a file, which holds for root too)."""
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("MURAJAX_CACHE", str(tmp_path / "a_file" / "cache"))
+    folder = tmp_path / "a_file" / "cache" / "weights"
+    with pytest.raises(WeightsError) as error:
+        weights_hub.resolve_weights("vgg16", "imagenet")
+    assert_one_line(
+        str(error.value),
+        f"cannot store the ImageNet weights of vgg16 in {folder}",
+        "set $MURAJAX_CACHE to a writable folder",
+        f"place it at {folder / NAME}",
+    )
+    assert served.requests == []
 
 
 def test_concurrent_downloads_each_write_their_own_file(server, cache, monkeypatch):
