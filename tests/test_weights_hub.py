@@ -279,6 +279,7 @@ def test_first_download_is_cached_verified_and_loads(served, cache, vgg_backbone
         path.is_file() and md5(path.read_bytes()) == weights_hub.IMAGENET_FILES["vgg16"].file_hash
     )
     assert leftovers(cache) == []
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by everyone who shares the cache
     for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(vgg_backbone), strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
     err = capsys.readouterr().err

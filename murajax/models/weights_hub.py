@@ -306,6 +306,8 @@ def download(entry: WeightsFile, url: str, path: str) -> None:
                 f" {entry.file_hash} of {what} (a damaged download, or another file at that"
                 f" URL), and was not kept: {by_hand(entry, path)}"
             )
+        with contextlib.suppress(OSError):  # mkstemp's 0600 would hide it from other users
+            os.chmod(part, 0o644)
         os.replace(part, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
