@@ -128,6 +128,7 @@ def _run_mains(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
     return results
 
 
+@pytest.mark.slow  # a minute of two training runs; the cache itself: the test above
 def test_experiments_main_reruns_without_compiling_the_train_step(tmp_path, tiny_dir):
     folder = tmp_path / "jax_cache"
     (first,) = _run_mains(

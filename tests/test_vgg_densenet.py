@@ -412,6 +412,7 @@ def test_vgg16_smoke_config_trains_from_a_weights_file_and_reruns_without_it(
     assert first["validation"]["step"] == 3
 
 
+@pytest.mark.slow  # 2-3 minutes on 2 cores; DenseNet-169's step and weights: the tests above
 def test_densenet169_smoke_config_trains_end_to_end(data_dir, tmp_path):
     """The paper's config as a user runs it, `experiments.main --config=...:smoke`, in a
     process whose XLA skips LLVM's optimisations: compiling DenseNet-169's train step then
