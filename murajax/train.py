@@ -303,12 +303,15 @@ def _train_and_evaluate(
     )
     # A run that resumes takes its weights from the checkpoint: `model.weights` is read only
     # to start (so a resumed run does not need the file any more, nor spends time loading it).
+    starting = manager.latest_step() is None
+    if starting:
+        models.weights_file(config.model)  # "imagenet" is downloaded (or fails) before compute
     state = create_train_state(
         model,
         tx,
         jax.random.key(config.seed),
         model_input_shape(config, config.train.batch_size),
-        config.model if manager.latest_step() is None else None,
+        config.model if starting else None,
     )
     make_iterator = (
         data.make_study_train_iterator

@@ -37,6 +37,7 @@ from murajax.models.keras_weights import (
     WeightsError,
     load_keras_weights,
     pretrained_variables,
+    weights_file,
 )
 from murajax.models.layers import max_pool_2x2
 from murajax.models.multiview import MultiView
@@ -67,6 +68,7 @@ __all__ = [
     "loads_keras_weights",
     "max_pool_2x2",
     "pretrained_variables",
+    "weights_file",
     "register",
     "registered_names",
 ]

@@ -354,6 +354,17 @@ def replace_backbone(initial: Variables, loaded: Variables, source: str = "the f
     return merged
 
 
+def weights_file(model_config: "ModelConfig") -> str | None:
+    """The Keras file `model_config.weights` names, downloaded first if it is "imagenet"
+    (`weights_hub.resolve_weights`); None without weights. Raises as `pretrained_variables`
+    does for a model or download that does not fit, so a trainer can call it before any
+    compute."""
+    if model_config.weights is None:
+        return None
+    registry.check_weights_field(model_config)
+    return weights_hub.resolve_weights(registry.weights_model(model_config), model_config.weights)
+
+
 def pretrained_variables(model_config: "ModelConfig", initial_variables: Variables) -> Variables:
     """`initial_variables` with the backbone loaded from `model_config.weights`, if set.
 
@@ -369,12 +380,10 @@ def pretrained_variables(model_config: "ModelConfig", initial_variables: Variabl
     file that is damaged, not Keras weights, another model's, or of other shapes (each names
     the file and what does not fit).
     """
-    if model_config.weights is None:
+    path = weights_file(model_config)
+    if path is None:
         return initial_variables
-    registry.check_weights_field(model_config)
-    name = registry.weights_model(model_config)
-    path = weights_hub.resolve_weights(name, model_config.weights)
-    loaded = load_keras_weights(name, path)
+    loaded = load_keras_weights(registry.weights_model(model_config), path)
     if not registry.is_study_model(model_config.name):
         return replace_backbone(initial_variables, loaded, source=path)
     # A study model ("multiview"): the file is its backbone's, loaded into its "encoder".
