@@ -356,6 +356,28 @@ def write_state(workdir: str, spec: str, runs: Sequence[Run], wall_s: Mapping[st
     return path
 
 
+def check_start_weights(workdir: str, run: Run) -> str | None:
+    """The weights file a run starts from, fetched now: `model.weights="imagenet"` is
+    downloaded into the cache (or fails with one `WeightsError` line), a path must exist.
+
+    Only for a run that starts (no checkpoint yet): one that resumes takes its weights from
+    its checkpoint. The sweep calls this for every run before training any, so that a run
+    whose weights cannot be had stops the sweep before the others have spent their time.
+    Returns the file's path (None: no weights, or the run resumes).
+    """
+    if run.config.model.weights is None or run_status(workdir, run) != "new":
+        return None
+    from murajax import models  # local: jax only when training
+
+    path = models.weights_file(run.config.model)
+    if path is not None and not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"sweep run {run.name!r}: model.weights={path!r}: no such file (expected a Keras"
+            " .h5 weights file, or 'imagenet')"
+        )
+    return path
+
+
 TrainFn = Callable[[Config, str], Any]
 
 
@@ -381,6 +403,8 @@ def run_sweep(
         for run in selected:  # every run's batch fits the devices, before any compute
             parallel.check_config(run.config)
             models.registry.check_weights_field(run.config.model)
+        for run in selected:
+            check_start_weights(workdir, run)
         train_fn = train.train_and_evaluate
     wall_s = dict(read_state(workdir).get("wall_s", {}))
     write_state(workdir, sweep.spec, sweep.runs, wall_s)

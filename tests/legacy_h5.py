@@ -5,55 +5,24 @@
                                                 "<layer>_W_1:0" in Keras 1)
     /<layer>/<weight name>     datasets (a '/' in a name nests groups, as in Keras's files)
 
-Keras 3's `model.save_weights` only writes its new `.weights.h5` format, so the tests write
-the legacy one themselves; `test_keras_parity` checks that Keras reads these files back.
+Keras 3's `model.save_weights` only writes its new `.weights.h5` format, so murajax writes
+the legacy one itself (`murajax.models.keras_save`, whose writer this module re-exports);
+`test_keras_parity` checks that Keras reads these files back. `flax_to_legacy_layers` turns
+any Flax variables (not only a registered backbone's) into layers for it.
 """
 
-import os
 from collections.abc import Mapping, Sequence
 
-import h5py
 import numpy as np
 
-# (layer name, [(role, value), ...]); roles are Keras's: kernel, bias, gamma, beta, ...
-LegacyLayer = tuple[str, Sequence[tuple[str, np.ndarray]]]
+# The writer is the library's (`murajax.models.keras_save`); re-exported for the tests.
+from murajax.models.keras_save import LegacyLayer, weight_name, write_legacy_h5  # noqa: F401
 
 _KERAS_ROLES = {  # Flax (collection, name) -> Keras role, for a BatchNorm or another layer
     ("params", "scale"): "gamma",
     ("batch_stats", "mean"): "moving_mean",
     ("batch_stats", "var"): "moving_variance",
 }
-
-
-_KERAS1_NAMES = {"kernel": "W", "bias": "b"}
-
-
-def weight_name(layer: str, role: str, style: str, index: int = 0) -> str:
-    """A weight's name as each Keras wrote it: 'keras2' `block1_conv1/kernel:0`, 'keras3'
-    `block1_conv1/kernel`, 'keras1' (VGG16's distributed file) `block1_conv1_W_1:0`; or
-    'opaque' names that do not say what the weight is (`block1_conv1/param_0:0`)."""
-    if style == "keras1":
-        return f"{layer}_{_KERAS1_NAMES.get(role, role)}_1:0"
-    if style == "opaque":
-        return f"{layer}/param_{index}:0"
-    return f"{layer}/{role}" + (":0" if style == "keras2" else "")
-
-
-def write_legacy_h5(
-    path: str | os.PathLike, layers: Sequence[LegacyLayer], *, style: str = "keras2"
-) -> None:
-    """Writes `layers` in the legacy layout, with weight names in `style` (`weight_name`)."""
-    keras2 = style != "keras3"
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array([name.encode() for name, _ in layers])
-        f.attrs["backend"] = b"tensorflow" if keras2 else b"jax"
-        f.attrs["keras_version"] = b"2.15.0" if keras2 else b"3.15.1"
-        for name, weights in layers:
-            group = f.require_group(name)
-            weight_names = [weight_name(name, r, style, i) for i, (r, _) in enumerate(weights)]
-            group.attrs["weight_names"] = np.array([w.encode() for w in weight_names], dtype="S")
-            for dataset, (_, value) in zip(weight_names, weights, strict=True):
-                group.create_dataset(dataset, data=np.asarray(value, np.float32))
 
 
 def flax_to_legacy_layers(

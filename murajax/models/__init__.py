@@ -22,7 +22,8 @@ what to call instead); pretrained weights are variables:
 
 `weights="imagenet"` (in a `ModelConfig`, or `load_keras_weights("vgg16", "imagenet")`) is
 Keras's ImageNet file for vgg16 / densenet169, downloaded once, hash-checked and cached in
-`$MURAJAX_CACHE/weights` (`murajax.models.weights_hub`).
+`$MURAJAX_CACHE/weights` (`murajax.models.weights_hub`). `save_keras_weights(name, variables,
+path)` writes a backbone's variables as such a file (what `load_keras_weights` reads back).
 """
 
 from murajax.models import (  # noqa: F401  (register the built-in models)
@@ -33,6 +34,7 @@ from murajax.models import (  # noqa: F401  (register the built-in models)
 )
 from murajax.models.cnn import CNN
 from murajax.models.densenet import DenseNet
+from murajax.models.keras_save import save_keras_weights
 from murajax.models.keras_weights import (
     WeightsError,
     load_keras_weights,
@@ -68,6 +70,7 @@ __all__ = [
     "loads_keras_weights",
     "max_pool_2x2",
     "pretrained_variables",
+    "save_keras_weights",
     "weights_file",
     "register",
     "registered_names",

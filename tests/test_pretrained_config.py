@@ -1,0 +1,200 @@
+"""Thesis 5.4's sweep (experiments/configs/pretrained.py), the baseline sweep (5.1) and
+`models.save_keras_weights`, the writer of Keras `.h5` weights that the smoke variant uses."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import pretrained
+from murajax import config as config_lib
+from murajax import models, sweep
+from murajax.config import ConfigError
+from murajax.models import keras_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAINED = os.path.join(ROOT, "experiments/configs/pretrained.py")
+BASELINE = os.path.join(ROOT, "experiments/configs/baseline.py")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> str:
+    """An empty $MURAJAX_CACHE for this test."""
+    path = str(tmp_path / "cache")
+    monkeypatch.setenv("MURAJAX_CACHE", path)
+    return path
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet169"])
+def test_save_then_load_gives_the_same_variables(name, tmp_path):
+    variables = pretrained.seeded_backbone(name, seed=3)
+    path = models.save_keras_weights(name, variables, tmp_path / f"{name}.h5")
+    loaded = models.load_keras_weights(name, path)
+    assert set(loaded) == set(variables)
+    for collection, layers in variables.items():
+        assert set(loaded[collection]) == set(layers)
+        for layer, weights in layers.items():
+            assert set(loaded[collection][layer]) == set(weights)
+            for var, value in weights.items():
+                np.testing.assert_array_equal(loaded[collection][layer][var], value)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".part")]  # written atomically
+
+
+def test_save_refuses_variables_of_another_shape_or_model(tmp_path):
+    variables = pretrained.seeded_backbone("vgg16")
+    bad = {"params": dict(variables["params"])}
+    bad["params"]["block1_conv1"] = {
+        "kernel": np.zeros((3, 3, 1, 64), np.float32),  # a 1-channel input layer
+        "bias": np.zeros((64,), np.float32),
+    }
+    bad["params"]["head"] = {"kernel": np.zeros((512, 2), np.float32)}
+    with pytest.raises(ValueError) as error:
+        models.save_keras_weights("vgg16", bad, tmp_path / "bad.h5")
+    message = str(error.value)
+    assert "block1_conv1/kernel has shape (3, 3, 1, 64), not (3, 3, 3, 64)" in message
+    assert "head" in message and "\n" not in message
+    assert not os.listdir(tmp_path)  # nothing written
+    del bad["params"]["block5_conv3"]
+    with pytest.raises(ValueError, match="missing layers block5_conv3"):
+        models.save_keras_weights("vgg16", bad, tmp_path / "bad.h5")
+
+
+def test_smoke_weights_are_generated_once_and_deterministically(tmp_path):
+    first = pretrained.smoke_weights("vgg16", str(tmp_path / "a"))
+    second = pretrained.smoke_weights("vgg16", str(tmp_path / "b"))
+    assert os.path.basename(first) == os.path.basename(second)
+    assert os.path.basename(first).startswith("vgg16_seed0_")
+    a, b = keras_weights.read_keras_h5(first), keras_weights.read_keras_h5(second)
+    assert [layer.name for layer in a] == [layer.name for layer in b]
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x.values, y.values, strict=True):
+            np.testing.assert_array_equal(u, v)
+    mtime = os.stat(first).st_mtime_ns
+    assert pretrained.smoke_weights("vgg16", str(tmp_path / "a")) == first  # reused
+    assert os.stat(first).st_mtime_ns == mtime
+
+
+# --------------------------------------------------------------------------- the sweeps
+
+
+@pytest.mark.parametrize("arg", [None, "mura", "smoke"])
+def test_pretrained_sweep_is_the_thesis_comparison_at_one_budget(arg, cache):
+    loaded = sweep.load_sweep(PRETRAINED + (f":{arg}" if arg else ""))
+    runs = loaded.runs
+    assert [r.config.model.name for r in runs] == ["cnn", "vgg16", "vgg16", "densenet169"]
+    assert runs[0].name == "base" and runs[0].config.model.weights is None
+    budgets = {
+        (
+            r.config.train.steps,
+            r.config.train.batch_size,
+            r.config.data.image_size,
+            r.config.data.dataset,
+            r.config.data.flip,
+            r.config.data.rotation,
+            r.config.optim.schedule,
+        )
+        for r in runs
+    }
+    assert len(budgets) == 1, budgets  # the same budget for every run
+    frozen, fine_tuned, densenet = (r.config for r in runs[1:])
+    assert frozen.model.freeze == "backbone" and frozen.optim.backbone_lr_multiplier == 1.0
+    assert fine_tuned.model.freeze == "none"
+    assert fine_tuned.optim.backbone_lr_multiplier == 0.1
+    assert densenet.model.freeze == "none" and densenet.optim.backbone_lr_multiplier == 1.0
+    assert densenet.optim.learning_rate == 1e-4  # the MURA paper's
+    for run in runs[1:]:
+        assert run.config.data.normalization is None  # the model's own (registry)
+        config_lib.validate(run.config)
+    assert runs[0].config.data.normalization == "standardize"  # quickstart's CNN
+    weights = {r.config.model.name: r.config.model.weights for r in runs[1:]}
+    if arg == "smoke":
+        assert runs[0].config.data.dataset == "mura_synthetic/tiny"
+        assert runs[0].config.train.steps <= 5 and runs[0].config.data.image_size == 32
+        for name, path in weights.items():
+            assert path.startswith(os.path.join(cache, "weights", "smoke", f"{name}_seed0_"))
+            models.load_keras_weights(name, path)  # the stand-in loads
+    else:
+        assert set(weights.values()) == {"imagenet"}
+        assert not os.path.exists(cache)  # loading the sweep fetches nothing
+        dataset = "mura" if arg == "mura" else "mura_synthetic"
+        assert runs[0].config.data.dataset == dataset
+    if arg == "mura":
+        assert runs[0].config.data.image_size == 224 and runs[0].config.train.steps == 20_000
+
+
+def test_baseline_sweep_is_quickstart_in_one_run():
+    from experiments.configs import default, quickstart
+
+    for arg, expected in (
+        (None, quickstart.get_config()),
+        ("smoke", quickstart.get_config("smoke")),
+    ):
+        loaded = sweep.load_sweep(BASELINE + (f":{arg}" if arg else ""))
+        assert [r.name for r in loaded.runs] == ["base"]
+        assert loaded.runs[0].config == expected
+    mura = sweep.load_sweep(BASELINE + ":mura").runs[0].config
+    assert mura.model == default.get_config().model and mura.data.dataset == "mura"
+
+
+@pytest.mark.parametrize("path", [PRETRAINED, BASELINE])
+def test_unknown_variant_is_one_line(path):
+    name = os.path.basename(path)
+    with pytest.raises(ConfigError, match=f"{name}:nope: unknown variant"):
+        sweep.load_sweep(f"{path}:nope")
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def test_offline_pretrained_sweep_fails_in_one_line_before_training(tmp_path):
+    """The default variant needs ImageNet's files: unreachable, the sweep says so in one
+    line (exit 2) before training any run, and leaves no workdir."""
+    env = {
+        **os.environ,
+        "MURAJAX_CACHE": str(tmp_path / "cache"),
+        "MURAJAX_WEIGHTS_URL": "http://127.0.0.1:9/weights",  # the discard port: refused
+        "no_proxy": "127.0.0.1",
+        "NO_PROXY": "127.0.0.1",
+    }
+    workdir = tmp_path / "W"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            f"--config={PRETRAINED}",
+            f"--workdir={workdir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: cannot download the ImageNet weights of vgg16 from")
+    assert (
+        "http://127.0.0.1:9/weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in lines[0]
+    )
+    assert str(tmp_path / "cache" / "weights") in lines[0]
+    assert "[sweep] run" not in done.stdout  # no run started
+    assert not workdir.exists()
+
+
+def test_sweep_checks_start_weights_of_new_runs_only(tmp_path, cache):
+    loaded = sweep.load_sweep(PRETRAINED + ":smoke")
+    cnn, frozen = loaded.runs[0], loaded.runs[1]
+    assert sweep.check_start_weights(str(tmp_path), cnn) is None
+    assert sweep.check_start_weights(str(tmp_path), frozen) == frozen.config.model.weights
+    os.remove(frozen.config.model.weights)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        sweep.check_start_weights(str(tmp_path), frozen)
+    os.makedirs(os.path.join(tmp_path, frozen.name, "checkpoints", "3"))  # it resumes
+    assert sweep.check_start_weights(str(tmp_path), frozen) is None
