@@ -28,24 +28,30 @@ Variants:
                          $MURAJAX_CACHE/weights (murajax.models.weights_hub). Offline, and
                          without the files placed there by hand, the sweep stops before any
                          training with one `error:` line that names the URL and the path.
-                         Measured on 2 CPU cores (2026-12, another job sharing them), the train
-                         step at 64 px and batch 16: VGG16 ~1.5-1.8 s, DenseNet-169 ~0.9 s,
-                         the CNN ~0.06 s; so 600 steps are ~15-18 min for each VGG16 run,
-                         ~10 min for DenseNet-169, under a minute for the CNN (about 45 min in
-                         all). 600 steps of 16 are ~1.2 epochs of mura_synthetic's train split.
+                         Measured on 2 CPU cores (2026-12, other jobs sharing them), 40 steps
+                         at 64 px and batch 16 with random weights: VGG16 9-11 images/s
+                         (~1.5 s a step), DenseNet-169 20-23 images/s (~0.7 s a step); the
+                         CNN ~0.06 s a step (quickstart's ~280 images/s at 64 px). So 600 steps
+                         are ~15 min for each VGG16 run, ~7-8 min for DenseNet-169 and under a
+                         minute for the CNN, plus evaluations: about 40 min in all. 600 steps
+                         of 16 are ~1.2 epochs of mura_synthetic's train split (7,749 images).
     pretrained.py:mura   the same question on real MURA (a GPU run each): 224 px (the
                          thesis's size, VGG16's and ImageNet's), batch 32, 20,000 steps,
                          `default.py`'s CNN and plateau schedule. `data.manual_dir` is
                          $MURA_MANUAL_DIR (the folder holding MURA-v1.1/), needed only the first
                          time the dataset is built. The MURA paper's 320 px:
-                         `--config.data.image_size=320` is not a sweep flag, so edit SIZES.
-    pretrained.py:smoke  seconds-long runs on `mura_synthetic/tiny` at 32 px. Instead of
-                         ImageNet's files each pretrained run loads a GENERATED stand-in: the
-                         model's backbone at a seeded random init (seed 0), written once as a
-                         Keras .h5 file (murajax.models.save_keras_weights) into
-                         $MURAJAX_CACHE/weights/smoke/ (`smoke_weights`). It exercises the
-                         whole path (file -> variables -> frozen or fine-tuned training) in CI;
-                         it is not ImageNet and its scores mean nothing.
+                         edit BUDGETS["mura"] (the size is the sweep's, for every run).
+    pretrained.py:smoke  3 steps of batch 4 per run on `mura_synthetic/tiny` at 32 px: seconds
+                         for the CNN and each VGG16 run, 2-3 minutes for DenseNet-169 on 2 CPU
+                         cores (its compilation). Instead of ImageNet's files each pretrained run
+                         loads a GENERATED stand-in: the model's backbone at a seeded random
+                         init (numpy, seed 0; `seeded_backbone`), written once as a Keras .h5
+                         file (murajax.models.save_keras_weights) into
+                         $MURAJAX_CACHE/weights/smoke/ (`smoke_weights`; ~59 MB for VGG16,
+                         ~52 MB for DenseNet-169, a few seconds). It exercises the whole path
+                         (file -> variables -> frozen or fine-tuned training) in CI; it is not
+                         ImageNet and its scores mean nothing. Its run names hold the file's
+                         path (sanitised and cut), so they differ between caches.
 
 Compare the runs' validation kappa and AUROC in `W/sweep.md`, their ROC curves in
 `W/sweep_roc.png`; `python -m experiments.results` puts them on docs/results.md.
