@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -30,9 +31,32 @@ def cache(tmp_path, monkeypatch) -> str:
 # --------------------------------------------------------------------------- the writer
 
 
-@pytest.mark.parametrize("name", ["vgg16", "densenet169"])
+class TinyBN(nn.Module):
+    """A Keras-named backbone with a convolution and a BatchNorm (as DenseNet-169's layers),
+    small enough to round-trip in a moment."""
+
+    num_classes: int | None = 2
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="conv1_conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="conv1_bn")(x)
+        if self.num_classes is None:
+            return x
+        return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+@models.register("tiny_keras_bn", keras_weights=True)
+def tiny_keras_bn(num_classes=2, **kwargs):
+    return TinyBN(num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "tiny_keras_bn"])
 def test_save_then_load_gives_the_same_variables(name, tmp_path):
     variables = pretrained.seeded_backbone(name, seed=3)
+    if name == "tiny_keras_bn":  # statistics that are not the init's ones and zeros
+        variables["batch_stats"]["conv1_bn"]["mean"] += 0.5
+        variables["batch_stats"]["conv1_bn"]["var"] *= 2.0
     path = models.save_keras_weights(name, variables, tmp_path / f"{name}.h5")
     loaded = models.load_keras_weights(name, path)
     assert set(loaded) == set(variables)
@@ -110,7 +134,7 @@ def test_pretrained_sweep_is_the_thesis_comparison_at_one_budget(arg, cache):
     for run in runs[1:]:
         assert run.config.data.normalization is None  # the model's own (registry)
         config_lib.validate(run.config)
-    assert runs[0].config.data.normalization == "standardize"  # quickstart's CNN
+    assert runs[0].config.data.normalization == loaded.base.data.normalization  # the CNN's own
     weights = {r.config.model.name: r.config.model.weights for r in runs[1:]}
     if arg == "smoke":
         assert runs[0].config.data.dataset == "mura_synthetic/tiny"
@@ -198,3 +222,24 @@ def test_sweep_checks_start_weights_of_new_runs_only(tmp_path, cache):
         sweep.check_start_weights(str(tmp_path), frozen)
     os.makedirs(os.path.join(tmp_path, frozen.name, "checkpoints", "3"))  # it resumes
     assert sweep.check_start_weights(str(tmp_path), frozen) is None
+
+
+@pytest.mark.slow
+def test_smoke_sweep_trains_vgg16_frozen_and_fine_tuned_from_the_generated_file(tmp_path, cache):
+    """The whole path of `:smoke`'s VGG16 runs (the DenseNet-169 run, 2-3 min of
+    compilation, is left to the sweep itself): generated file -> variables -> training."""
+    loaded = sweep.load_sweep(PRETRAINED + ":smoke")
+    frozen, fine_tuned = loaded.runs[1], loaded.runs[2]
+    sweep.run_sweep(loaded, str(tmp_path), only=[frozen.name, fine_tuned.name], log=print)
+    rows = sweep.summarise(str(tmp_path))["rows"]
+    status = {r["name"]: r["status"] for r in rows}
+    assert status[frozen.name] == status[fine_tuned.name] == "done"
+    assert status["base"] == "not run"
+    # the frozen run's backbone is still the file's, the fine-tuned run's has moved
+    from murajax import inference
+
+    initial = models.load_keras_weights("vgg16", frozen.config.model.weights)["params"]
+    for run, moved in ((frozen, False), (fine_tuned, True)):
+        state = inference.load(str(tmp_path / run.name), checkpoint="latest").states[0]
+        kernel = np.asarray(state.params["block1_conv1"]["kernel"])
+        assert bool(np.any(kernel != initial["block1_conv1"]["kernel"])) == moved, run.name
