@@ -1,6 +1,7 @@
 """Thesis 5.4's sweep (experiments/configs/pretrained.py), the baseline sweep (5.1) and
 `models.save_keras_weights`, the writer of Keras `.h5` weights that the smoke variant uses."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -20,12 +21,17 @@ PRETRAINED = os.path.join(ROOT, "experiments/configs/pretrained.py")
 BASELINE = os.path.join(ROOT, "experiments/configs/baseline.py")
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> str:
+    """A $MURAJAX_CACHE for this module's tests: the smoke files are generated once."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> str:
-    """An empty $MURAJAX_CACHE for this test."""
-    path = str(tmp_path / "cache")
-    monkeypatch.setenv("MURAJAX_CACHE", path)
-    return path
+def cache(shared_cache, monkeypatch) -> str:
+    """$MURAJAX_CACHE for this test (the module's; no ImageNet file is ever put in it)."""
+    monkeypatch.setenv("MURAJAX_CACHE", shared_cache)
+    return shared_cache
 
 
 # --------------------------------------------------------------------------- the writer
@@ -144,7 +150,9 @@ def test_pretrained_sweep_is_the_thesis_comparison_at_one_budget(arg, cache):
             models.load_keras_weights(name, path)  # the stand-in loads
     else:
         assert set(weights.values()) == {"imagenet"}
-        assert not os.path.exists(cache)  # loading the sweep fetches nothing
+        assert not os.path.exists(
+            os.path.join(cache, "weights", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+        )  # loading the sweep fetches nothing
         dataset = "mura" if arg == "mura" else "mura_synthetic"
         assert runs[0].config.data.dataset == dataset
     if arg == "mura":
@@ -217,11 +225,13 @@ def test_sweep_checks_start_weights_of_new_runs_only(tmp_path, cache):
     cnn, frozen = loaded.runs[0], loaded.runs[1]
     assert sweep.check_start_weights(str(tmp_path), cnn) is None
     assert sweep.check_start_weights(str(tmp_path), frozen) == frozen.config.model.weights
-    os.remove(frozen.config.model.weights)
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        sweep.check_start_weights(str(tmp_path), frozen)
+    gone = copy.deepcopy(frozen.config)
+    gone.model.weights = str(tmp_path / "moved.h5")
+    moved = sweep.Run(frozen.name, frozen.overrides, gone)
+    with pytest.raises(FileNotFoundError, match="moved.h5'?: no such file"):
+        sweep.check_start_weights(str(tmp_path), moved)
     os.makedirs(os.path.join(tmp_path, frozen.name, "checkpoints", "3"))  # it resumes
-    assert sweep.check_start_weights(str(tmp_path), frozen) is None
+    assert sweep.check_start_weights(str(tmp_path), moved) is None
 
 
 @pytest.mark.slow
