@@ -158,8 +158,13 @@ def test_time_steps_times_the_first_step_alone_and_takes_the_median():
 
 def test_measurement_row_keeps_the_precision_of_millisecond_steps():
     """A 4.6 ms step is not rounded to 4.6 ms flat: step_s and images/s agree to 0.1%."""
-    timing_ = {"step_s": 0.004649486, "step_s_min": 0.0041234, "compile_s": 1.0, "steps": 9,
-               "timed_s": 0.3}
+    timing_ = {
+        "step_s": 0.004649486,
+        "step_s_min": 0.0041234,
+        "compile_s": 1.0,
+        "steps": 9,
+        "timed_s": 0.3,
+    }
     row = timing.measurement_row(timing_, 4, flops=None)
     assert row["step_s"] == pytest.approx(4 / row["images_per_s"], rel=1e-3)
     assert row["step_s"] == 0.004649 and row["step_s_min"] == 0.004123
