@@ -408,7 +408,8 @@ def test_weights_for_a_model_without_keras_weights_is_one_config_line(files, cap
     model_config = ModelConfig(name="cnn", weights=files["other_model.h5"])
     line = guarded_error(capsys, lambda: models.create_from_config(model_config))
     assert "config.model.weights=" in line and "model 'cnn' does not load weights" in line
-    assert "'densenet169', 'vgg16'" in line
+    # the models that do load weights are listed (tests may register more of them)
+    assert "(models that do: 'densenet169', " in line and "'vgg16'" in line
 
 
 # --------------------------------------------------------------------------- folders, predict
