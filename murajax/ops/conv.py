@@ -136,6 +136,15 @@ def _kernel_grad(x, dy, kernel_shape, strides, pads, has_bias):
     return lax.platform_dependent(x, dy, cpu=onednn, default=xla)
 
 
+def _conv_grads(x, kernel, dy, strides, pads, has_bias):
+    """(d x, d kernel, d bias) of the convolution from its output's gradient `dy`."""
+    dx = _input_grad(dy, kernel, x.shape, strides, pads)
+    dkernel, dbias = _kernel_grad(x, dy, kernel.shape, strides, pads, has_bias)
+    if not has_bias:
+        dbias = jnp.zeros_like(dbias)
+    return dx, dkernel, dbias
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _onednn_conv(x, kernel, bias, strides, pads, relu, has_bias):
     return _forward(x, kernel, bias, strides, pads, relu, has_bias)
@@ -150,11 +159,7 @@ def _onednn_conv_bwd(strides, pads, relu, has_bias, residuals, dy):
     x, kernel, y = residuals
     if relu:
         dy = jnp.where(y > 0, dy, jnp.zeros_like(dy))
-    dx = _input_grad(dy, kernel, x.shape, strides, pads)
-    dkernel, dbias = _kernel_grad(x, dy, kernel.shape, strides, pads, has_bias)
-    if not has_bias:
-        dbias = jnp.zeros_like(dbias)
-    return dx, dkernel, dbias
+    return _conv_grads(x, kernel, dy, strides, pads, has_bias)
 
 
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
@@ -178,11 +183,7 @@ def _onednn_conv_relu_pool_bwd(strides, pads, has_bias, residuals, g):
     x, kernel, pooled, winner = residuals
     g = jnp.where(pooled > 0, g, jnp.zeros_like(g))
     dy = unpool_2x2(g, winner, _output_shape(x.shape, kernel.shape, strides, pads))
-    dx = _input_grad(dy, kernel, x.shape, strides, pads)
-    dkernel, dbias = _kernel_grad(x, dy, kernel.shape, strides, pads, has_bias)
-    if not has_bias:
-        dbias = jnp.zeros_like(dbias)
-    return dx, dkernel, dbias
+    return _conv_grads(x, kernel, dy, strides, pads, has_bias)
 
 
 _onednn_conv_relu_pool.defvjp(_onednn_conv_relu_pool_fwd, _onednn_conv_relu_pool_bwd)
