@@ -12,9 +12,7 @@ import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config field has an illegal value; the message names the field and what is valid."""
+from murajax.errors import ConfigError
 
 
 # Choices are module constants so that the code that dispatches on them can share them.

@@ -1,6 +1,11 @@
-"""Errors that mean "the user gave something wrong", reported as one line by the commands."""
+"""Errors that mean "the user gave something wrong", reported as one line by the commands.
 
-from murajax.config import ConfigError
+This module imports nothing from murajax, so that every other module may import it.
+"""
+
+
+class ConfigError(ValueError):
+    """A config field has an illegal value; the message names the field and what is valid."""
 
 
 class DataError(ValueError):
