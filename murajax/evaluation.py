@@ -123,25 +123,34 @@ def choose_threshold(config: Config, holdout: Predictions) -> float:
     return metrics.youden_threshold(studies["label"], studies["prob"])
 
 
-def holdout_threshold(config: Config, state: Any, eval_fn: EvalFn) -> float:
-    """`choose_threshold` on the holdout predictions of `state` (predicts only if needed)."""
+def resolve_threshold(
+    config: Config,
+    split: str | None,
+    *,
+    predictions: Predictions | None = None,
+    holdout: Callable[[], Predictions] | None = None,
+    recorded: float | None = None,
+) -> float:
+    """The one decision of which threshold scores `split` (training, `evaluate`, `predict`).
+
+    'fixed': `eval.threshold`. 'youden': chosen on the holdout, never on the split scored
+    (the validation split is everyone's test set): on `predictions` when they are the
+    holdout's (`split == 'holdout'`), else `recorded` (a threshold an evaluation of the same
+    checkpoints already chose on the holdout), else on `holdout()`, which predicts the holdout
+    and is called only then. `split=None`: predictions of no split (new images).
+    """
     if config.eval.threshold_method == "fixed":
         return float(config.eval.threshold)
-    return choose_threshold(config, predict_state(config, state, eval_fn, "holdout"))
-
-
-def _resolve_threshold(
-    config: Config, split: str, predictions: EvalState, threshold: float | None
-) -> float:
-    if threshold is not None:
-        return float(threshold)
-    if config.eval.threshold_method == "fixed" or split == "holdout":
+    if split == "holdout" and predictions is not None:
         return choose_threshold(config, predictions)
-    raise ValueError(
-        f"eval.threshold_method='youden' chooses the threshold on the holdout: pass"
-        f" threshold=evaluation.choose_threshold(config, holdout_predictions) to evaluate"
-        f" {split!r}"
-    )
+    if recorded is not None:
+        return float(recorded)
+    if holdout is None:
+        raise ValueError(
+            f"eval.threshold_method='youden' chooses the threshold on the holdout: pass its"
+            f" predictions (holdout=) or threshold= to score {split or 'new images'!r}"
+        )
+    return choose_threshold(config, holdout())
 
 
 # --------------------------------------------------------------------------- scoring
@@ -154,7 +163,7 @@ def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, f
     `threshold`), so that checkpoints are compared at their best operating point.
     """
     predictions = predict_state(config, state, eval_fn, "holdout")
-    threshold = choose_threshold(config, predictions)
+    threshold = resolve_threshold(config, "holdout", predictions=predictions)
     studies = predictions.studies(config.eval.aggregation, threshold)
     study = metrics.point_scores(studies["label"], studies["prob"], threshold)
     image_preds = metrics.predict(predictions.prob, threshold)
@@ -235,7 +244,8 @@ def write_evaluation(
     Returns the `metrics.json` body.
     """
     state = check_finite(EvalState.from_dict(predictions), split)
-    threshold = _resolve_threshold(config, split, state, threshold)
+    if threshold is None:
+        threshold = resolve_threshold(config, split, predictions=state)
     body = metrics_body(config, split, state, step, threshold)
     if jax.process_index() != 0:
         return body
@@ -273,8 +283,13 @@ def evaluate_and_write(
 
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     predictions = predict_state(config, state, eval_fn, split)
-    if threshold is None and config.eval.threshold_method == "youden" and split != "holdout":
-        threshold = holdout_threshold(config, state, eval_fn)
+    if threshold is None:
+        threshold = resolve_threshold(
+            config,
+            split,
+            predictions=predictions,
+            holdout=lambda: predict_state(config, state, eval_fn, "holdout"),
+        )
     return write_evaluation(
         config, workdir, split, predictions, step, threshold=threshold, writer=writer
     )
