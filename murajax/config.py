@@ -14,7 +14,6 @@ from typing import Any
 
 from murajax.errors import ConfigError
 
-
 # Choices are module constants so that the code that dispatches on them can share them.
 RESIZE_MODES = ("pad", "crop")
 NORMALIZATIONS = ("unit", "imagenet", "caffe", "standardize")

@@ -19,13 +19,11 @@ test set, never picks its own threshold.
 """
 
 import csv
-import functools
 import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -270,18 +268,15 @@ def evaluate_and_write(
     workdir: str,
     split: str,
     state: Any,
-    model: nn.Module,
+    eval_fn: EvalFn,
     *,
     step: int,
     writer: Any | None = None,
     threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluates `state` of `model` on `split` and writes `eval/<split>/` (see
+    """Evaluates `state` with `eval_fn` on `split` and writes `eval/<split>/` (see
     `write_evaluation`). With `threshold_method='youden'` and no `threshold`, the
     threshold is chosen on the holdout predictions of `state`."""
-    from murajax.train import eval_step  # local: train imports this module
-
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
     predictions = predict_state(config, state, eval_fn, split)
     if threshold is None:
         threshold = resolve_threshold(

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from murajax import checkpoint as ckpt
 from murajax import config as config_lib
-from murajax import freeze, models, train
+from murajax import freeze, models, steps, train
 from murajax.config import Config
 from murajax.data import pipeline, preprocess
 from murajax.errors import WorkdirError
@@ -183,13 +183,13 @@ def _listing(steps: Sequence[int]) -> str:
     return ", ".join(str(s) for s in steps) if steps else "none"
 
 
-def abstract_state(config: Config, model: nn.Module) -> train.TrainState:
+def abstract_state(config: Config, model: nn.Module) -> steps.TrainState:
     """The shapes and dtypes of a `TrainState` of `config`: nothing is computed, and no
     pretrained weight file is read (the checkpoint holds the trained weights)."""
     tx = freeze.make_train_optimizer(config, model)
     shape = train.model_input_shape(config, 1)
     return jax.eval_shape(
-        lambda: train.create_train_state(model, tx, jax.random.key(config.seed), shape)
+        lambda: steps.create_train_state(model, tx, jax.random.key(config.seed), shape)
     )
 
 
@@ -200,7 +200,7 @@ class Loaded:
     config: Config
     model: nn.Module
     steps: tuple[int, ...]
-    states: tuple[train.TrainState, ...]
+    states: tuple[steps.TrainState, ...]
     note: str | None = None
 
     def variables(self, member: int = 0) -> dict[str, Any]:
@@ -235,9 +235,9 @@ def load(
 
 
 def ensemble_eval_step(
-    states: Sequence[train.TrainState], batch: dict[str, Any], *, model: nn.Module
+    states: Sequence[steps.TrainState], batch: dict[str, Any], *, model: nn.Module
 ) -> dict[str, jax.Array]:
-    """`train.eval_step` for an ensemble: the abnormal probability is the mean of the
+    """`steps.eval_step` for an ensemble: the abnormal probability is the mean of the
     members' probabilities, the loss the cross-entropy of that mean; pure."""
     probs = []
     for state in states:
@@ -245,7 +245,7 @@ def ensemble_eval_step(
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         logits = model.apply(
-            variables, batch["image"], **train.model_kwargs(batch), train=False
+            variables, batch["image"], **steps.model_kwargs(batch), train=False
         ).astype(jnp.float32)
         probs.append(jax.nn.softmax(logits))
     mean = jnp.mean(jnp.stack(probs), axis=0)
@@ -257,11 +257,11 @@ def ensemble_eval_step(
 def make_eval_fn(model: nn.Module, members: int) -> Callable[[Any, dict[str, Any]], Any]:
     """A jitted `(state or tuple of states, batch) -> {'prob', 'loss'}`.
 
-    One member: exactly `train.eval_step` (so re-evaluating a checkpoint reproduces the
+    One member: exactly `steps.eval_step` (so re-evaluating a checkpoint reproduces the
     training run's numbers); several: `ensemble_eval_step`, one data pass for all members.
     """
     if members == 1:
-        step = jax.jit(functools.partial(train.eval_step, model=model))
+        step = jax.jit(functools.partial(steps.eval_step, model=model))
         return lambda states, batch: step(states[0], batch)
     return jax.jit(functools.partial(ensemble_eval_step, model=model))
 

@@ -1,18 +1,15 @@
-"""The training loop: pure jitted steps, periodic holdout evaluation, orbax checkpoints.
+"""The trainer: the loop around the pure steps, holdout evaluation, orbax checkpoints.
 
-`train_and_evaluate(config, workdir)` is the one entry point. Steps are pure functions,
-`train_step(state, batch) -> (state, metrics)`, so that data parallelism only changes how
-they are jitted, never what they compute.
+`train_and_evaluate(config, workdir)` is the one entry point. The steps it runs are the pure
+functions of `murajax.steps`, placed on the devices by `murajax.parallel`.
 """
 
-import contextlib
 import dataclasses
 import functools
 import os
 import time
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,6 +32,7 @@ from murajax import (
     optim,
     parallel,
     resume,
+    steps,
     writers,
 )
 from murajax.config import Config
@@ -42,178 +40,6 @@ from tfds_mura.features import BODY_PARTS
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training; a pytree that orbax saves as it is."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    key: jax.Array  # typed PRNG key; step randomness is fold_in(key, step)
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    key: jax.Array,
-    input_shape: tuple,
-    model_config: config_lib.ModelConfig | None = None,
-) -> TrainState:
-    """Initialises parameters (Glorot-uniform kernels, zero biases) from `key`.
-
-    With `model_config.weights` set, the backbone then comes from that Keras file
-    (`models.pretrained_variables`); the head stays as initialised.
-    """
-    pretrained = model_config is not None and model_config.weights is not None
-
-    # One jitted function, so one compilation rather than one per op, for the key split, the
-    # model's init and (unless a Keras file replaces the backbone first) the optimiser's init:
-    # the same values as eagerly. DenseNet-169's eager init took 75 s on 2 CPU cores, jitted
-    # 20 s; VGG16's eager optimiser init alone compiled for 1 s.
-    @jax.jit
-    def init(key: jax.Array) -> tuple[Any, Any, jax.Array]:
-        init_key, dropout_key, train_key = jax.random.split(key, 3)
-        variables = model.init(
-            {"params": init_key, "dropout": dropout_key}, jnp.zeros(input_shape, jnp.float32)
-        )
-        opt_state = None if pretrained else tx.init(variables["params"])
-        return variables, opt_state, train_key
-
-    variables, opt_state, train_key = init(key)
-    if pretrained:
-        variables = models.pretrained_variables(model_config, variables)
-        opt_state = jax.jit(tx.init)(variables["params"])
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=opt_state,
-        key=train_key,
-    )
-
-
-def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
-    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-
-
-def model_kwargs(batch: Batch) -> dict[str, Any]:
-    """The keyword inputs a model takes besides the images: a study batch's `view_mask`
-    (which of its (B, V) views are real) for study-level models such as "multiview"."""
-    return {"view_mask": batch["view_mask"]} if "view_mask" in batch else {}
-
-
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    *,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    weight_table: jax.Array,
-    label_smoothing: float,
-    l2_weight: float,
-    batch_stats_mask: Any = None,
-    skip_nonfinite: bool = False,
-    axis_name: str | None = None,
-) -> tuple[TrainState, Metrics]:
-    """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
-
-    `weight_table[body_part, label]` is each example's loss weight (class weighting).
-    `batch_stats_mask` (`freeze.batch_stats_mask`: a pytree like `batch_stats` of Python
-    bools) keeps the running statistics where it is False (frozen BatchNorm layers) as they
-    were; None updates them all.
-
-    The metric `nonfinite` is 0 for a good step, else the `murajax.nonfinite` bits of what
-    was not finite (loss, gradients, updated parameters); `skip_nonfinite` then keeps the
-    params, batch statistics and optimiser state as they were (the step still counts).
-
-    `axis_name`: inside `jax.pmap` over that axis (`murajax.parallel`), `batch` is one
-    device's equal share: BatchNorm normalises with the whole batch's statistics, and the
-    gradients, running statistics and metrics are averaged over the axis (the loss is a mean
-    over equal shares, so the average is the global batch's loss); each device draws its own
-    dropout masks.
-    """
-    dropout_key = jax.random.fold_in(state.key, state.step)
-    if axis_name is not None:
-        dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        with parallel.sync_batch_norm(axis_name) if axis_name else contextlib.nullcontext():
-            outputs = model.apply(
-                _variables(params, state.batch_stats),
-                batch["image"],
-                **model_kwargs(batch),
-                train=True,
-                rngs={"dropout": dropout_key},
-                mutable=["batch_stats"] if state.batch_stats else [],
-            )
-        logits, updates = outputs
-        loss = losses.cross_entropy_loss(
-            logits,
-            batch["label"],
-            class_weights=weight_table,
-            body_parts=batch["body_part"],
-            label_smoothing=label_smoothing,
-        )
-        if l2_weight:
-            loss = loss + l2_weight * losses.l2_penalty(params)
-        return loss, (updates.get("batch_stats", state.batch_stats), logits)
-
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    if axis_name is not None:
-        grads, batch_stats, loss, accuracy = jax.lax.pmean(
-            (grads, batch_stats, loss, accuracy), axis_name
-        )
-    if batch_stats_mask is not None and state.batch_stats:
-        batch_stats = jax.tree.map(
-            lambda keep_new, new, old: new if keep_new else old,
-            batch_stats_mask,
-            batch_stats,
-            state.batch_stats,
-        )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    code = nonfinite.nonfinite_code(loss, grads, params)
-    if skip_nonfinite:
-        params, batch_stats, opt_state = nonfinite.keep_if(
-            code == 0,
-            (params, batch_stats, opt_state),
-            (state.params, state.batch_stats, state.opt_state),
-        )
-    metrics = {
-        "loss": loss,
-        "accuracy": accuracy,
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": optim.effective_learning_rate(opt_state),
-        nonfinite.CODE_KEY: code,
-    }
-    new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-    )
-    return new_state, metrics
-
-
-def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]:
-    """Abnormality probability and unweighted cross-entropy of each image (of each study,
-    for a study batch); pure."""
-    logits = model.apply(
-        _variables(state.params, state.batch_stats),
-        batch["image"],
-        **model_kwargs(batch),
-        train=False,
-    )
-    logits = logits.astype(jnp.float32)
-    return {
-        "prob": jax.nn.softmax(logits)[:, 1],
-        "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
-    }
 
 
 def class_weight_table(config: Config) -> np.ndarray:
@@ -306,7 +132,7 @@ def _train_and_evaluate(
     starting = manager.latest_step() is None
     if starting:
         models.weights_file(config.model)  # "imagenet" is downloaded (or fails) before compute
-    state = create_train_state(
+    state = steps.create_train_state(
         model,
         tx,
         jax.random.key(config.seed),
@@ -388,17 +214,23 @@ def _loop_carry(manager: Any, step: int) -> dict[str, Any]:
 
 
 def _evaluate_splits(
-    config: Config, workdir: str, model: nn.Module, state: TrainState, manager: Any, writer: Any
-) -> tuple[TrainState, dict]:
+    config: Config,
+    workdir: str,
+    model: nn.Module,
+    state: steps.TrainState,
+    manager: Any,
+    writer: Any,
+) -> tuple[steps.TrainState, dict]:
     """The final evaluation of `eval.checkpoint` on `eval.splits`; returns the state
     evaluated and the `metrics.json` bodies by split."""
     results = {}
+    eval_fn = steps.make_state_eval_fn(model)
     step = ckpt.select_step(manager, config.eval.checkpoint)
     if step is not None and step != int(state.step):
         state, _ = ckpt.restore(manager, step, state, None)
     for split in config.eval.splits:
         results[split] = evaluation.evaluate_and_write(
-            config, workdir, split, state, model, step=int(state.step), writer=writer
+            config, workdir, split, state, eval_fn, step=int(state.step), writer=writer
         )
         study = results[split]["study"]
         print(
@@ -409,20 +241,20 @@ def _evaluate_splits(
     return state, results
 
 
-def _write_report(config: Config, workdir: str, model: nn.Module, state: TrainState) -> None:
+def _write_report(config: Config, workdir: str, model: nn.Module, state: steps.TrainState) -> None:
     """`report.md` in the workdir; a failure is reported, not raised (the results are saved)."""
     from murajax import report  # local: plotting only at the end of a run
 
     try:
         path = report.write_report(
-            config, workdir, model=model, variables=_variables(state.params, state.batch_stats)
+            config, workdir, model=model, variables=steps.state_variables(state)
         )
         print(f"[murajax] report: {path}")
     except Exception as error:  # noqa: BLE001
         print(f"[murajax] warning: report.md not written: {type(error).__name__}: {error}")
 
 
-def _batch_stats_mask(config: Config, state: TrainState, layer_order: Any) -> Any:
+def _batch_stats_mask(config: Config, state: steps.TrainState, layer_order: Any) -> Any:
     """Which running statistics train (`freeze.batch_stats_mask`); None if none is frozen."""
     if config.model.freeze == "none" or not state.batch_stats:
         return None
@@ -436,7 +268,7 @@ def _train_loop(
     workdir: str,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    state: TrainState,
+    state: steps.TrainState,
     train_iter: Any,
     manager: Any,
     writer: writers.MetricWriter,
@@ -444,7 +276,7 @@ def _train_loop(
     *,
     signals: interrupt.StopSignals | None = None,
     carry: dict[str, Any] | None = None,
-) -> tuple[TrainState, int | None]:
+) -> tuple[steps.TrainState, int | None]:
     """Runs steps `state.step + 1 .. train.steps` with logging, evaluation and checkpoints.
 
     `state` (host-local) goes onto every device as `train.parallelism` says
@@ -463,7 +295,7 @@ def _train_loop(
     signals = signals if signals is not None else interrupt.StopSignals()  # none installed
     carry = carry or {}
     step_fn = functools.partial(
-        train_step,
+        steps.train_step,
         model=model,
         tx=tx,
         weight_table=jnp.asarray(class_weight_table(config)),
@@ -473,7 +305,7 @@ def _train_loop(
         skip_nonfinite=t.on_nonfinite == "skip",
     )
     dp = parallel.data_parallel(step_fn, t.parallelism)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    eval_fn = steps.make_state_eval_fn(model)
     start = int(state.step)
     state = dp.put_state(state)
     watch = nonfinite.Watch(skip=t.on_nonfinite == "skip", max_skipped=t.max_skipped)

@@ -12,6 +12,7 @@ import pytest
 
 from murajax import config as config_lib
 from murajax import freeze, inference, models, optim, train
+from murajax import steps as step_lib
 from murajax.config import ConfigError
 from tests.trivial_mura import trivial_config
 from tfds_mura.features import BODY_PARTS
@@ -44,11 +45,11 @@ def _batch(seed: int) -> dict:
 
 
 def _setup(config: config_lib.Config, steps: int = 3, **step_kwargs):
-    """Initial state and the state after `steps` real `train.train_step`s."""
+    """Initial state and the state after `steps` real `step_lib.train_step`s."""
     model = models.create_from_config(config.model)
     order = freeze.config_layer_order(config, model)
     tx = freeze.make_train_optimizer(config, order=order)
-    state = train.create_train_state(model, tx, jax.random.key(0), SHAPE)
+    state = step_lib.create_train_state(model, tx, jax.random.key(0), SHAPE)
     mask = None
     if config.model.freeze != "none":
         mask = freeze.batch_stats_mask(
@@ -56,7 +57,7 @@ def _setup(config: config_lib.Config, steps: int = 3, **step_kwargs):
         )
     step = jax.jit(
         functools.partial(
-            train.train_step,
+            step_lib.train_step,
             model=model,
             tx=tx,
             weight_table=jnp.ones((len(BODY_PARTS), 2), jnp.float32),
@@ -224,7 +225,7 @@ def test_backbone_multiplier_scales_backbone_updates_exactly():
     plain_config = _tiny_config(name="sgd", momentum=0.0, learning_rate=0.1)
     config = _tiny_config(name="sgd", momentum=0.0, learning_rate=0.1, backbone_lr_multiplier=0.1)
     model = models.create_from_config(config.model)
-    state = train.create_train_state(model, optax.identity(), jax.random.key(0), SHAPE)
+    state = step_lib.create_train_state(model, optax.identity(), jax.random.key(0), SHAPE)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.37) + p, state.params)
     plain_tx = freeze.make_train_optimizer(plain_config)
     tx = freeze.make_train_optimizer(config)
@@ -280,7 +281,7 @@ def test_train_and_evaluate_with_a_frozen_block_checkpoints_and_reloads(data_dir
     config.eval.bootstrap_samples = 10
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
-    initial = train.create_train_state(
+    initial = step_lib.create_train_state(
         models.create_from_config(config.model),
         optax.identity(),
         jax.random.key(config.seed),

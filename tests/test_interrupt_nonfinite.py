@@ -23,7 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
-from murajax import errors, evaluation, interrupt, nonfinite, optim, resume, train, writers
+from murajax import config as config_lib
+from murajax import errors, evaluation, interrupt, nonfinite, optim, resume, steps, train, writers
 from murajax.config import ConfigError
 from murajax.metrics import EvalState
 from tests import interrupt_fixture_config
@@ -323,7 +324,7 @@ def test_a_non_finite_step_is_reported_and_skip_keeps_the_state():
     config = trivial_config("/unused")
     config.optim.schedule = "constant"
     model, tx = _Tiny(), optim.make_optimizer(config.optim, 10)
-    state = train.create_train_state(model, tx, jax.random.key(0), (4, 8, 8, 1))
+    state = steps.create_train_state(model, tx, jax.random.key(0), (4, 8, 8, 1))
     images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
     batch = {
         "image": images.at[0, 0, 0, 0].set(jnp.nan),
@@ -334,7 +335,7 @@ def test_a_non_finite_step_is_reported_and_skip_keeps_the_state():
     @functools.partial(jax.jit, static_argnames="skip")
     def step(state, batch, skip):
         options = {"weight_table": jnp.ones((7, 2)), "label_smoothing": 0.0, "l2_weight": 0.0}
-        return train.train_step(state, batch, model=model, tx=tx, skip_nonfinite=skip, **options)
+        return steps.train_step(state, batch, model=model, tx=tx, skip_nonfinite=skip, **options)
 
     good, metrics = step(state, {**batch, "image": images}, skip=True)
     assert int(metrics["nonfinite"]) == 0 and nonfinite.all_finite(good.params)
@@ -455,9 +456,9 @@ def test_predicting_with_a_diverged_model_is_one_line(data_dir):
     config = trivial_config(data_dir)
     model = _Tiny()
     tx = optim.make_optimizer(config.optim, 10)
-    state = train.create_train_state(model, tx, jax.random.key(0), (1, 16, 16, 1))
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, 16, 16, 1))
     state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
-    eval_fn = jax.jit(functools.partial(train.eval_step, model=model))
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model))
     with pytest.raises(
         errors.NonFinitePredictions, match="not finite for 31 of 31 validation predictions"
     ):
@@ -497,7 +498,7 @@ def test_allowed_changes_are_listed_and_a_workdir_without_checkpoints_takes_any(
 
 
 def test_fields_missing_from_an_older_config_json_are_unchanged_at_their_default():
-    new = json.loads(json.dumps(train.config_lib.to_dict(trivial_config("/data"))))
+    new = json.loads(json.dumps(config_lib.to_dict(trivial_config("/data"))))
     old = json.loads(json.dumps(new))
     del old["train"]["on_nonfinite"], old["train"]["max_skipped"]
     assert resume.changes(old, new) == {}
@@ -520,7 +521,7 @@ def test_non_finite_options_are_validated_in_one_line(field, value, expected):
     config = trivial_config("/data")
     setattr(config.train, field, value)
     with pytest.raises(ConfigError) as caught:
-        train.config_lib.validate(config)
+        config_lib.validate(config)
     assert str(caught.value) == expected
 
 

@@ -23,7 +23,7 @@ import pytest
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import checkpoint as ckpt
-from murajax import models, optim, parallel, train, writers
+from murajax import models, optim, parallel, steps, train, writers
 from murajax.config import ConfigError
 from tests.trivial_mura import trivial_config
 
@@ -79,13 +79,13 @@ def _run_processes(commands: list[list[str]], env: dict[str, str], timeout: floa
         assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-3000:]}"
 
 
-def _final_state(workdir: str, config) -> train.TrainState:
+def _final_state(workdir: str, config) -> steps.TrainState:
     """The state of the newest checkpoint of `workdir`, restored host-local on one device."""
     manager = ckpt.make_manager(workdir, keep_latest=3)
     model = models.create_from_config(config.model)
     tx = optim.make_optimizer(config.optim, config.train.steps)
     shape = (1, config.data.image_size, config.data.image_size, 1)
-    template = train.create_train_state(model, tx, jax.random.key(0), shape)
+    template = steps.create_train_state(model, tx, jax.random.key(0), shape)
     state, _ = ckpt.restore(manager, manager.latest_step(), template, None)
     manager.close()
     return state
@@ -145,9 +145,9 @@ def _train_steps(parallelism: str, devices, steps: int = 4) -> dict:
     config.model.batch_norm = False
     model = models.create_from_config(config.model)
     tx = optim.make_optimizer(config.optim, config.train.steps)
-    state = train.create_train_state(model, tx, jax.random.key(0), (8, 16, 16, 1))
+    state = steps.create_train_state(model, tx, jax.random.key(0), (8, 16, 16, 1))
     step_fn = functools.partial(
-        train.train_step,
+        steps.train_step,
         model=model,
         tx=tx,
         weight_table=jnp.asarray(np.linspace(0.5, 2.0, 14, dtype=np.float32).reshape(7, 2)),

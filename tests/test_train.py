@@ -12,7 +12,7 @@ import pytest
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from experiments.configs import quickstart
 from murajax import checkpoint as ckpt
-from murajax import train, writers
+from murajax import models, optim, steps, train, writers
 from tests.trivial_mura import trivial_config
 
 
@@ -78,9 +78,9 @@ def test_finished_run_is_not_trained_again(finished_run, data_dir, capsys):
 
 def _params_at(workdir: str, step: int, config):
     manager = ckpt.make_manager(workdir, keep_latest=3)
-    model = train.models.create_from_config(config.model)
-    tx = train.optim.make_optimizer(config.optim, config.train.steps)
-    state = train.create_train_state(model, tx, jax.random.key(0), (1, 16, 16, 1))
+    model = models.create_from_config(config.model)
+    tx = optim.make_optimizer(config.optim, config.train.steps)
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, 16, 16, 1))
     restored, _ = ckpt.restore(manager, step, state, None)
     manager.close()
     return restored

@@ -22,7 +22,7 @@ import tfds_mura  # noqa: F401  (registers mura_synthetic)
 from experiments.configs import densenet169 as densenet169_config
 from experiments.configs import vgg16 as vgg16_config
 from murajax import config as config_lib
-from murajax import models, optim, train
+from murajax import models, optim, steps, train
 from murajax.config import ModelConfig
 from murajax.models import WeightsError, keras_weights
 from murajax.models.densenet import DenseNet
@@ -315,7 +315,7 @@ def test_create_train_state_loads_model_weights(vgg_file, vgg_backbone):
     model_config = ModelConfig(name="vgg16", weights=vgg_file)
     model = models.create_from_config(model_config)
     tx = optim.make_optimizer(config_lib.OptimConfig(), 10)
-    state = train.create_train_state(model, tx, jax.random.key(0), (1, SIZE, SIZE, 3), model_config)
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, SIZE, SIZE, 3), model_config)
     head = state.params.pop("head")
     assert float(jnp.abs(head["logits"]["kernel"]).sum()) > 0  # Glorot, not the file
     assert_loaded({"params": state.params}, vgg_backbone)

@@ -1,6 +1,6 @@
 """murajax's measurement: the real train step as training runs it.
 
-The step is `murajax.train.train_step` placed by `murajax.parallel.data_parallel(step_fn,
+The step is `murajax.steps.train_step` placed by `murajax.parallel.data_parallel(step_fn,
 'jit', make_mesh())`, fed a host batch every step (as the training loop is), exactly as
 `train_and_evaluate` compiles it. Its FLOPs come from XLA's cost analysis of the compiled step.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from experiments.bench import timing
 from experiments.bench.workloads import Workload
-from murajax import models, ops, optim, parallel, train
+from murajax import models, ops, optim, parallel, steps
 
 
 def _flops(cost: Any) -> float | None:
@@ -53,9 +53,9 @@ def placed_step(
     L2) as `train.parallelism` places it over `devices` (default: all)."""
     model = models.create_from_config(config.model)
     tx = optim.make_optimizer(config.optim, config.train.steps)
-    state = train.create_train_state(model, tx, jax.random.key(0), input_shape)
+    state = steps.create_train_state(model, tx, jax.random.key(0), input_shape)
     step_fn = functools.partial(
-        train.train_step,
+        steps.train_step,
         model=model,
         tx=tx,
         weight_table=np.ones((7, 2), np.float32),
