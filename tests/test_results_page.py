@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments import results
+from experiments import results_page as results
 from murajax import sweep
 from murajax.config import ConfigError
 

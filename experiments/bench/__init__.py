@@ -7,7 +7,9 @@
   (`python -m experiments.bench.worker JOB`), so that thread pools never mix; `matmul`: the
   machine's matmul peak; `data_parallel`: 'jit' and 'pmap' on 2 fake CPU devices;
 - `runner`: starts those processes in round-robin order, and the input-pipeline and matmul
-  jobs; `table`: ratios and the printed tables.
+  jobs; `table`: ratios and the printed tables;
+- `suite`: the whole benchmark in its order (`suite.run(Settings(...))`), the JSON file and
+  the printed report; `experiments/benchmark.py` is its flags.
 
 Only `workloads` and `timing` are imported by every worker: neither imports jax, TensorFlow
 or torch.

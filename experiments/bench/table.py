@@ -1,4 +1,5 @@
-"""Pure functions over benchmark rows: ratios to the best peer, peak fractions, the tables."""
+"""Pure functions over benchmark rows: ratios to the best peer, peak fractions, the tables,
+issue 9's goals."""
 
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -176,3 +177,27 @@ def add_step_ratios(
         row["ratio_to_step"] = round(speed / step, 2) if step and speed else None
         out.append(row)
     return out
+
+
+def goal_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The issue's goals for workloads C and A as ratios: murajax over Keras on TF in float32;
+    in bfloat16 over Keras's mixed_bfloat16 and over Keras's float32."""
+    lines = []
+    for model in ("cnn_c", "vgg16"):
+        checks = [
+            ("float32 vs keras-tf float32", "float32", "float32", 1.0),
+            ("bfloat16 vs keras-tf mixed_bfloat16", "bfloat16", "bfloat16", 1.0),
+            ("bfloat16 vs keras-tf float32", "bfloat16", "float32", 1.5),
+        ]
+        sizes = sorted({r["image_size"] for r in rows if r["model"] == model})
+        for size in sizes[:1]:  # the issue's workloads: C at 128, A (VGG16) at 128
+            sized = [r for r in rows if r["image_size"] == size]
+            for label, dtype, versus_dtype, goal in checks:
+                value = ratio(sized, model, "murajax", "keras-tf", dtype, versus_dtype)
+                if value is not None:
+                    verdict = "met" if value >= goal else "not met"
+                    lines.append(
+                        f"  {model}@{size} murajax {label}: {value:.2f}x "
+                        f"(goal >= {goal:.1f}x: {verdict})"
+                    )
+    return lines
