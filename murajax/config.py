@@ -1,8 +1,12 @@
-"""Experiment configuration: plain dataclasses and the one place that says what is legal.
+"""Experiment configuration: plain dataclasses, and the checks of each field on its own.
 
 Configs are Python files under `experiments/configs/` whose `get_config(arg=None)` returns a
-`Config`. `validate(config)` checks every field once, before any compute, and raises a
+`Config`. `check_fields(config)` checks every field's type and range and raises a
 `ConfigError` whose one-line message names the field, the bad value and what would be valid.
+Which names are legal choices (optimisers, models, poolings...) is said by the module that
+implements them; `murajax.validation.validate` composes all checks, before any compute.
+
+This module imports nothing from murajax but `murajax.errors`.
 """
 
 import dataclasses
@@ -13,26 +17,6 @@ import typing
 from typing import Any
 
 from murajax.errors import ConfigError
-
-# Choices are module constants so that the code that dispatches on them can share them.
-RESIZE_MODES = ("pad", "crop")
-NORMALIZATIONS = ("unit", "imagenet", "caffe", "standardize")
-CNN_POOLINGS = ("avg", "max", "flatten")
-VIEW_POOLINGS = ("mean", "max", "attention")
-DTYPES = ("float32", "bfloat16")
-# Convolution kernels on CPU (murajax.ops.conv2d): oneDNN where its extension works, or XLA's.
-CONV_IMPLS = ("auto", "xla", "onednn")
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "warmup_cosine", "step", "plateau")
-CLASS_WEIGHTINGS = ("none", "global", "body_part")
-PARALLELISMS = ("jit", "pmap")
-AGGREGATIONS = ("mean", "max")
-THRESHOLD_METHODS = ("fixed", "youden")
-CHECKPOINT_SELECTIONS = ("best", "latest")
-# A step whose loss, gradients or updated parameters are not finite: stop the run, or skip it.
-ON_NONFINITE = ("stop", "skip")
-EVAL_SPLITS = ("holdout", "validation")
-DATA_CACHES = ("none", "memory", "disk")
 
 
 @dataclasses.dataclass
@@ -251,16 +235,14 @@ def _in_range(field: str, value: float, low: float, high: float, *, closed: bool
         _fail(field, value, f"a number in [{low}, {high}{bracket}")
 
 
-def validate(config: Config) -> Config:
-    """Checks every field of `config`; returns it unchanged or raises `ConfigError`."""
+def check_fields(config: Config) -> Config:
+    """Checks every field's type and range (not which names are legal choices: see
+    `murajax.validation`); returns `config` unchanged or raises `ConfigError`."""
     _check_types(config)
     d, m, o, t, e = config.data, config.model, config.optim, config.train, config.eval
     if not d.dataset.strip():
         _fail("data.dataset", d.dataset, "a TFDS dataset name such as 'mura' or 'mura_synthetic'")
     _in_range("data.image_size", d.image_size, 8, 4096)
-    check_choice("data.resize", d.resize, RESIZE_MODES)
-    if d.normalization is not None:
-        check_choice("data.normalization", d.normalization, NORMALIZATIONS)
     _in_range("data.holdout_fraction", d.holdout_fraction, 0.0, 1.0, closed=False)
     _at_least("data.num_workers", d.num_workers, 0)
     _in_range("data.rotation", d.rotation, 0.0, 180.0)
@@ -268,14 +250,10 @@ def validate(config: Config) -> Config:
     _in_range("data.brightness", d.brightness, 0.0, 1.0)
     _in_range("data.contrast", d.contrast, 0.0, 1.0)
     _in_range("data.max_views", d.max_views, 1, 64)
-    check_choice("data.cache", d.cache, DATA_CACHES)
 
-    _check_model_name(m.name)
     if m.num_classes != 2:
         _fail("model.num_classes", m.num_classes, "2 (normal, abnormal)")
     _in_range("model.dropout_rate", m.dropout_rate, 0.0, 1.0, closed=False)
-    check_choice("model.dtype", m.dtype, DTYPES)
-    check_choice("model.conv_impl", m.conv_impl, CONV_IMPLS)
     if not m.widths:
         _fail("model.widths", m.widths, "at least one block width")
     for i, w in enumerate(m.widths):
@@ -283,14 +261,9 @@ def validate(config: Config) -> Config:
     for i, w in enumerate(m.dense):
         _positive(f"model.dense[{i}]", w)
     _at_least("model.convs_per_block", m.convs_per_block, 1)
-    check_choice("model.pooling", m.pooling, CNN_POOLINGS)
     _in_range("model.bn_momentum", m.bn_momentum, 0.0, 1.0, closed=False)
-    _check_freeze(m.freeze)
-    _check_backbone(m.backbone)
-    check_choice("model.view_pooling", m.view_pooling, VIEW_POOLINGS)
     _at_least("model.attention_dim", m.attention_dim, 1)
 
-    check_choice("optim.name", o.name, OPTIMIZERS)
     _positive("optim.learning_rate", o.learning_rate)
     _in_range("optim.momentum", o.momentum, 0.0, 1.0, closed=False)
     _in_range("optim.b1", o.b1, 0.0, 1.0, closed=False)
@@ -298,7 +271,6 @@ def validate(config: Config) -> Config:
     _positive("optim.eps", o.eps)
     _in_range("optim.decay", o.decay, 0.0, 1.0, closed=False)
     _at_least("optim.weight_decay", o.weight_decay, 0.0)
-    check_choice("optim.schedule", o.schedule, SCHEDULES)
     _at_least("optim.warmup_steps", o.warmup_steps, 0)
     if o.warmup_steps >= t.steps and o.schedule == "warmup_cosine":
         _fail("optim.warmup_steps", o.warmup_steps, f"fewer than train.steps={t.steps}")
@@ -314,45 +286,15 @@ def validate(config: Config) -> Config:
     _at_least("train.batch_size", t.batch_size, 1)
     for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "keep_best"):
         _at_least(f"train.{name}", getattr(t, name), 1)
-    check_choice("train.parallelism", t.parallelism, PARALLELISMS)
-    check_choice("train.class_weighting", t.class_weighting, CLASS_WEIGHTINGS)
     _in_range("train.label_smoothing", t.label_smoothing, 0.0, 1.0, closed=False)
     _at_least("train.l2_weight", t.l2_weight, 0.0)
-    check_choice("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
     _at_least("train.max_skipped", t.max_skipped, 1)
 
     _at_least("eval.batch_size", e.batch_size, 1)
-    check_choice("eval.aggregation", e.aggregation, AGGREGATIONS)
     _in_range("eval.threshold", e.threshold, 0.0, 1.0)
-    check_choice("eval.threshold_method", e.threshold_method, THRESHOLD_METHODS)
     _at_least("eval.bootstrap_samples", e.bootstrap_samples, 0)
     _in_range("eval.confidence", e.confidence, 0.5, 1.0, closed=False)
-    for i, split in enumerate(e.splits):
-        check_choice(f"eval.splits[{i}]", split, EVAL_SPLITS)
-    check_choice("eval.checkpoint", e.checkpoint, CHECKPOINT_SELECTIONS)
     return config
-
-
-def _check_freeze(freeze: str) -> None:
-    """`model.freeze`'s syntax; which layers a prefix matches is checked against the model."""
-    from murajax import freeze as freeze_lib  # local import: freeze imports this module
-
-    freeze_lib.check_syntax(freeze)
-
-
-def _check_backbone(name: str) -> None:
-    """`model.backbone`: a registered image-level model (a study model cannot be one)."""
-    from murajax import models  # local import: the models package imports this module
-
-    image_models = [n for n in models.registered_names() if not models.is_study_model(n)]
-    check_choice("model.backbone", name, tuple(image_models))
-
-
-def _check_model_name(name: str) -> None:
-    """Accepts the built-in models and those registered with `murajax.models.register`."""
-    from murajax import models  # local import: the models package imports this module
-
-    check_choice("model.name", name, tuple(models.registered_names()))
 
 
 # --------------------------------------------------------------------------- (de)serialisation

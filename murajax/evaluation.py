@@ -27,11 +27,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from murajax import data, metrics, models
+from murajax import data, metrics
 from murajax.config import Config
+from murajax.data import ModelInputs
 from murajax.errors import NonFinitePredictions
 from murajax.metrics import EvalState
 from tfds_mura.features import BODY_PARTS
+
+THRESHOLD_METHODS: tuple[str, ...] = ("fixed", "youden")
+EVAL_SPLITS: tuple[str, ...] = ("holdout", "validation")  # what `eval.splits` may name
 
 EvalFn = Callable[[Any, dict[str, Any]], dict[str, jax.Array]]
 Predictions = EvalState | Mapping[str, np.ndarray]
@@ -55,23 +59,24 @@ def eval_dir(workdir: str, split: str) -> str:
 # --------------------------------------------------------------------------- predicting
 
 
-def predict_state(config: Config, state: Any, eval_fn: EvalFn, split: str) -> EvalState:
-    """Image-level predictions of `eval_fn` over every example of `split` exactly once.
+def predict_state(
+    config: Config, state: Any, eval_fn: EvalFn, split: str, model: ModelInputs | None
+) -> EvalState:
+    """Predictions of `eval_fn` over every example of `split` exactly once.
 
     Each process predicts its share of every batch; the shares are merged batch by batch and
     gathered across processes, so every process returns the whole split (padding dropped).
     `eval_fn(state, {'image', 'label'})` returns per-image `prob` (abnormal) and `loss`.
+    `model` (a `murajax.models.ModelSpec`) says how to prepare the images.
 
-    A study model ("multiview") predicts whole studies: `eval_fn` gets study batches
+    A study-level `model` ("multiview") predicts whole studies: `eval_fn` gets study batches
     (`{'image', 'label', 'view_mask'}`) and each row of the result is a study, with the study's
     folder as its `image_path`; its study-level metrics are then its own predictions'.
     """
-    study_model = models.is_study_model(config.model.name)
-    make_batches = data.make_study_eval_batches if study_model else data.make_eval_batches
-    batches = make_batches(
+    batches = data.make_eval_batches(
         config.data,
         split,
-        model_name=config.model,
+        model=model,
         batch_size=config.eval.batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -100,10 +105,12 @@ def check_finite(predictions: EvalState, split: str) -> EvalState:
     return predictions
 
 
-def predict_split(config: Config, state: Any, eval_fn: EvalFn, split: str) -> dict[str, np.ndarray]:
+def predict_split(
+    config: Config, state: Any, eval_fn: EvalFn, split: str, model: ModelInputs | None
+) -> dict[str, np.ndarray]:
     """`predict_state` as a dict of arrays: `prob`, `loss`, `label`, `body_part`,
     `study_id`, `image_path` (every process gets the whole split)."""
-    return predict_state(config, state, eval_fn, split).as_dict()
+    return predict_state(config, state, eval_fn, split, model).as_dict()
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -154,13 +161,15 @@ def resolve_threshold(
 # --------------------------------------------------------------------------- scoring
 
 
-def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, float]:
+def evaluate_holdout(
+    config: Config, state: Any, eval_fn: EvalFn, model: ModelInputs | None
+) -> dict[str, float]:
     """Holdout loss and study-level kappa/AUROC/accuracy for model selection (no CIs).
 
     With `threshold_method='youden'` the holdout chooses its own threshold (reported as
     `threshold`), so that checkpoints are compared at their best operating point.
     """
-    predictions = predict_state(config, state, eval_fn, "holdout")
+    predictions = predict_state(config, state, eval_fn, "holdout", model)
     threshold = resolve_threshold(config, "holdout", predictions=predictions)
     studies = predictions.studies(config.eval.aggregation, threshold)
     study = metrics.point_scores(studies["label"], studies["prob"], threshold)
@@ -180,9 +189,15 @@ def evaluate_holdout(config: Config, state: Any, eval_fn: EvalFn) -> dict[str, f
 
 
 def metrics_body(
-    config: Config, split: str, predictions: Predictions, step: int, threshold: float
+    config: Config,
+    split: str,
+    predictions: Predictions,
+    step: int,
+    threshold: float,
+    model: ModelInputs | None = None,
 ) -> dict[str, Any]:
-    """The `metrics.json` body of `predictions` scored at `threshold` (see module doc)."""
+    """The `metrics.json` body of `predictions` scored at `threshold` (see module doc);
+    `model` (its `ModelSpec`) says whether a prediction is of an image or of a study."""
     state = EvalState.from_dict(predictions)
     e = config.eval
     scores = state.compute(
@@ -202,7 +217,7 @@ def metrics_body(
         "threshold": float(threshold),
         "threshold_method": e.threshold_method,
     }
-    if models.is_study_model(config.model.name):
+    if model is not None and model.study_level:
         # One prediction per study: its "image" scores are its study scores (one row each).
         body["predicts"] = "studies"
         body["view_pooling"] = config.model.view_pooling
@@ -230,6 +245,7 @@ def write_evaluation(
     threshold: float | None = None,
     writer: Any | None = None,
     plots: bool = True,
+    model: ModelInputs | None = None,
 ) -> dict[str, Any]:
     """Scores image-level `predictions` of `split` and writes `eval/<split>/` (process 0).
 
@@ -239,12 +255,13 @@ def write_evaluation(
     or with 'youden' chooses it on `predictions` if `split == 'holdout'` and otherwise
     raises (pass `choose_threshold(config, holdout_predictions)`). `writer`: a
     `writers.MetricWriter` that also logs the study-level scalars to `metrics.jsonl`.
-    Returns the `metrics.json` body.
+    `model`: the `ModelSpec` that predicted (None: an image model). Returns the
+    `metrics.json` body.
     """
     state = check_finite(EvalState.from_dict(predictions), split)
     if threshold is None:
         threshold = resolve_threshold(config, split, predictions=state)
-    body = metrics_body(config, split, state, step, threshold)
+    body = metrics_body(config, split, state, step, threshold, model)
     if jax.process_index() != 0:
         return body
     out = eval_dir(workdir, split)
@@ -269,24 +286,25 @@ def evaluate_and_write(
     split: str,
     state: Any,
     eval_fn: EvalFn,
+    model: ModelInputs | None,
     *,
     step: int,
     writer: Any | None = None,
     threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluates `state` with `eval_fn` on `split` and writes `eval/<split>/` (see
-    `write_evaluation`). With `threshold_method='youden'` and no `threshold`, the
-    threshold is chosen on the holdout predictions of `state`."""
-    predictions = predict_state(config, state, eval_fn, split)
+    """Evaluates `state` of `model` (its `ModelSpec`) with `eval_fn` on `split` and writes
+    `eval/<split>/` (see `write_evaluation`). With `threshold_method='youden'` and no
+    `threshold`, the threshold is chosen on the holdout predictions of `state`."""
+    predictions = predict_state(config, state, eval_fn, split, model)
     if threshold is None:
         threshold = resolve_threshold(
             config,
             split,
             predictions=predictions,
-            holdout=lambda: predict_state(config, state, eval_fn, "holdout"),
+            holdout=lambda: predict_state(config, state, eval_fn, "holdout", model),
         )
     return write_evaluation(
-        config, workdir, split, predictions, step, threshold=threshold, writer=writer
+        config, workdir, split, predictions, step, threshold=threshold, writer=writer, model=model
     )
 
 

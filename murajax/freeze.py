@@ -33,11 +33,14 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from murajax.config import Config, ConfigError, invalid
-from murajax.models.multiview import ENCODER
-from murajax.models.registry import input_shape, is_study_model
+from murajax import optim
+from murajax.config import Config, invalid
+from murajax.errors import ConfigError
+from murajax.models import ModelSpec
 
 FROZEN, BACKBONE, TRAINABLE = "frozen", "backbone", "trainable"
 UP_TO = "up_to:"
@@ -53,48 +56,45 @@ def check_syntax(freeze: str) -> None:
     raise invalid("model.freeze", freeze, valid)
 
 
-def _expand(names: Sequence[str], tree: Any, model_name: str) -> list[str]:
-    """Top-level group names, with a study model's "encoder" split into "encoder/<layer>"."""
-    if not is_study_model(model_name):
+def _expand(names: Sequence[str], tree: Any, spec: ModelSpec) -> list[str]:
+    """Top-level group names, with a study model's encoder split into "encoder/<layer>"."""
+    encoder = spec.encoder
+    if encoder is None:
         return list(names)
     out = []
     for name in names:
-        if name == ENCODER and isinstance(tree.get(ENCODER), Mapping):
-            out += [f"{ENCODER}/{layer}" for layer in tree[ENCODER]]
+        if name == encoder and isinstance(tree.get(encoder), Mapping):
+            out += [f"{encoder}/{layer}" for layer in tree[encoder]]
         else:
             out.append(name)
     return out
 
 
-def head_groups(groups: list[str], model_name: str) -> set[str]:
+def head_groups(groups: list[str], spec: ModelSpec) -> set[str]:
     """The top-level parameter groups that make up the classification head."""
-    if model_name == "cnn":
-        return {g for g in groups if g.startswith("dense") or g == "logits"}
-    return {g for g in groups if g == "head"}
+    return {g for g in groups if spec.is_head(g)}
 
 
-def layer_order(model: Any, input_shape: Sequence[int]) -> list[str]:
+def layer_order(model: Any, input_shape: Sequence[int], encoder: str = "encoder") -> list[str]:
     """`model`'s top-level parameter groups in definition order (an abstract trace of init);
-    a study model's encoder layers come first, as "encoder/<layer>"."""
-    import jax  # local: keeps this module cheap to import for config validation
-    import jax.numpy as jnp
-
+    a study model's encoder layers (the subtree `encoder`) come first, as
+    "encoder/<layer>"."""
     order: list[str] = []
 
     def init() -> Any:
         keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
         variables = model.init(keys, jnp.zeros(tuple(input_shape), jnp.float32))
         params = variables["params"]  # still dicts in insertion order while tracing
-        order.extend(f"{ENCODER}/{g}" for g in params.get(ENCODER, {}))
-        order.extend(g for g in params if g != ENCODER)
+        order.extend(f"{encoder}/{g}" for g in params.get(encoder, {}))
+        order.extend(g for g in params if g != encoder)
         return variables
 
     jax.eval_shape(init)
     return order
 
 
-def _ordered(params: Any, order: Sequence[str] | None, model_name: str = "") -> list[str]:
-    groups = _expand(list(params), params, model_name)
+def _ordered(params: Any, order: Sequence[str] | None, spec: ModelSpec) -> list[str]:
+    groups = _expand(list(params), params, spec)
     if order is None:
         return groups
     known = [g for g in order if g in set(groups)]
@@ -102,21 +102,21 @@ def _ordered(params: Any, order: Sequence[str] | None, model_name: str = "") -> 
 
 
 def frozen_groups(
-    params: Any, freeze: str, model_name: str, order: Sequence[str] | None = None
+    params: Any, freeze: str, spec: ModelSpec, order: Sequence[str] | None = None
 ) -> set[str]:
     """The top-level parameter groups (keys of `params`) that `freeze` freezes.
 
     `order`: the groups in model order (`layer_order`); None: the order of `params`.
     """
     check_syntax(freeze)
-    groups = _ordered(params, order, model_name)
+    groups = _ordered(params, order, spec)
     if freeze == "none":
         return set()
     if freeze == "backbone":
-        head = head_groups(groups, model_name)
+        head = head_groups(groups, spec)
         if not head:
             raise ConfigError(
-                f"config.model.freeze='backbone' is invalid for model {model_name!r}: it has no"
+                f"config.model.freeze='backbone' is invalid for model {spec.name!r}: it has no"
                 f" head parameters ('head', or 'dense*'/'logits' for the cnn); groups: "
                 + _few(groups)
             )
@@ -125,11 +125,11 @@ def frozen_groups(
     matches = [
         i
         for i, g in enumerate(groups)
-        if g.startswith(prefix) or g.removeprefix(f"{ENCODER}/").startswith(prefix)
+        if g.startswith(prefix) or g.removeprefix(f"{spec.encoder}/").startswith(prefix)
     ]
     if not matches:
         raise ConfigError(
-            f"config.model.freeze={freeze!r} is invalid for model {model_name!r}: no layer"
+            f"config.model.freeze={freeze!r} is invalid for model {spec.name!r}: no layer"
             f" name starts with {prefix!r}; layers in order: {_few(groups)}"
         )
     return set(groups[: matches[-1] + 1])
@@ -140,60 +140,60 @@ def _few(groups: list[str], n: int = 8) -> str:
     return shown + (f", ... ({len(groups)} in all)" if len(groups) > n else "")
 
 
-def _by_group(tree: Any, value: Any, model_name: str = "") -> Any:
+def _by_group(tree: Any, value: Any, spec: ModelSpec) -> Any:
     """`tree` with every leaf of group g replaced by value(g) (groups as `_expand` names
     them: a study model's encoder layers are "encoder/<layer>")."""
-    import jax  # local: keeps this module cheap to import for config validation
 
     def by_group(subtree: Any, prefix: str) -> Any:
         return {
             g: jax.tree.map(lambda _, g=g: value(prefix + g), sub) for g, sub in subtree.items()
         }
 
-    if not is_study_model(model_name) or ENCODER not in tree:
+    encoder = spec.encoder
+    if encoder is None or encoder not in tree:
         return by_group(tree, "")
-    rest = {g: sub for g, sub in tree.items() if g != ENCODER}
-    return {ENCODER: by_group(tree[ENCODER], f"{ENCODER}/"), **by_group(rest, "")}
+    rest = {g: sub for g, sub in tree.items() if g != encoder}
+    return {encoder: by_group(tree[encoder], f"{encoder}/"), **by_group(rest, "")}
 
 
 def trainable_mask(
-    params: Any, freeze: str, model_name: str, order: Sequence[str] | None = None
+    params: Any, freeze: str, spec: ModelSpec, order: Sequence[str] | None = None
 ) -> Any:
     """A pytree like `params` of bools: True where the parameter trains."""
-    frozen = frozen_groups(params, freeze, model_name, order)
-    return _by_group(params, lambda g: g not in frozen, model_name)
+    frozen = frozen_groups(params, freeze, spec, order)
+    return _by_group(params, lambda g: g not in frozen, spec)
 
 
 def batch_stats_mask(
     params: Any,
     batch_stats: Any,
     freeze: str,
-    model_name: str,
+    spec: ModelSpec,
     order: Sequence[str] | None = None,
 ) -> Any:
     """A pytree like `batch_stats` of bools: True where the running statistics update.
 
     A BatchNorm layer's statistics are frozen when its parameters (same top-level name) are.
     """
-    frozen = frozen_groups(params, freeze, model_name, order)
-    return _by_group(batch_stats or {}, lambda g: g not in frozen, model_name)
+    frozen = frozen_groups(params, freeze, spec, order)
+    return _by_group(batch_stats or {}, lambda g: g not in frozen, spec)
 
 
 def param_labels(
     params: Any,
     freeze: str,
-    model_name: str,
+    spec: ModelSpec,
     backbone_lr_multiplier: float = 1.0,
     order: Sequence[str] | None = None,
 ) -> Any:
     """`optax.multi_transform` labels: "frozen", "backbone" (scaled learning rate) or
     "trainable" (the head, and everything when the multiplier is 1)."""
-    frozen = frozen_groups(params, freeze, model_name, order)
-    head = head_groups(_expand(list(params), params, model_name), model_name)
+    frozen = frozen_groups(params, freeze, spec, order)
+    head = head_groups(_expand(list(params), params, spec), spec)
     if backbone_lr_multiplier != 1.0 and not head:
         raise ConfigError(
             f"config.optim.backbone_lr_multiplier={backbone_lr_multiplier!r} needs a head, but"
-            f" model {model_name!r} has no 'head' parameters"
+            f" model {spec.name!r} has no 'head' parameters"
         )
 
     def label(g: str) -> str:
@@ -203,7 +203,7 @@ def param_labels(
             return BACKBONE
         return TRAINABLE
 
-    return _by_group(params, label, model_name)
+    return _by_group(params, label, spec)
 
 
 def is_active(config: Config) -> bool:
@@ -211,32 +211,36 @@ def is_active(config: Config) -> bool:
     return config.model.freeze != "none" or config.optim.backbone_lr_multiplier != 1.0
 
 
-def config_layer_order(config: Config, model: Any) -> list[str] | None:
-    """`layer_order` of `model` at `config`'s input size when "up_to:" needs it, else None."""
+def config_layer_order(config: Config, spec: ModelSpec, model: Any) -> list[str] | None:
+    """`layer_order` of `model` (of `spec`) at `config`'s input size when "up_to:" needs it,
+    else None."""
     if not config.model.freeze.startswith(UP_TO):
         return None
-    return layer_order(model, input_shape(config.model, config.data.image_size, 1))
+    shape = spec.input_shape(config.data.image_size, 1)
+    return layer_order(model, shape, spec.encoder or "encoder")
 
 
 def make_train_optimizer(
-    config: Config, model: Any = None, order: Sequence[str] | None = None
+    config: Config,
+    spec: ModelSpec,
+    model: Any = None,
+    order: Sequence[str] | None = None,
 ) -> optax.GradientTransformation:
-    """`optim.make_optimizer` for `config`, with freezing and the backbone multiplier.
+    """`optim.make_optimizer` for `config` (whose model `spec` is), with freezing and the
+    backbone multiplier.
 
     `model` gives the layer order for "up_to:" (unless `order` is given). Without freezing or
     a multiplier, exactly `optim.make_optimizer(config.optim, config.train.steps)` (so the
     optimiser state, and hence checkpoints, keep their structure).
     """
-    from murajax import optim  # local: optim imports config, which this module imports
-
     labels = None
     if is_active(config):
         if order is None and model is not None:
-            order = config_layer_order(config, model)
+            order = config_layer_order(config, spec, model)
         labels = functools.partial(
             param_labels,
             freeze=config.model.freeze,
-            model_name=config.model.name,
+            spec=spec,
             backbone_lr_multiplier=config.optim.backbone_lr_multiplier,
             order=None if order is None else tuple(order),
         )

@@ -24,6 +24,7 @@ import numpy as np
 
 LOSS, GRADIENTS, PARAMETERS = 1, 2, 4
 CODE_KEY = "nonfinite"
+ON_NONFINITE: tuple[str, ...] = ("stop", "skip")  # `train.on_nonfinite`: end the run, or skip
 _NAMES = ((LOSS, "loss"), (GRADIENTS, "gradients"), (PARAMETERS, "updated parameters"))
 
 HostRow = tuple[int, dict[str, float]]  # (step, that step's metrics as Python floats)

@@ -40,7 +40,10 @@ import numpy as np
 import optax
 from optax.contrib import ReduceLROnPlateauState
 
-from murajax.config import OPTIMIZERS, SCHEDULES, OptimConfig
+from murajax.config import OptimConfig
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "rmsprop", "adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine", "step", "plateau")
 
 PLATEAU_RTOL = 1e-4
 """A holdout loss improves on the best so far if it is below (1 - PLATEAU_RTOL) * best."""

@@ -24,7 +24,7 @@ import optax
 
 from murajax import losses, nonfinite, optim, parallel
 from murajax.config import ModelConfig
-from murajax.models import pretrained_variables
+from murajax.models import ModelSpec, pretrained_variables
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -63,14 +63,16 @@ def create_train_state(
     tx: optax.GradientTransformation,
     key: jax.Array,
     input_shape: tuple,
-    model_config: ModelConfig | None = None,
+    model_config: ModelConfig | ModelSpec | None = None,
 ) -> TrainState:
     """Initialises parameters (Glorot-uniform kernels, zero biases) from `key`.
 
-    With `model_config.weights` set, the backbone then comes from that Keras file
-    (`models.pretrained_variables`); the head stays as initialised.
+    With `model_config.weights` set (a `ModelConfig`, or the `ModelSpec` of one), the
+    backbone then comes from that Keras file (`models.pretrained_variables`); the head stays
+    as initialised.
     """
-    pretrained = model_config is not None and model_config.weights is not None
+    fields = model_config.config if isinstance(model_config, ModelSpec) else model_config
+    pretrained = fields is not None and fields.weights is not None
 
     # One jitted function, so one compilation rather than one per op, for the key split, the
     # model's init and (unless a Keras file replaces the backbone first) the optimiser's init:

@@ -18,7 +18,6 @@ import optax
 from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
-from murajax import config as config_lib
 from murajax import (
     data,
     errors,
@@ -28,11 +27,11 @@ from murajax import (
     losses,
     models,
     nonfinite,
-    ops,
     optim,
     parallel,
     resume,
     steps,
+    validation,
     writers,
 )
 from murajax.config import Config
@@ -42,9 +41,9 @@ Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 
-def class_weight_table(config: Config) -> np.ndarray:
+def class_weight_table(config: Config, spec: models.ModelSpec) -> np.ndarray:
     """A (body parts, 2) table of loss weights from the training split's label counts (of
-    images; of studies for a study model such as "multiview").
+    images; of studies for a study model (`spec`) such as "multiview").
 
     'none' gives ones, 'global' the MURA paper's weights in every row, 'body_part' one row
     of weights per body part (see `losses.body_part_class_weights`).
@@ -54,7 +53,7 @@ def class_weight_table(config: Config) -> np.ndarray:
         return table
     info = data.split_info(config.data, "train")
     # A study model's examples are studies: weigh its loss by study counts.
-    counted = "study_label_counts" if models.is_study_model(config.model.name) else "label_counts"
+    counted = "study_label_counts" if spec.study_level else "label_counts"
     by_part = info["by_body_part"]
     counts = np.array(
         [
@@ -73,20 +72,11 @@ def _write_config(config: Config, workdir: str) -> None:
     resume.check_and_write_config(config, workdir)
 
 
-def _build_model(config: Config, model: nn.Module | None) -> nn.Module:
-    return model if model is not None else models.create_from_config(config.model)
-
-
 def images_in(batch: Batch, global_batch_size: int) -> int:
     """How many images the model processes for a global batch of which `batch` is this
     process's share: a study batch (B, V, H, W, C) holds V view slots per study."""
     views = batch["image"].shape[1] if "view_mask" in batch else 1
     return global_batch_size * views
-
-
-def model_input_shape(config: Config, batch_size: int) -> tuple[int, ...]:
-    """The shape of a batch of model inputs: NHWC images, or (B, 1, H, W, C) studies."""
-    return models.input_shape(config.model, config.data.image_size, batch_size)
 
 
 def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = None) -> dict:
@@ -103,9 +93,7 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
     non-finite step raises `errors.TrainingDiverged` as `train.on_nonfinite` says, keeping
     the last good checkpoint the newest.
     """
-    config_lib.validate(config)
-    parallel.check_config(config)  # the batch splits over the processes and devices
-    ops.check_conv_impl(config.model.conv_impl)
+    validation.check_runnable(config)
     os.makedirs(workdir, exist_ok=True)
     _write_config(config, workdir)
     signals = interrupt.StopSignals(
@@ -119,11 +107,12 @@ def _train_and_evaluate(
     config: Config, workdir: str, model: nn.Module | None, signals: interrupt.StopSignals
 ) -> dict:
     """`train_and_evaluate` after the config checks, with `signals` installed."""
-    model = _build_model(config, model)
+    spec = models.resolve(config.model)  # the one lookup of `model.name`
+    model = model if model is not None else spec.build()
     process_index, process_count = jax.process_index(), jax.process_count()
 
-    layer_order = freeze.config_layer_order(config, model)
-    tx = freeze.make_train_optimizer(config, order=layer_order)
+    layer_order = freeze.config_layer_order(config, spec, model)
+    tx = freeze.make_train_optimizer(config, spec, order=layer_order)
     manager = ckpt.make_manager(
         workdir, keep_latest=config.train.keep_checkpoints, keep_best=config.train.keep_best
     )
@@ -131,22 +120,17 @@ def _train_and_evaluate(
     # to start (so a resumed run does not need the file any more, nor spends time loading it).
     starting = manager.latest_step() is None
     if starting:
-        models.weights_file(config.model)  # "imagenet" is downloaded (or fails) before compute
+        models.weights_file(spec)  # "imagenet" is downloaded (or fails) before compute
     state = steps.create_train_state(
         model,
         tx,
         jax.random.key(config.seed),
-        model_input_shape(config, config.train.batch_size),
-        config.model if starting else None,
+        spec.input_shape(config.data.image_size, config.train.batch_size),
+        spec if starting else None,
     )
-    make_iterator = (
-        data.make_study_train_iterator
-        if models.is_study_model(config.model.name)
-        else data.make_train_iterator
-    )
-    train_iter = make_iterator(
+    train_iter = data.make_train_iterator(
         config.data,
-        model_name=config.model,
+        model=spec,
         batch_size=config.train.batch_size,
         seed=config.seed,
         process_index=process_index,
@@ -167,6 +151,7 @@ def _train_and_evaluate(
                 state, stopped = _train_loop(
                     config,
                     workdir,
+                    spec,
                     model,
                     tx,
                     state,
@@ -182,7 +167,7 @@ def _train_and_evaluate(
                 raise _interrupted(stopped, int(state.step), workdir)
         else:
             print(f"[murajax] training already finished at step {start}; evaluating only")
-        state, results = _evaluate_splits(config, workdir, model, state, manager, writer)
+        state, results = _evaluate_splits(config, workdir, spec, model, state, manager, writer)
     finally:
         writer.close()
         manager.close()
@@ -216,6 +201,7 @@ def _loop_carry(manager: Any, step: int) -> dict[str, Any]:
 def _evaluate_splits(
     config: Config,
     workdir: str,
+    spec: models.ModelSpec,
     model: nn.Module,
     state: steps.TrainState,
     manager: Any,
@@ -230,7 +216,7 @@ def _evaluate_splits(
         state, _ = ckpt.restore(manager, step, state, None)
     for split in config.eval.splits:
         results[split] = evaluation.evaluate_and_write(
-            config, workdir, split, state, eval_fn, step=int(state.step), writer=writer
+            config, workdir, split, state, eval_fn, spec, step=int(state.step), writer=writer
         )
         study = results[split]["study"]
         print(
@@ -254,18 +240,21 @@ def _write_report(config: Config, workdir: str, model: nn.Module, state: steps.T
         print(f"[murajax] warning: report.md not written: {type(error).__name__}: {error}")
 
 
-def _batch_stats_mask(config: Config, state: steps.TrainState, layer_order: Any) -> Any:
+def _batch_stats_mask(
+    config: Config, spec: models.ModelSpec, state: steps.TrainState, layer_order: Any
+) -> Any:
     """Which running statistics train (`freeze.batch_stats_mask`); None if none is frozen."""
     if config.model.freeze == "none" or not state.batch_stats:
         return None
     return freeze.batch_stats_mask(
-        state.params, state.batch_stats, config.model.freeze, config.model.name, layer_order
+        state.params, state.batch_stats, config.model.freeze, spec, layer_order
     )
 
 
 def _train_loop(
     config: Config,
     workdir: str,
+    spec: models.ModelSpec,
     model: nn.Module,
     tx: optax.GradientTransformation,
     state: steps.TrainState,
@@ -298,10 +287,10 @@ def _train_loop(
         steps.train_step,
         model=model,
         tx=tx,
-        weight_table=jnp.asarray(class_weight_table(config)),
+        weight_table=jnp.asarray(class_weight_table(config, spec)),
         label_smoothing=t.label_smoothing,
         l2_weight=t.l2_weight,
-        batch_stats_mask=_batch_stats_mask(config, state, layer_order),
+        batch_stats_mask=_batch_stats_mask(config, spec, state, layer_order),
         skip_nonfinite=t.on_nonfinite == "skip",
     )
     dp = parallel.data_parallel(step_fn, t.parallelism)
@@ -346,7 +335,7 @@ def _train_loop(
             eval_metrics = None
             if evaluate:
                 host = dp.host_state(state)
-                eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn)
+                eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn, spec)
                 writer.write(step, "holdout", eval_metrics)
                 opt_state = optim.observe_holdout_loss(
                     host.opt_state, eval_metrics["loss"], config.optim

@@ -14,8 +14,10 @@ import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 from experiments.bench import runner, table, timing, worker, workloads  # noqa: E402
-from murajax import config as config_lib  # noqa: E402
-from murajax import models  # noqa: E402
+from murajax import (
+    models,  # noqa: E402
+    validation,
+)
 
 TINY = dataclasses.replace(workloads.by_key("C"), image_size=16, batch_size=4)
 TRAIN_KEYS = (
@@ -196,7 +198,7 @@ def test_workload_selection_and_configs():
     for workload in workloads.WORKLOADS:
         for dtype in workloads.DTYPES:
             config = workload.config(dtype, conv_impl="xla")
-            config_lib.validate(config)
+            validation.validate(config)
             assert config.model.dtype == dtype and config.optim.name == "adam"
             assert config.optim.schedule == "constant"
             assert getattr(config.model, "conv_impl", "xla") == "xla"

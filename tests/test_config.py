@@ -10,6 +10,7 @@ import pytest
 
 from experiments.configs import default, quickstart
 from murajax import config as config_lib
+from murajax import validation
 from murajax.config import Config, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def _with(section: str, field: str, value):
 )
 def test_bad_values_name_field_value_and_choices(section, field, value, expected):
     with pytest.raises(ConfigError) as info:
-        config_lib.validate(_with(section, field, value))
+        validation.validate(_with(section, field, value))
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
@@ -47,7 +48,7 @@ def test_bad_values_name_field_value_and_choices(section, field, value, expected
 
 def test_shipped_configs_are_valid():
     for config in (default.get_config(), quickstart.get_config(), quickstart.get_config("smoke")):
-        assert config_lib.validate(config) is config
+        assert validation.validate(config) is config
 
 
 def test_unknown_variant_is_refused():

@@ -1,6 +1,7 @@
 """Freezing and fine-tuning: masks, frozen parameters and BatchNorm statistics that stay put,
 and the backbone's learning-rate multiplier."""
 
+import dataclasses
 import functools
 
 import chex
@@ -11,7 +12,7 @@ import optax
 import pytest
 
 from murajax import config as config_lib
-from murajax import freeze, inference, models, optim, train
+from murajax import freeze, inference, models, optim, train, validation
 from murajax import steps as step_lib
 from murajax.config import ConfigError
 from tests.trivial_mura import trivial_config
@@ -32,7 +33,7 @@ def _tiny_config(freeze_mode: str = "none", **optim_overrides) -> config_lib.Con
     config.train.steps = 10
     for name, value in optim_overrides.items():
         setattr(config.optim, name, value)
-    return config_lib.validate(config)
+    return validation.validate(config)
 
 
 def _batch(seed: int) -> dict:
@@ -47,13 +48,14 @@ def _batch(seed: int) -> dict:
 def _setup(config: config_lib.Config, steps: int = 3, **step_kwargs):
     """Initial state and the state after `steps` real `step_lib.train_step`s."""
     model = models.create_from_config(config.model)
-    order = freeze.config_layer_order(config, model)
-    tx = freeze.make_train_optimizer(config, order=order)
+    spec = models.resolve(config.model)
+    order = freeze.config_layer_order(config, spec, model)
+    tx = freeze.make_train_optimizer(config, spec, order=order)
     state = step_lib.create_train_state(model, tx, jax.random.key(0), SHAPE)
     mask = None
     if config.model.freeze != "none":
         mask = freeze.batch_stats_mask(
-            state.params, state.batch_stats, config.model.freeze, "cnn", order
+            state.params, state.batch_stats, config.model.freeze, _spec("cnn"), order
         )
     step = jax.jit(
         functools.partial(
@@ -87,6 +89,16 @@ def _trainable_groups(mask) -> set[str]:
     return {g for g, sub in mask.items() if all(jax.tree.leaves(sub))}
 
 
+def _spec(name: str) -> models.ModelSpec:
+    return models.resolve(config_lib.ModelConfig(name=name))
+
+
+def _custom_spec() -> models.ModelSpec:
+    """The spec of a user's model "custom" with no head parameters (never registered)."""
+    custom = config_lib.ModelConfig(name="custom")
+    return dataclasses.replace(_spec("cnn"), config=custom, head=("head",))
+
+
 def _frozen_groups(mask) -> set[str]:
     return {g for g, sub in mask.items() if not any(jax.tree.leaves(sub))}
 
@@ -104,33 +116,33 @@ def test_cnn_masks_for_each_mode():
     # jit/eval_shape sort the keys: the model order has to come from layer_order.
     assert list(params) == sorted(order)
 
-    none = freeze.trainable_mask(params, "none", "cnn")
+    none = freeze.trainable_mask(params, "none", _spec("cnn"))
     assert all(jax.tree.leaves(none))
     assert jax.tree.structure(none) == jax.tree.structure(params)
 
-    backbone = freeze.trainable_mask(params, "backbone", "cnn")
+    backbone = freeze.trainable_mask(params, "backbone", _spec("cnn"))
     assert _trainable_groups(backbone) == {"dense1", "logits"}
     assert _frozen_groups(backbone) == {"block1_conv1", "block1_bn1", "block2_conv1", "block2_bn1"}
 
-    up_to = freeze.trainable_mask(params, "up_to:block1", "cnn", order)
+    up_to = freeze.trainable_mask(params, "up_to:block1", _spec("cnn"), order)
     assert _frozen_groups(up_to) == {"block1_conv1", "block1_bn1"}
     assert _trainable_groups(up_to) == {"block2_conv1", "block2_bn1", "dense1", "logits"}
     # "up_to:block2_conv" stops at the conv: its BatchNorm comes after it in the model.
-    partial = freeze.trainable_mask(params, "up_to:block2_conv", "cnn", order)
+    partial = freeze.trainable_mask(params, "up_to:block2_conv", _spec("cnn"), order)
     assert _frozen_groups(partial) == {"block1_conv1", "block1_bn1", "block2_conv1"}
 
 
 def test_vgg16_masks():
     _, params = _abstract_params("vgg16")
-    backbone = freeze.trainable_mask(params, "backbone", "vgg16")
+    backbone = freeze.trainable_mask(params, "backbone", _spec("vgg16"))
     assert _trainable_groups(backbone) == {"head"}
     assert len(_frozen_groups(backbone)) == 13
-    up_to = freeze.trainable_mask(params, "up_to:block3", "vgg16")
+    up_to = freeze.trainable_mask(params, "up_to:block3", _spec("vgg16"))
     frozen = _frozen_groups(up_to)
     blocks = ((1, 2), (2, 2), (3, 3))  # (block, convolutions)
     assert frozen == {f"block{b}_conv{i}" for b, n in blocks for i in range(1, n + 1)}
     assert _trainable_groups(up_to) == set(params) - frozen
-    labels = freeze.param_labels(params, "up_to:block3", "vgg16", backbone_lr_multiplier=0.1)
+    labels = freeze.param_labels(params, "up_to:block3", _spec("vgg16"), backbone_lr_multiplier=0.1)
     assert labels["block3_conv3"]["kernel"] == "frozen"
     assert labels["block4_conv1"]["kernel"] == "backbone"
     assert labels["head"]["logits"]["kernel"] == "trainable"
@@ -140,20 +152,22 @@ def test_densenet_up_to_follows_the_model_order_not_the_sorted_keys():
     model, params = _abstract_params("densenet169")
     order = freeze.layer_order(model, (1, 32, 32, 3))
     assert order[:2] == ["conv1_conv", "conv1_bn"] and order[-2:] == ["bn", "head"]
-    frozen = _frozen_groups(freeze.trainable_mask(params, "up_to:conv2", "densenet169", order))
+    frozen = _frozen_groups(
+        freeze.trainable_mask(params, "up_to:conv2", _spec("densenet169"), order)
+    )
     assert {"conv1_conv", "conv1_bn", "conv2_block6_2_conv"} <= frozen
     assert not any(g.startswith(("pool2", "conv3", "bn", "head")) for g in frozen)
     assert len(frozen) == 2 + 6 * 4  # conv1, and 6 conv blocks of 4 layers (0_bn .. 2_conv)
-    backbone = freeze.trainable_mask(params, "backbone", "densenet169")
+    backbone = freeze.trainable_mask(params, "backbone", _spec("densenet169"))
     assert _trainable_groups(backbone) == {"head"}
 
 
 def test_a_prefix_that_matches_nothing_lists_valid_layers():
     _, params = _abstract_params("vgg16")
     with pytest.raises(ConfigError, match=r"no layer name starts with 'conv4'.*block1_conv1"):
-        freeze.trainable_mask(params, "up_to:conv4", "vgg16")
+        freeze.trainable_mask(params, "up_to:conv4", _spec("vgg16"))
     with pytest.raises(ConfigError, match="no head"):
-        freeze.trainable_mask({"a": {"w": 0}}, "backbone", "custom")
+        freeze.trainable_mask({"a": {"w": 0}}, "backbone", _custom_spec())
 
 
 @pytest.mark.parametrize("bad", ["", "head", "up_to:", "up_to: ", "upto:block1", "Backbone"])
@@ -161,7 +175,7 @@ def test_config_rejects_a_bad_freeze(bad):
     config = config_lib.Config()
     config.model.freeze = bad
     with pytest.raises(ConfigError, match="config.model.freeze="):
-        config_lib.validate(config)
+        validation.validate(config)
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1])
@@ -169,7 +183,7 @@ def test_config_rejects_a_bad_multiplier(bad):
     config = config_lib.Config()
     config.optim.backbone_lr_multiplier = bad
     with pytest.raises(ConfigError, match="config.optim.backbone_lr_multiplier="):
-        config_lib.validate(config)
+        validation.validate(config)
 
 
 def test_config_accepts_good_values_and_round_trips():
@@ -216,7 +230,7 @@ def test_frozen_params_and_batch_stats_are_bit_identical(freeze_mode, frozen):
 def test_without_freezing_the_optimizer_is_unchanged():
     config = _tiny_config()
     plain = optim.make_optimizer(config.optim, config.train.steps)
-    ours = freeze.make_train_optimizer(config)
+    ours = freeze.make_train_optimizer(config, models.resolve(config.model))
     params = {"w": jnp.ones((2, 2))}
     assert jax.tree.structure(plain.init(params)) == jax.tree.structure(ours.init(params))
 
@@ -227,8 +241,8 @@ def test_backbone_multiplier_scales_backbone_updates_exactly():
     model = models.create_from_config(config.model)
     state = step_lib.create_train_state(model, optax.identity(), jax.random.key(0), SHAPE)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.37) + p, state.params)
-    plain_tx = freeze.make_train_optimizer(plain_config)
-    tx = freeze.make_train_optimizer(config)
+    plain_tx = freeze.make_train_optimizer(plain_config, models.resolve(plain_config.model))
+    tx = freeze.make_train_optimizer(config, models.resolve(config.model))
     plain, _ = plain_tx.update(grads, plain_tx.init(state.params), state.params)
     scaled, opt_state = tx.update(grads, tx.init(state.params), state.params)
     for group in state.params:

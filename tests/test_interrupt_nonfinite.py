@@ -24,7 +24,18 @@ import pytest
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import config as config_lib
-from murajax import errors, evaluation, interrupt, nonfinite, optim, resume, steps, train, writers
+from murajax import (
+    errors,
+    evaluation,
+    interrupt,
+    nonfinite,
+    optim,
+    resume,
+    steps,
+    train,
+    validation,
+    writers,
+)
 from murajax.config import ConfigError
 from murajax.metrics import EvalState
 from tests import interrupt_fixture_config
@@ -521,7 +532,7 @@ def test_non_finite_options_are_validated_in_one_line(field, value, expected):
     config = trivial_config("/data")
     setattr(config.train, field, value)
     with pytest.raises(ConfigError) as caught:
-        config_lib.validate(config)
+        validation.validate(config)
     assert str(caught.value) == expected
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from murajax import config as config_lib
-from murajax import models
+from murajax import models, validation
 from murajax.models import registry
 from murajax.models.layers import max_pool_2x2
 
@@ -223,14 +223,13 @@ class _Tiny(nn.Module):
 @pytest.fixture
 def clean_registry(monkeypatch):
     """Registrations made in a test disappear after it."""
-    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    monkeypatch.setattr(registry, "_NORMALIZATIONS", dict(registry._NORMALIZATIONS))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 def test_registering_a_user_model_makes_configs_accept_it(clean_registry):
     config = config_lib.Config(model=config_lib.ModelConfig(name="my_tiny"))
     with pytest.raises(config_lib.ConfigError, match="model.name"):
-        config_lib.validate(config)
+        validation.validate(config)
     seen = {}
 
     @models.register("my_tiny", normalization="imagenet", channels=3)
@@ -238,7 +237,7 @@ def test_registering_a_user_model_makes_configs_accept_it(clean_registry):
         seen.update(kwargs)
         return _Tiny(num_classes=num_classes)
 
-    assert config_lib.validate(config) is config
+    assert validation.validate(config) is config
     assert "my_tiny" in models.registered_names()
     assert models.input_spec("my_tiny") == ("imagenet", 3)
     model = models.create_from_config(config.model)

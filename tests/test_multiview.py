@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import multiview as multiview_config
-from murajax import config as config_lib
-from murajax import data, evaluation, freeze, heatmaps, inference, models, train
+from murajax import data, evaluation, freeze, heatmaps, inference, models, train, validation
 from murajax.config import ConfigError, ModelConfig
 from murajax.models.multiview import attention_weights, pool_views
 from tests.trivial_mura import trivial_config
@@ -135,25 +134,28 @@ def test_bad_multiview_fields_are_named(field, value, message):
     config = multiview_config.get_config("smoke")
     setattr(config.model, field, value)
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(config)
+        validation.validate(config)
 
 
 def test_bad_max_views_is_named():
     config = multiview_config.get_config("smoke")
     config.data.max_views = 0
     with pytest.raises(ConfigError, match=r"config.data.max_views=0 is invalid"):
-        config_lib.validate(config)
+        validation.validate(config)
+
+
+MULTIVIEW = models.resolve(ModelConfig(name="multiview"))
 
 
 def test_freezing_the_backbone_freezes_the_encoder_only():
     params = init(mv_model(view_pooling="attention", batch_norm=True))["params"]
-    mask = freeze.trainable_mask(params, "backbone", "multiview")
+    mask = freeze.trainable_mask(params, "backbone", MULTIVIEW)
     assert not any(jax.tree.leaves(mask["encoder"])) and all(jax.tree.leaves(mask["head"]))
-    up_to = freeze.trainable_mask(params, "up_to:block1", "multiview")
+    up_to = freeze.trainable_mask(params, "up_to:block1", MULTIVIEW)
     assert not any(jax.tree.leaves(up_to["encoder"]["block1_conv1"]))
     assert all(jax.tree.leaves(up_to["encoder"]["block2_conv1"]))
     with pytest.raises(ConfigError, match="no layer name starts with 'block9'"):
-        freeze.trainable_mask(params, "up_to:block9", "multiview")
+        freeze.trainable_mask(params, "up_to:block9", MULTIVIEW)
 
 
 # --------------------------------------------------------------------------- study batches
@@ -189,8 +191,8 @@ def split_studies(config, split: str) -> dict[str, int]:
 
 def test_train_study_batches(data_dir):
     config = study_config(data_dir, max_views=2)
-    iterator = data.make_study_train_iterator(
-        config.data, model_name=config.model, batch_size=6, seed=3
+    iterator = data.make_train_iterator(
+        config.data, model=models.resolve(config.model), batch_size=6, seed=3
     )
     batches = [next(iterator) for _ in range(4)]
     batch = batches[0]
@@ -205,16 +207,16 @@ def test_train_study_batches(data_dir):
             for pad in range(n, 2):  # padding repeats the study's own views (no augmentation)
                 np.testing.assert_array_equal(b["image"][row, pad], b["image"][row, pad % n])
             assert (b["image"][row].mean() > 0.5) == bool(b["label"][row])  # bright = abnormal
-    again = data.make_study_train_iterator(
-        config.data, model_name=config.model, batch_size=6, seed=3
+    again = data.make_train_iterator(
+        config.data, model=models.resolve(config.model), batch_size=6, seed=3
     )
     state = None
     for i, want in enumerate(batches):
         if i == 2:
             state = again.get_state()
         chex.assert_trees_all_equal(next(again), want)
-    resumed = data.make_study_train_iterator(
-        config.data, model_name=config.model, batch_size=6, seed=3
+    resumed = data.make_train_iterator(
+        config.data, model=models.resolve(config.model), batch_size=6, seed=3
     )
     resumed.set_state(state)
     chex.assert_trees_all_equal(next(resumed), batches[2])
@@ -226,9 +228,9 @@ def test_train_study_batches_split_over_processes(data_dir):
     config = study_config(data_dir, max_views=3, rotation=20.0, flip=True)
 
     def first(process_index: int, process_count: int) -> dict:
-        iterator = data.make_study_train_iterator(
+        iterator = data.make_train_iterator(
             config.data,
-            model_name=config.model,
+            model=models.resolve(config.model),
             batch_size=4,
             seed=1,
             process_index=process_index,
@@ -247,8 +249,8 @@ def test_eval_study_batches_hold_every_view_once(data_dir):
     config = study_config(data_dir)
     want = split_studies(config, "validation")
     batches = list(
-        data.make_study_eval_batches(
-            config.data, "validation", model_name=config.model, batch_size=5
+        data.make_eval_batches(
+            config.data, "validation", model=models.resolve(config.model), batch_size=5
         )
     )
     seen = {}
@@ -306,8 +308,8 @@ def test_evaluation_reproduces_and_sees_every_view(run):
     # every view counts: predicting a study from its first view only changes the probability
     batch = next(
         b
-        for b in data.make_study_eval_batches(
-            loaded.config.data, "validation", model_name=loaded.config.model, batch_size=4
+        for b in data.make_eval_batches(
+            loaded.config.data, "validation", model=loaded.spec, batch_size=4
         )
         if (b["num_views"] == b["image"].shape[1]).any()
     )
@@ -378,7 +380,7 @@ def test_multiview_smoke_config_trains_end_to_end(tmp_path):
     ],
 )
 def test_config_variants(arg, backbone, pooling):
-    config = config_lib.validate(multiview_config.get_config(arg))
+    config = validation.validate(multiview_config.get_config(arg))
     assert (config.model.name, config.model.backbone) == ("multiview", backbone)
     assert config.model.view_pooling == pooling
     if backbone == "densenet169":

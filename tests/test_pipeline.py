@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from murajax import data
-from murajax.config import DataConfig
+from murajax import data, models
+from murajax.config import DataConfig, ModelConfig
 from murajax.data import pipeline, sources, splits
 from murajax.errors import DataError
 
@@ -84,7 +84,7 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
 
 def train_batches(sources_, count: int, **kwargs) -> list[dict[str, np.ndarray]]:
     cfg = kwargs.pop("cfg", config())
-    kwargs = {"model_name": None, "batch_size": 8, "seed": 0, **kwargs}
+    kwargs = {"model": None, "batch_size": 8, "seed": 0, **kwargs}
     iterator = data.make_train_iterator(cfg, sources=sources_, **kwargs)
     try:
         return take(iterator, count)
@@ -221,7 +221,7 @@ def test_process_slices_concatenate_to_the_global_batch(fake_sources):
 
 
 def test_get_state_set_state_resumes_exactly(fake_sources):
-    kwargs = {"model_name": None, "batch_size": 8, "seed": 3, "sources": fake_sources}
+    kwargs = {"model": None, "batch_size": 8, "seed": 3, "sources": fake_sources}
     iterator = data.make_train_iterator(config(), **kwargs)
     take(iterator, 4)
     state = iterator.get_state()
@@ -232,7 +232,7 @@ def test_get_state_set_state_resumes_exactly(fake_sources):
 
 
 def test_orbax_checkpoint_of_the_iterator_resumes_exactly(fake_sources, tmp_path):
-    kwargs = {"model_name": None, "batch_size": 8, "seed": 5, "sources": fake_sources}
+    kwargs = {"model": None, "batch_size": 8, "seed": 5, "sources": fake_sources}
     iterator = data.make_train_iterator(config(), **kwargs)
     take(iterator, 5)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
@@ -253,7 +253,7 @@ def test_worker_count_does_not_change_batches(fake_sources):
     reference = train_batches(fake_sources, 5, cfg=cfg)
     iterator = data.make_train_iterator(
         dataclasses.replace(cfg, num_workers=2),
-        model_name=None,
+        model=None,
         batch_size=8,
         seed=0,
         sources=fake_sources,
@@ -265,9 +265,7 @@ def test_worker_count_does_not_change_batches(fake_sources):
     finally:
         iterator.close()
     assert_batches_equal(with_workers, reference)
-    resumed = data.make_train_iterator(
-        cfg, model_name=None, batch_size=8, seed=0, sources=fake_sources
-    )
+    resumed = data.make_train_iterator(cfg, model=None, batch_size=8, seed=0, sources=fake_sources)
     resumed.set_state(state)  # a state saved with workers restores without them
     assert_batches_equal(take(resumed, 2), reference[3:])
     workers_cfg = dataclasses.replace(cfg, num_workers=2)
@@ -281,7 +279,7 @@ def test_worker_count_does_not_change_batches(fake_sources):
 
 
 def eval_batches(sources_, split, **kwargs) -> list[dict[str, np.ndarray]]:
-    kwargs = {"model_name": None, "batch_size": 4, **kwargs}
+    kwargs = {"model": None, "batch_size": 4, **kwargs}
     cfg = kwargs.pop("cfg", config())
     return list(data.make_eval_batches(cfg, split, sources=sources_, **kwargs))
 
@@ -338,11 +336,11 @@ def test_eval_of_an_empty_split(fake_sources):
 
 
 def test_model_input_spec_decides_normalisation_and_channels():
-    spec = pipeline.preprocess_spec(config(normalization=None), "cnn")
-    from murajax import models
-
+    spec = pipeline.preprocess_spec(config(normalization=None), models.resolve(ModelConfig()))
     assert (spec.normalization, spec.channels) == models.input_spec("cnn")
-    override = pipeline.preprocess_spec(config(normalization="caffe"), "cnn", channels=3)
+    override = pipeline.preprocess_spec(
+        config(normalization="caffe"), models.resolve(ModelConfig()), channels=3
+    )
     assert (override.normalization, override.channels) == ("caffe", 3)
     assert not pipeline.preprocess_spec(config(), None, train=False).flip
 
@@ -373,7 +371,7 @@ def test_tiny_builds_once_with_a_progress_note(tiny):
 def test_missing_dataset_is_one_clear_line(tmp_path):
     cfg = config(dataset="mura_synthetic/tiny", data_dir=str(tmp_path), build_if_missing=False)
     with pytest.raises(DataError, match="not prepared") as error:
-        data.make_train_iterator(cfg, model_name=None, batch_size=4, seed=0)
+        data.make_train_iterator(cfg, model=None, batch_size=4, seed=0)
     assert "\n" not in str(error.value)
     with pytest.raises(DataError, match="unknown dataset"):
         data.prepare(config(dataset="no_such_dataset", data_dir=str(tmp_path)))
@@ -405,12 +403,18 @@ def test_tiny_splits_and_metadata_cache(tiny, monkeypatch):
 
 def test_tiny_train_and_eval(tiny):
     cfg, _ = tiny
-    iterator = data.make_train_iterator(cfg, model_name="cnn", batch_size=6, seed=0)
+    iterator = data.make_train_iterator(
+        cfg, model=models.resolve(ModelConfig(name="cnn")), batch_size=6, seed=0
+    )
     (batch,) = take(iterator, 1)
     chex.assert_shape(batch["image"], (6, 24, 24, 1))
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     source = data.open_sources(cfg)["validation"]
-    batches = list(data.make_eval_batches(cfg, "validation", model_name="cnn", batch_size=16))
+    batches = list(
+        data.make_eval_batches(
+            cfg, "validation", model=models.resolve(ModelConfig(name="cnn")), batch_size=16
+        )
+    )
     paths = np.concatenate([b["image_path"][b["mask"]] for b in batches])
     expected = [sources.as_str(source[i]["image_path"]) for i in range(len(source))]
     assert paths.tolist() == expected

@@ -15,10 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from murajax import data
-from murajax.config import Config, ConfigError, DataConfig, validate
-from murajax.data import cache, studies
+from murajax import data, models
+from murajax.config import Config, ConfigError, DataConfig, ModelConfig
+from murajax.data import cache
 from murajax.errors import DataError
+from murajax.validation import validate
 from tests.test_pipeline import (
     NUM_TRAIN,
     NUM_VALID,
@@ -48,7 +49,7 @@ def fake_sources() -> dict[str, list[dict]]:
 
 
 def train_batches(cfg: DataConfig, sources_, count: int, **kwargs) -> list[dict]:
-    kwargs = {"model_name": None, "batch_size": 8, "seed": 5, "sources": sources_, **kwargs}
+    kwargs = {"model": None, "batch_size": 8, "seed": 5, "sources": sources_, **kwargs}
     iterator = data.make_train_iterator(cfg, **kwargs)
     try:
         return take(iterator, count)
@@ -57,7 +58,7 @@ def train_batches(cfg: DataConfig, sources_, count: int, **kwargs) -> list[dict]
 
 
 def eval_batches(cfg: DataConfig, split: str, sources_=None) -> list[dict]:
-    batches = data.make_eval_batches(cfg, split, model_name=None, batch_size=8, sources=sources_)
+    batches = data.make_eval_batches(cfg, split, model=None, batch_size=8, sources=sources_)
     return [{k: np.array(v) for k, v in b.items()} for b in batches]
 
 
@@ -109,9 +110,7 @@ def test_memory_cache_shared_with_worker_processes(fake_sources):
 
 def test_resume_with_the_cache_is_exact(fake_sources, tmp_path):
     cfg = config(cache="memory", **AUGMENT)
-    iterator = data.make_train_iterator(
-        cfg, model_name=None, batch_size=8, seed=2, sources=fake_sources
-    )
+    iterator = data.make_train_iterator(cfg, model=None, batch_size=8, seed=2, sources=fake_sources)
     take(iterator, 3)
     manager = ocp.CheckpointManager(str(tmp_path / "ckpt"))
     manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
@@ -120,7 +119,7 @@ def test_resume_with_the_cache_is_exact(fake_sources, tmp_path):
     iterator.close()
     resumed = data.make_train_iterator(
         dataclasses.replace(cfg, num_workers=2),
-        model_name=None,
+        model=None,
         batch_size=8,
         seed=2,
         sources=fake_sources,
@@ -243,22 +242,21 @@ def test_entries_are_keyed_by_size_and_resize_not_channels(tiny, tmp_path):
 
 
 def test_study_batches_with_the_cache(tiny):
-    kwargs = {"model_name": "cnn", "batch_size": 4, "seed": 1}
+    study_cnn = models.resolve(ModelConfig(name="multiview", backbone="cnn"))
+    kwargs = {"model": study_cnn, "batch_size": 4, "seed": 1}
     base = dataclasses.replace(tiny, max_views=2)
-    iterator = studies.make_study_train_iterator(base, **kwargs)
+    iterator = data.make_train_iterator(base, **kwargs)
     expected = take(iterator, 2)
     iterator.close()
     iterator = run_quietly(
-        studies.make_study_train_iterator, dataclasses.replace(base, cache="memory"), **kwargs
+        data.make_train_iterator, dataclasses.replace(base, cache="memory"), **kwargs
     )[0]
     assert_batches_equal(expected, take(iterator, 2))
     iterator.close()
-    evaluated = list(
-        studies.make_study_eval_batches(base, "holdout", model_name="cnn", batch_size=4)
-    )
+    evaluated = list(data.make_eval_batches(base, "holdout", model=study_cnn, batch_size=4))
     cached = list(
-        studies.make_study_eval_batches(
-            dataclasses.replace(base, cache="memory"), "holdout", model_name="cnn", batch_size=4
+        data.make_eval_batches(
+            dataclasses.replace(base, cache="memory"), "holdout", model=study_cnn, batch_size=4
         )
     )
     assert_batches_equal(

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pretrained
-from murajax import config as config_lib
-from murajax import models, sweep
+from murajax import models, sweep, validation
 from murajax.config import ConfigError
 from murajax.models import keras_weights
 
@@ -139,7 +138,7 @@ def test_pretrained_sweep_is_the_thesis_comparison_at_one_budget(arg, cache):
     assert densenet.optim.learning_rate == 1e-4  # the MURA paper's
     for run in runs[1:]:
         assert run.config.data.normalization is None  # the model's own (registry)
-        config_lib.validate(run.config)
+        validation.validate(run.config)
     assert runs[0].config.data.normalization == loaded.base.data.normalization  # the CNN's own
     weights = {r.config.model.name: r.config.model.weights for r in runs[1:]}
     if arg == "smoke":

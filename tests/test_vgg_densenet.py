@@ -22,7 +22,7 @@ import tfds_mura  # noqa: F401  (registers mura_synthetic)
 from experiments.configs import densenet169 as densenet169_config
 from experiments.configs import vgg16 as vgg16_config
 from murajax import config as config_lib
-from murajax import models, optim, steps, train
+from murajax import models, optim, steps, train, validation
 from murajax.config import ModelConfig
 from murajax.models import WeightsError, keras_weights
 from murajax.models.densenet import DenseNet
@@ -359,7 +359,7 @@ def test_create_refuses_weights_and_create_from_config_leaves_them_to_the_traine
 
 
 def test_densenet169_config_is_the_mura_papers_recipe():
-    config = config_lib.validate(densenet169_config.get_config())
+    config = validation.validate(densenet169_config.get_config())
     assert (config.model.name, config.model.weights) == ("densenet169", None)
     assert config.data.image_size == 320 and config.data.flip and config.data.rotation == 30
     o = config.optim
@@ -371,10 +371,10 @@ def test_densenet169_config_is_the_mura_papers_recipe():
 
 @pytest.mark.parametrize("module", [vgg16_config, densenet169_config])
 def test_config_variants(module):
-    smoke = config_lib.validate(module.get_config("smoke"))
+    smoke = validation.validate(module.get_config("smoke"))
     assert smoke.data.dataset == "mura_synthetic/tiny" and smoke.data.image_size == 32
     assert (smoke.train.steps, smoke.train.batch_size) == (3, 4)
-    assert config_lib.validate(module.get_config()).model.name == module.__name__.split(".")[-1]
+    assert validation.validate(module.get_config()).model.name == module.__name__.split(".")[-1]
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("nope")
 

@@ -23,7 +23,8 @@ images: about as many real radiographs a step (MURA's studies average 2.7 views)
 """
 
 from experiments.configs import densenet169, quickstart, vgg16
-from murajax.config import VIEW_POOLINGS, Config
+from murajax.config import Config
+from murajax.models.multiview import VIEW_POOLINGS
 
 BACKBONES = {"cnn": quickstart, "vgg16": vgg16, "densenet169": densenet169}
 

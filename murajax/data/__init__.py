@@ -3,25 +3,23 @@
 Splits: 'train' and 'holdout' (a patient-disjoint slice of TFDS train, see `splits`), and
 'validation' (TFDS validation, MURA's official valid set).
 
-    make_train_iterator(data_config, *, model_name, batch_size, seed, process_index=0,
-                        process_count=1) -> grain.DatasetIterator   (endless, checkpointable)
-    make_eval_batches(data_config, split, *, model_name, batch_size, process_index=0,
-                      process_count=1) -> Iterator[dict]             (one pass, padded + mask)
-    split_info(data_config, split) -> dict                          (counts, no image decoding)
+    make_train_iterator(data_config, *, model, batch_size, seed, process_index=0,
+                        process_count=1) -> BatchIterator          (endless, checkpointable)
+    make_eval_batches(data_config, split, *, model, batch_size, process_index=0,
+                      process_count=1) -> Iterator[dict]           (one pass, padded + mask)
+    split_info(data_config, split) -> dict                         (counts, no image decoding)
     num_examples(data_config, split) -> int
 
-Study batches, for study-level models such as "multiview" (see `studies`): every view of a
-study in one row, (B, V, S, S, C) images with a (B, V) `view_mask`:
-
-    make_study_train_iterator(...)   as make_train_iterator, batch_size counting studies
-    make_study_eval_batches(...)     as make_eval_batches, every view of every study once
+`model` is the `murajax.models.ModelSpec` the batches are for (how it wants its images, and
+whether it takes studies: then every view of a study is in one row, (B, V, S, S, C) images
+with a (B, V) `view_mask`, see `studies`), or None for single-channel images in [0, 1].
 """
 
+from murajax.data.batches import make_eval_batches, make_train_iterator
 from murajax.data.pipeline import (
+    ModelInputs,
     PreprocessSpec,
     eval_dataset,
-    make_eval_batches,
-    make_train_iterator,
     num_examples,
     preprocess_spec,
     split_info,
@@ -30,20 +28,15 @@ from murajax.data.pipeline import (
 )
 from murajax.data.sources import DataError, open_sources, prepare
 from murajax.data.splits import SPLITS
-from murajax.data.studies import (
-    make_study_eval_batches,
-    make_study_train_iterator,
-    study_groups,
-)
+from murajax.data.studies import study_groups
 
 __all__ = [
     "SPLITS",
     "DataError",
+    "ModelInputs",
     "PreprocessSpec",
     "eval_dataset",
     "make_eval_batches",
-    "make_study_eval_batches",
-    "make_study_train_iterator",
     "make_train_iterator",
     "num_examples",
     "open_sources",

@@ -19,8 +19,8 @@ from typing import Any
 from PIL import Image
 
 from murajax.config import DataConfig
+from murajax.data import batches, pipeline, preprocess
 from murajax.data import cache as cache_lib
-from murajax.data import pipeline, preprocess
 from murajax.data import sources as sources_lib
 
 
@@ -46,7 +46,7 @@ def upscaled_source(source: Any, count: int, long_side: int) -> list[dict[str, A
     longer side is `long_side`, to time decoding and resizing at MURA's sizes (real
     radiographs are up to about 512 px; `mura_synthetic` draws about 100-150 px)."""
     records = []
-    for example in pipeline.read_records(source, range(min(count, len(source)))):
+    for example in sources_lib.read_records(source, range(min(count, len(source)))):
         image = preprocess.decode_image(example["image"])[:, :, 0]
         scale = long_side / max(image.shape)
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
@@ -110,9 +110,9 @@ def data_throughput(
             build_s = time.perf_counter() - start
         for workers in num_workers:
             config = dataclasses.replace(base, image_size=size, num_workers=workers)
-            iterator = pipeline.make_train_iterator(
+            iterator = batches.make_train_iterator(
                 config,
-                model_name=None,
+                model=None,
                 channels=channels,
                 batch_size=batch_size,
                 seed=seed,

@@ -48,6 +48,7 @@ from murajax.data import preprocess
 from murajax.data import sources as sources_lib
 from murajax.errors import DataError
 
+DATA_CACHES: tuple[str, ...] = ("none", "memory", "disk")  # `data.cache`
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.array_record"
 METADATA_FILE = "metadata.npz"
@@ -255,12 +256,10 @@ def iter_resized(
 ) -> Iterator[tuple[list[Mapping[str, Any]], list[np.ndarray]]]:
     """Reads `source` in order, in chunks, and yields each chunk's records and their decoded,
     resized uint8 (S, S, 1) images (decoded on `threads` threads: Pillow releases the GIL)."""
-    from murajax.data import pipeline  # local: pipeline imports this module
-
     threads = threads or min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(source), BUILD_CHUNK):
-            records = pipeline.read_records(
+            records = sources_lib.read_records(
                 source, range(start, min(start + BUILD_CHUNK, len(source)))
             )
             images = list(pool.map(lambda r: _decode_resize(r["image"], size, resize), records))

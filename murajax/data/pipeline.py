@@ -25,15 +25,16 @@ grain hands their batches back in order.
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
 from absl import flags
 
-from murajax.config import DataConfig, ModelConfig
-from murajax.data import preprocess, splits
+from murajax.config import DataConfig
+from murajax.data import cache, preprocess, splits
 from murajax.data import sources as sources_lib
+from murajax.data.sources import read_records
 
 SHUFFLE_STREAM = 0  # SeedSequence spawn keys: the shuffle and the augmentation use
 AUGMENT_STREAM = 1  # independent streams derived from the one experiment seed
@@ -61,24 +62,24 @@ class PreprocessSpec:
         return self.brightness > 0 or self.contrast > 0
 
 
-def model_input_spec(model_name: "str | ModelConfig") -> tuple[str, int]:
-    """(normalization, channels) that a registered model wants: `model_name` is its name or
-    its `ModelConfig` (a study model, such as "multiview", prepares images as its backbone)."""
-    from murajax.models import registry  # the models package registers the built-ins
+class ModelInputs(Protocol):
+    """What the pipeline needs to know of a model (a `murajax.models.ModelSpec` is one)."""
 
-    return registry.input_spec(model_name)
+    normalization: str  # how it wants its images normalised (`preprocess.NORMALIZATIONS`)
+    channels: int  # 1 (grayscale) or 3
+    study_level: bool  # whether it takes study batches (every view of a study in one row)
 
 
 def preprocess_spec(
     config: DataConfig,
-    model_name: str | ModelConfig | None = None,
+    model: ModelInputs | None = None,
     *,
     channels: int | None = None,
     train: bool = False,
 ) -> PreprocessSpec:
-    """The preprocessing for `model_name`: `config.normalization` (or else the model's own,
-    or else 'unit'), `channels` (or else the model's, or else 1); augmentation if `train`."""
-    model_norm, model_channels = model_input_spec(model_name) if model_name else ("unit", 1)
+    """The preprocessing for `model`: `config.normalization` (or else the model's own, or
+    else 'unit'), `channels` (or else the model's, or else 1); augmentation if `train`."""
+    model_norm, model_channels = (model.normalization, model.channels) if model else ("unit", 1)
     return PreprocessSpec(
         image_size=config.image_size,
         resize=config.resize,
@@ -123,13 +124,6 @@ class ProcessSlice:
         size = len(batch["index"]) // self.process_count
         start = self.process_index * size
         return {k: v[start : start + size] for k, v in batch.items()}
-
-
-def read_records(source: sources_lib.Source, positions: Sequence[int]) -> list[Mapping[str, Any]]:
-    """Reads records by position, batched where the source supports it (`__getitems__`)."""
-    positions = [int(p) for p in positions]
-    getitems = getattr(source, "__getitems__", None)
-    return list(getitems(positions)) if getitems else [source[p] for p in positions]
 
 
 def prepare_images(
@@ -427,8 +421,6 @@ def with_cache(source: sources_lib.Source, config: DataConfig) -> sources_lib.So
     when `config.num_workers` > 0."""
     if config.cache == "none":
         return source
-    from murajax.data import cache  # local: cache imports this module
-
     return cache.cached_source(source, config, shared=config.num_workers > 0)
 
 
@@ -456,53 +448,7 @@ def split_info(
     return {"split": split, **splits.summarize(meta, names)}
 
 
-# --------------------------------------------------------------------------- public API
-
-
-def make_train_iterator(
-    data_config: DataConfig,
-    *,
-    model_name: str | ModelConfig | None,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    channels: int | None = None,
-    sources: Mapping[str, Any] | None = None,
-    read_threads: int = DEFAULT_READ_THREADS,
-    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-) -> BatchIterator:
-    """An endless iterator of augmented train batches for this process.
-
-    Yields `{'image': float32 (B_local, S, S, C), 'label': int32 (B_local,), 'body_part':
-    int32 (B_local,)}` with `B_local = batch_size // process_count` (`batch_size` is global).
-    The batches depend only on (`seed`, step), not on `num_workers` or the process layout:
-    concatenating the processes' batches gives the single-process batch. The iterator's
-    `get_state()`/`set_state()` resume exactly, also with another `num_workers`, and it
-    checkpoints with orbax through `grain.checkpoint.CheckpointSave(iterator)` /
-    `CheckpointRestore(iterator)` (see `BatchIterator`). Call `close()` when done with it.
-
-    `model_name` picks the normalization (unless `data_config.normalization` is set) and the
-    channels (unless `channels` is given); `sources` replaces the TFDS dataset (a mapping
-    with a 'train' source, see `murajax.data.sources`).
-    """
-    source, positions = image_source(data_config, "train", sources)
-    spec = preprocess_spec(data_config, model_name, channels=channels, train=True)
-    dataset = train_dataset(
-        source,
-        positions,
-        spec,
-        seed=seed,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return BatchIterator(
-        dataset,
-        data_config.num_workers,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
-    )
+# --------------------------------------------------------------------------- one pass
 
 
 def iterate_once(
@@ -529,43 +475,3 @@ def _drain(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
-
-
-def make_eval_batches(
-    data_config: DataConfig,
-    split: str,
-    *,
-    model_name: str | ModelConfig | None,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    channels: int | None = None,
-    sources: Mapping[str, Any] | None = None,
-    read_threads: int = DEFAULT_READ_THREADS,
-    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over `split` ('holdout', 'validation' or 'train'), unaugmented, in order.
-
-    Every image appears exactly once over all processes. The global batches hold
-    `batch_size` rows, the last padded; each process gets its contiguous
-    `batch_size // process_count` rows of every global batch, so all processes see the same
-    number of batches of the same shapes. Each batch: 'image' float32 (B_local, S, S, C),
-    'label' int32, 'body_part' int32, 'patient_id' int64, 'study_id' str, 'image_path'
-    str, and 'mask' bool (False for padding rows, whose other fields are zeros / '' / -1).
-    """
-    source, positions = image_source(data_config, split, sources)
-    spec = preprocess_spec(data_config, model_name, channels=channels, train=False)
-    dataset = eval_dataset(
-        source,
-        positions,
-        spec,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return iterate_once(
-        dataset,
-        data_config.num_workers,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
-    )

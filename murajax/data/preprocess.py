@@ -26,7 +26,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from murajax.config import NORMALIZATIONS, RESIZE_MODES
+RESIZE_MODES: tuple[str, ...] = ("pad", "crop")  # after an aspect-preserving resize
+NORMALIZATIONS: tuple[str, ...] = ("unit", "imagenet", "caffe", "standardize")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """ImageNet per-channel mean of RGB images in [0, 1] (torchvision / Keras 'torch' mode)."""

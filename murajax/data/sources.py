@@ -295,3 +295,10 @@ def class_names(source: Source, feature: str) -> tuple[str, ...] | None:
         return tuple(info.features[feature].names)
     except (AttributeError, KeyError, TypeError):
         return None
+
+
+def read_records(source: Source, positions: Sequence[int]) -> list[Mapping[str, Any]]:
+    """Reads records by position, batched where the source supports it (`__getitems__`)."""
+    positions = [int(p) for p in positions]
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(positions)) if getitems else [source[p] for p in positions]

@@ -28,13 +28,13 @@ the largest study of the split, and padded views are blank and masked.
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grain
 import numpy as np
 
-from murajax.config import DataConfig, ModelConfig
+from murajax.config import DataConfig
 from murajax.data import pipeline
 from murajax.data import sources as sources_lib
 
@@ -98,7 +98,7 @@ class LoadTrainStudies:
             counts.append(min(int(np.sum(group >= 0)), self.max_views))
             rngs.extend(study_rng.spawn(self.max_views))
         records = np.concatenate(chosen)
-        examples = pipeline.read_records(self.source, records)
+        examples = sources_lib.read_records(self.source, records)
         images = pipeline.prepare_images(examples, self.spec, rngs)
         first = examples[:: self.max_views]
         return {
@@ -139,7 +139,7 @@ class LoadEvalStudies:
         flat = table.reshape(-1)
         for k, example in zip(
             np.flatnonzero(flat >= 0),
-            pipeline.read_records(self.source, flat[flat >= 0]),
+            sources_lib.read_records(self.source, flat[flat >= 0]),
             strict=True,
         ):
             examples[k] = example
@@ -204,79 +204,4 @@ def study_eval_dataset(
         .batch(batch_size, drop_remainder=True)
         .map(pipeline.ProcessSlice(process_index, process_count))
         .map(LoadEvalStudies(source, spec, groups))
-    )
-
-
-def make_study_train_iterator(
-    data_config: DataConfig,
-    *,
-    model_name: str | ModelConfig | None,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    channels: int | None = None,
-    sources: Mapping[str, Any] | None = None,
-    read_threads: int = pipeline.DEFAULT_READ_THREADS,
-    prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES,
-) -> pipeline.BatchIterator:
-    """An endless, checkpointable iterator of augmented train study batches (module doc).
-
-    As `make_train_iterator`, with `batch_size` counting studies and `data_config.max_views`
-    views per study. `model_name` is a registered name or a `ModelConfig` (a study model's
-    images are prepared as its backbone's).
-    """
-    source, groups = split_study_groups(data_config, "train", sources)
-    spec = pipeline.preprocess_spec(data_config, model_name, channels=channels, train=True)
-    dataset = study_train_dataset(
-        source,
-        groups,
-        spec,
-        seed=seed,
-        batch_size=batch_size,
-        max_views=data_config.max_views,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return pipeline.BatchIterator(
-        dataset,
-        data_config.num_workers,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
-    )
-
-
-def make_study_eval_batches(
-    data_config: DataConfig,
-    split: str,
-    *,
-    model_name: str | ModelConfig | None,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    channels: int | None = None,
-    sources: Mapping[str, Any] | None = None,
-    read_threads: int = pipeline.DEFAULT_READ_THREADS,
-    prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES,
-) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over the studies of `split`, every view, unaugmented, in order (module doc).
-
-    As `make_eval_batches`, with `batch_size` counting studies: every process sees the same
-    number of batches of the same shapes, and each study appears once over all processes.
-    """
-    source, groups = split_study_groups(data_config, split, sources)
-    spec = pipeline.preprocess_spec(data_config, model_name, channels=channels, train=False)
-    dataset = study_eval_dataset(
-        source,
-        groups,
-        spec,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return pipeline.iterate_once(
-        dataset,
-        data_config.num_workers,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
     )

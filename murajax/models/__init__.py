@@ -11,6 +11,10 @@ registering a factory:
     def tiny(num_classes=2, **kwargs):
         return MyModule(num_classes=num_classes)
 
+A config's model is resolved once, `spec = models.resolve(config.model)`: the `ModelSpec`
+says how the model wants its images, whether it takes studies, which parameters form its
+head, and builds the module (`spec.build()`).
+
 A module holds no weights, so `create(name, weights=path)` raises (a `TypeError` that says
 what to call instead); pretrained weights are variables:
 
@@ -44,14 +48,16 @@ from murajax.models.keras_weights import (
 from murajax.models.layers import max_pool_2x2
 from murajax.models.multiview import MultiView
 from murajax.models.registry import (
+    ModelSpec,
+    check_config,
     create,
     create_from_config,
-    input_shape,
     input_spec,
     is_study_model,
     loads_keras_weights,
     register,
     registered_names,
+    resolve,
 )
 from murajax.models.vgg import VGG16
 
@@ -59,11 +65,12 @@ __all__ = [
     "CNN",
     "DenseNet",
     "MultiView",
+    "ModelSpec",
     "VGG16",
     "WeightsError",
+    "check_config",
     "create",
     "create_from_config",
-    "input_shape",
     "input_spec",
     "is_study_model",
     "load_keras_weights",
@@ -74,4 +81,5 @@ __all__ = [
     "weights_file",
     "register",
     "registered_names",
+    "resolve",
 ]

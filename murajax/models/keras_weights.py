@@ -25,19 +25,17 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from murajax.config import ModelConfig
 from murajax.errors import WeightsError
 from murajax.models import registry, weights_hub
-from murajax.models.multiview import ENCODER
-
-if TYPE_CHECKING:
-    from murajax.config import ModelConfig
+from murajax.models.registry import ModelSpec
 
 Variables = dict[str, Any]
 Shape = tuple[int, ...]
@@ -213,9 +211,9 @@ def layer_specs(variables_shapes: Mapping[str, Any]) -> dict[str, LayerSpec]:
 
 def backbone_shapes(name: str) -> Variables:
     """Shapes of the variables of `create(name, num_classes=None)`, computed without FLOPs."""
-    _, channels = registry.input_spec(name)
+    spec = registry.resolve(ModelConfig(name=name))
     model = registry.create(name, num_classes=None)
-    x = jax.ShapeDtypeStruct((1, 32, 32, channels), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 32, 32, spec.channels), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
 
@@ -354,24 +352,31 @@ def replace_backbone(initial: Variables, loaded: Variables, source: str = "the f
     return merged
 
 
-def weights_file(model_config: "ModelConfig") -> str | None:
-    """The Keras file `model_config.weights` names, downloaded first if it is "imagenet"
+def _spec(model: ModelConfig | ModelSpec) -> ModelSpec:
+    return model if isinstance(model, ModelSpec) else registry.resolve(model)
+
+
+def weights_file(model: ModelConfig | ModelSpec) -> str | None:
+    """The Keras file `model.weights` names (of a `ModelConfig`, or of a resolved
+    `ModelSpec`'s config), downloaded first if it is "imagenet"
     (`weights_hub.resolve_weights`); None without weights. Raises as `pretrained_variables`
     does for a model or download that does not fit, so a trainer can call it before any
     compute."""
-    if model_config.weights is None:
+    spec = _spec(model)
+    if spec.config.weights is None:
         return None
-    registry.check_weights_field(model_config)
-    return weights_hub.resolve_weights(registry.weights_model(model_config), model_config.weights)
+    registry.check_weights_field(spec)
+    return weights_hub.resolve_weights(spec.weights_model, spec.config.weights)
 
 
-def pretrained_variables(model_config: "ModelConfig", initial_variables: Variables) -> Variables:
-    """`initial_variables` with the backbone loaded from `model_config.weights`, if set.
+def pretrained_variables(model: ModelConfig | ModelSpec, initial_variables: Variables) -> Variables:
+    """`initial_variables` with the backbone loaded from `model.weights`, if set (`model`: a
+    `ModelConfig`, or its resolved `ModelSpec`).
 
     The trainer calls this on `model.init`'s output: the backbone comes from the Keras file
-    (`load_keras_weights(model_config.name, model_config.weights)`), the new head stays as
-    initialised. For a study model ("multiview") the file holds its `backbone`'s weights and
-    fills its "encoder". Without `weights`, `initial_variables` come back unchanged.
+    (`load_keras_weights(name, model.weights)`), the new head stays as initialised. For a
+    study model ("multiview") the file holds its `backbone`'s weights and fills its
+    "encoder". Without `weights`, `initial_variables` come back unchanged.
     `weights="imagenet"` is Keras's ImageNet file for the model, downloaded once into
     murajax's cache (`weights_hub.resolve_weights`).
 
@@ -380,16 +385,18 @@ def pretrained_variables(model_config: "ModelConfig", initial_variables: Variabl
     file that is damaged, not Keras weights, another model's, or of other shapes (each names
     the file and what does not fit).
     """
-    path = weights_file(model_config)
+    spec = _spec(model)
+    path = weights_file(spec)
     if path is None:
         return initial_variables
-    loaded = load_keras_weights(registry.weights_model(model_config), path)
-    if not registry.is_study_model(model_config.name):
+    loaded = load_keras_weights(spec.weights_model, path)
+    if spec.encoder is None:
         return replace_backbone(initial_variables, loaded, source=path)
-    # A study model ("multiview"): the file is its backbone's, loaded into its "encoder".
-    encoder = {c: layers[ENCODER] for c, layers in initial_variables.items() if ENCODER in layers}
+    # A study model ("multiview"): the file is its backbone's, loaded into its encoder.
+    key = spec.encoder
+    encoder = {c: layers[key] for c, layers in initial_variables.items() if key in layers}
     encoder = replace_backbone(encoder, loaded, source=path)
     return {
-        c: {**layers, **({ENCODER: encoder[c]} if c in encoder else {})}
+        c: {**layers, **({key: encoder[c]} if c in encoder else {})}
         for c, layers in initial_variables.items()
     }

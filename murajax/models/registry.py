@@ -1,24 +1,39 @@
-"""Model registry: names in `config.model.name` -> factories that build Flax modules."""
+"""Model registry: names in `config.model.name` -> factories that build Flax modules.
+
+`resolve(model_config)` is where a config's model name is looked up, once: it returns a
+`ModelSpec`, which is all that data, freezing, class weighting and evaluation need to know
+of the model (how it wants its images, whether it takes studies, which parameters are its
+head and which its backbone) and builds the Flax module.
+"""
 
 import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 
 from murajax import config as config_lib
+from murajax.config import ModelConfig
 from murajax.models import weights_hub
-
-if TYPE_CHECKING:
-    from murajax.config import ModelConfig
 
 ModelFactory = Callable[..., nn.Module]
 
-_FACTORIES: dict[str, ModelFactory] = {}
-_NORMALIZATIONS: dict[str, tuple[str, int] | None] = {}
-_STUDY_MODELS: set[str] = set()
-_KERAS_WEIGHTS: set[str] = set()
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """How a model was registered (see `register`)."""
+
+    factory: ModelFactory
+    normalization: str
+    channels: int
+    study_level: bool
+    keras_weights: bool
+    head: tuple[str, ...]
+    encoder: str
+
+
+_REGISTRY: dict[str, Registration] = {}
 
 
 def register(
@@ -28,6 +43,8 @@ def register(
     channels: int = 1,
     study_level: bool = False,
     keras_weights: bool = False,
+    head: tuple[str, ...] = ("head",),
+    encoder: str = "encoder",
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Registers a model factory under `name` so that configs can name it (`model.name`).
 
@@ -37,8 +54,12 @@ def register(
     pipeline how the model wants its images.
 
     A `study_level` model instead maps study batches, images (B, V, H, W, C) with a
-    `view_mask` (B, V) keyword, to one logit pair per study, and its images are prepared as its
-    `config.backbone`'s are (see "multiview").
+    `view_mask` (B, V) keyword, to one logit pair per study; its images are prepared as its
+    `config.backbone`'s are, and its per-view encoder's parameters are the subtree `encoder`
+    (see "multiview").
+
+    `head`: the top-level parameter groups of the classification head (what
+    `model.freeze='backbone'` leaves trainable); a name ending in "*" is a prefix.
 
     `keras_weights=True` says that the model's backbone layers are named as a Keras
     application's, so that `load_keras_weights(name, path)` fills them and a config may set
@@ -50,29 +71,124 @@ def register(
     """
 
     def decorator(factory: ModelFactory) -> ModelFactory:
-        _FACTORIES[name] = factory
-        _NORMALIZATIONS[name] = None if study_level else (normalization, channels)
-        if study_level:
-            _STUDY_MODELS.add(name)
-        else:
-            _STUDY_MODELS.discard(name)
-        if keras_weights:
-            _KERAS_WEIGHTS.add(name)
-        else:
-            _KERAS_WEIGHTS.discard(name)
+        _REGISTRY[name] = Registration(
+            factory, normalization, channels, study_level, keras_weights, tuple(head), encoder
+        )
         return factory
 
     return decorator
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A config's model, resolved once (`resolve`): what the rest of murajax needs of it."""
+
+    config: ModelConfig
+    normalization: str  # how it wants its images (a study model: as its backbone)
+    channels: int
+    study_level: bool  # takes study batches (B, V, H, W, C) + `view_mask` (B, V)
+    head: tuple[str, ...]  # the top-level parameter groups of its head ("x*": a prefix)
+    encoder: str | None  # a study model's per-view encoder subtree; None for image models
+    weights_model: str  # the model whose Keras file `model.weights` holds
+    factory: ModelFactory = dataclasses.field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The registered name (`model.name`)."""
+        return self.config.name
+
+    @property
+    def predicts(self) -> str:
+        """What one prediction is of: "studies" or "images"."""
+        return "studies" if self.study_level else "images"
+
+    def is_head(self, group: str) -> bool:
+        """Whether the top-level parameter group `group` belongs to the head."""
+        return any(group.startswith(h[:-1]) if h.endswith("*") else group == h for h in self.head)
+
+    def input_shape(self, image_size: int, batch_size: int) -> tuple[int, ...]:
+        """The shape of a batch of the model's inputs: NHWC images, or (B, 1, H, W, C)
+        studies of one view for a study model."""
+        if self.study_level:
+            return (batch_size, 1, image_size, image_size, self.channels)
+        return (batch_size, image_size, image_size, self.channels)
+
+    def build(self, **overrides: Any) -> nn.Module:
+        """The Flax module, built with the config fields its factory takes (and `overrides`).
+
+        A factory with named keyword parameters receives the config fields of those names
+        (the "cnn" factory takes `widths`, `convs_per_block`, `batch_norm`, `pooling`,
+        `dense`, `dropout_rate`, `dtype`); one with `**kwargs` receives every field but
+        `name` and `weights` (the "multiview" factory, which hands its backbone the fields
+        that backbone takes). The module holds no weights: `model.weights` is loaded into
+        the variables by `pretrained_variables` (the trainer's `create_train_state`).
+        """
+        fields = dataclasses.asdict(self.config)
+        del fields["name"], fields["weights"]
+        num_classes = fields.pop("num_classes")
+        return _call_factory(self.name, self.factory, num_classes, {**fields, **overrides})
+
+
+def _registration(name: str) -> Registration:
+    if name not in _REGISTRY:
+        valid = ", ".join(repr(n) for n in registered_names())
+        raise ValueError(f"unknown model {name!r}: expected one of {valid}")
+    return _REGISTRY[name]
+
+
+def resolve(model_config: ModelConfig) -> ModelSpec:
+    """The `ModelSpec` of `model_config`: the one lookup of `model_config.name` (and of a
+    study model's `backbone`). Raises `ValueError` for an unregistered name."""
+    registration = _registration(model_config.name)
+    inputs, weights_model = registration, model_config.name
+    if registration.study_level:
+        inputs, weights_model = _registration(model_config.backbone), model_config.backbone
+    return ModelSpec(
+        config=model_config,
+        normalization=inputs.normalization,
+        channels=inputs.channels,
+        study_level=registration.study_level,
+        head=registration.head,
+        encoder=registration.encoder if registration.study_level else None,
+        weights_model=weights_model,
+        factory=registration.factory,
+    )
+
+
 def registered_names() -> list[str]:
     """The names `create` accepts, built-in and user-registered."""
-    return sorted(_FACTORIES)
+    return sorted(_REGISTRY)
+
+
+def image_model_names() -> list[str]:
+    """The registered image-level models (those a study model may take as `backbone`)."""
+    return sorted(n for n, r in _REGISTRY.items() if not r.study_level)
 
 
 def loads_keras_weights(name: str) -> bool:
     """Whether model `name` was registered with `keras_weights=True` (see `register`)."""
-    return name in _KERAS_WEIGHTS
+    return name in _REGISTRY and _REGISTRY[name].keras_weights
+
+
+def is_study_model(name: str) -> bool:
+    """Whether model `name` takes study batches (B, V, H, W, C) + `view_mask` (B, V)."""
+    return _registration(name).study_level
+
+
+def input_spec(model: str | ModelConfig) -> tuple[str, int]:
+    """How a model wants its inputs: (normalization, channels).
+
+    `model` is a registered name or a `ModelConfig`; a study-level model (e.g. "multiview")
+    wants what its `backbone` wants, so it needs the `ModelConfig`.
+    """
+    if isinstance(model, str):
+        if is_study_model(model):
+            raise ValueError(
+                f"model {model!r} prepares its images as its backbone does: pass its ModelConfig"
+            )
+        model = ModelConfig(name=model)
+    spec = resolve(model)
+    return spec.normalization, spec.channels
 
 
 def weights_in_create_message(name: str, weights: Any) -> str:
@@ -100,46 +216,21 @@ def create(name: str, num_classes: int | None = 2, **kwargs: Any) -> nn.Module:
         variables = models.load_keras_weights("vgg16", "vgg16_..._notop.h5")
         features = model.apply(variables, images)
     """
-    if name not in _FACTORIES:
-        valid = ", ".join(repr(n) for n in registered_names())
-        raise ValueError(f"unknown model {name!r}: expected one of {valid}")
+    factory = _registration(name).factory
     weights = kwargs.pop("weights", None)
     if weights is not None:
         raise TypeError(weights_in_create_message(name, weights))
-    return _FACTORIES[name](num_classes=num_classes, **kwargs)
+    return factory(num_classes=num_classes, **kwargs)
 
 
-def is_study_model(name: str) -> bool:
-    """Whether model `name` takes study batches (B, V, H, W, C) + `view_mask` (B, V)."""
-    return name in _STUDY_MODELS
-
-
-def input_spec(model: "str | ModelConfig") -> tuple[str, int]:
-    """How a model wants its inputs: (normalization, channels).
-
-    `model` is a registered name or a `ModelConfig`; a study-level model (e.g. "multiview")
-    wants what its `backbone` wants, so it needs the `ModelConfig`.
-    """
-    name = model if isinstance(model, str) else model.name
-    if name not in _NORMALIZATIONS:
-        raise ValueError(f"unknown model {name!r}: expected one of {registered_names()}")
-    spec = _NORMALIZATIONS[name]
-    if spec is None:
-        if isinstance(model, str):
-            raise ValueError(
-                f"model {name!r} prepares its images as its backbone does: pass its ModelConfig"
-            )
-        return input_spec(model.backbone)
-    return spec
-
-
-def input_shape(model_config: "ModelConfig", image_size: int, batch_size: int) -> tuple[int, ...]:
-    """The shape of a batch of the model's inputs: NHWC images, or (B, 1, H, W, C) studies
-    of one view for a study model."""
-    _, channels = input_spec(model_config)
-    if is_study_model(model_config.name):
-        return (batch_size, 1, image_size, image_size, channels)
-    return (batch_size, image_size, image_size, channels)
+def _call_factory(
+    name: str, factory: ModelFactory, num_classes: int | None, fields: dict[str, Any]
+) -> nn.Module:
+    """`factory(num_classes=..., **fields)` with those of `fields` that it takes."""
+    parameters = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in fields.items() if takes_any or k in parameters}
+    return create(name, num_classes=num_classes, **kwargs)
 
 
 def create_with_fields(name: str, num_classes: int | None, fields: dict[str, Any]) -> nn.Module:
@@ -148,66 +239,52 @@ def create_with_fields(name: str, num_classes: int | None, fields: dict[str, Any
     A factory with named keyword parameters receives the fields of those names; one with
     `**kwargs` receives them all. `fields` holds no `weights` (see `create`).
     """
-    if name not in _FACTORIES:
-        valid = ", ".join(repr(n) for n in registered_names())
-        raise ValueError(f"unknown model {name!r}: expected one of {valid}")
-    parameters = inspect.signature(_FACTORIES[name]).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in fields.items() if takes_any or k in parameters}
-    return create(name, num_classes=num_classes, **kwargs)
+    return _call_factory(name, _registration(name).factory, num_classes, fields)
 
 
-def weights_model(model_config: "ModelConfig") -> str:
-    """The model whose Keras weights `model_config.weights` holds: the model itself, or a
-    study model's ("multiview") `backbone`."""
-    return model_config.backbone if is_study_model(model_config.name) else model_config.name
-
-
-def check_weights_field(model_config: "ModelConfig") -> None:
+def check_weights_field(spec: ModelSpec) -> None:
     """Raises a one-line `ConfigError` if `model.weights` is set for a model that has no
     Keras weights to load (see `register(..., keras_weights=True)`), or is "imagenet" for a
     model that has no ImageNet file to download (`weights_hub.IMAGENET_FILES`). Reads and
     downloads nothing."""
-    if model_config.weights is None:
+    weights = spec.config.weights
+    if weights is None:
         return
-    target = weights_model(model_config)
-    owner = "the backbone " if target != model_config.name else ""
+    target = spec.weights_model
+    owner = "the backbone " if target != spec.name else ""
     if not loads_keras_weights(target):
-        which = ", ".join(repr(n) for n in sorted(_KERAS_WEIGHTS)) or "none registered"
+        which = ", ".join(repr(n) for n in registered_names() if loads_keras_weights(n))
         raise config_lib.invalid(
             "model.weights",
-            model_config.weights,
-            f"None: {owner}model {target!r} does not load weights (models that do: {which},"
-            " or a study model with one of them as backbone)",
+            weights,
+            f"None: {owner}model {target!r} does not load weights (models that do:"
+            f" {which or 'none registered'}, or a study model with one of them as backbone)",
         )
-    if model_config.weights == weights_hub.IMAGENET and target not in weights_hub.IMAGENET_FILES:
+    if weights == weights_hub.IMAGENET and target not in weights_hub.IMAGENET_FILES:
         which = ", ".join(repr(n) for n in weights_hub.imagenet_models())
         raise config_lib.invalid(
             "model.weights",
-            model_config.weights,
+            weights,
             f"the path of a Keras .h5 weights file: {owner}model {target!r} has no ImageNet"
             f" weights to download (models that have: {which}, or a study model with one of"
             " them as backbone)",
         )
 
 
-def create_from_config(model_config: "ModelConfig") -> nn.Module:
-    """Builds `model_config.name` with the `ModelConfig` fields its factory takes.
+def check_config(model_config: ModelConfig) -> ModelSpec:
+    """Checks the fields of `model_config` that the registry decides (`model.name`,
+    `model.backbone`, `model.weights`); returns its `ModelSpec` or raises `ConfigError`."""
+    config_lib.check_choice("model.name", model_config.name, tuple(registered_names()))
+    config_lib.check_choice("model.backbone", model_config.backbone, tuple(image_model_names()))
+    spec = resolve(model_config)
+    check_weights_field(spec)
+    return spec
 
-    A factory with named keyword parameters receives the config fields of those names (the
-    "cnn" factory takes `widths`, `convs_per_block`, `batch_norm`, `pooling`, `dense`,
-    `dropout_rate`, `dtype`); one with `**kwargs` receives every field but `name` and
-    `weights` (the "multiview" factory, which hands its backbone the fields that backbone
-    takes).
 
-    The Module holds no weights: `model.weights` (a Keras `.h5` file, or "imagenet") is
-    checked to belong to a model that loads Keras weights (else a `ConfigError`) and is
-    loaded into the variables at initialisation, by `pretrained_variables`, which the
-    trainer's `create_train_state` calls. The file is neither read nor downloaded here, so a
-    trained workdir loads without it.
-    """
-    check_weights_field(model_config)
-    fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)}
-    del fields["name"], fields["weights"]
-    num_classes = fields.pop("num_classes")
-    return create_with_fields(model_config.name, num_classes, fields)
+def create_from_config(model_config: ModelConfig) -> nn.Module:
+    """Builds `model_config`'s Flax module (`resolve(model_config).build()`, after checking
+    that `model.weights` belongs to a model that loads Keras weights, else `ConfigError`).
+    The file is neither read nor downloaded here, so a trained workdir loads without it."""
+    spec = resolve(model_config)
+    check_weights_field(spec)
+    return spec.build()
