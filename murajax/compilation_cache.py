@@ -19,6 +19,9 @@ import os
 import sys
 import tempfile
 
+import jax
+from jax._src import compilation_cache as jax_compilation_cache
+
 ENV_VAR = "MURAJAX_COMPILATION_CACHE"
 """The environment variable that names the cache folder ('' turns the cache off)."""
 
@@ -71,7 +74,6 @@ def enable(path: str | None, *, min_compile_time_s: float = 0.0) -> str | None:
             file=sys.stderr,
         )
         return None
-    import jax
 
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
@@ -82,9 +84,6 @@ def enable(path: str | None, *, min_compile_time_s: float = 0.0) -> str | None:
 
 def disable() -> None:
     """Turns the persistent compilation cache off again (for tests and notebooks)."""
-    import jax
-
     jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache
 
-    compilation_cache.reset_cache()
+    jax_compilation_cache.reset_cache()

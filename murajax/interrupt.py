@@ -27,6 +27,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from jax._src import distributed
+
 from murajax.errors import TrainingInterrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -89,8 +91,6 @@ class Agreement:
 
 def _distributed_client() -> Any:
     """JAX's distributed runtime client (orbax reaches it the same way), or None."""
-    from jax._src import distributed
-
     return distributed.global_state.client
 
 

@@ -84,20 +84,23 @@ def body_part_class_weights(counts: Any) -> np.ndarray:
     return table
 
 
-def make_class_weights(weighting: str, labels: Any, body_parts: Any = None) -> np.ndarray | None:
-    """The weights for `TrainConfig.class_weighting` from the training labels (and body parts).
+def class_weight_table(weighting: str, counts: Any) -> np.ndarray:
+    """The (body parts, 2) loss-weight table for `TrainConfig.class_weighting`, from the
+    training split's (body parts, 2) [normal, abnormal] counts.
 
-    "none" -> None; "global" -> shape (2,) `[w_normal, w_abnormal]`; "body_part" -> shape
-    (7, 2), row b for body part b. Pass the result to `cross_entropy_loss(class_weights=...)`.
+    "none": ones; "global": the MURA paper's weights of the whole split in every row;
+    "body_part": one row per body part (`body_part_class_weights`). Index it as
+    `table[body_part, label]` (`cross_entropy_loss(class_weights=table, body_parts=...)`).
     """
+    counts = np.asarray(counts)
     if weighting == "none":
-        return None
+        return np.ones(counts.shape, np.float32)
     if weighting == "global":
-        return np.asarray(class_weights(*count_classes(labels)), np.float32)
+        table = np.empty(counts.shape, np.float32)
+        table[:] = class_weights(*counts.sum(axis=0))
+        return table
     if weighting == "body_part":
-        if body_parts is None:
-            raise ValueError('class_weighting="body_part" needs the body parts of the labels')
-        return body_part_class_weights(count_classes(labels, body_parts))
+        return body_part_class_weights(counts)
     raise ValueError(f"unknown class weighting {weighting!r}: expected one of {CLASS_WEIGHTINGS}")
 
 
@@ -162,7 +165,7 @@ def cross_entropy_loss(
     Args:
       logits: (B, num_classes) model outputs, any float dtype.
       labels: (B,) integer labels (0 normal, 1 abnormal).
-      class_weights: None, (2,) or (P, 2); see `example_weights` and `make_class_weights`.
+      class_weights: None, (2,) or (P, 2); see `example_weights` and `class_weight_table`.
       body_parts: (B,) body-part indices, needed with a (P, 2) table.
       mask: (B,) 1 for real examples, 0 for padding; None means all real.
       label_smoothing: passed to `softmax_cross_entropy`.

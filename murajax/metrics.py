@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from jax.experimental import multihost_utils
 from sklearn import metrics as skm
 
 from tfds_mura.features import BODY_PARTS
@@ -677,8 +678,6 @@ def gather_state(
     if process_count <= 1 and allgather is None:
         return state
     if allgather is None:
-        from jax.experimental import multihost_utils  # local: metrics needs no jax otherwise
-
         allgather = multihost_utils.process_allgather
     sizes = np.asarray(
         allgather(

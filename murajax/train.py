@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from murajax import checkpoint as ckpt
@@ -29,6 +30,7 @@ from murajax import (
     nonfinite,
     optim,
     parallel,
+    report,
     resume,
     steps,
     validation,
@@ -42,29 +44,18 @@ Metrics = dict[str, jax.Array]
 
 
 def class_weight_table(config: Config, spec: models.ModelSpec) -> np.ndarray:
-    """A (body parts, 2) table of loss weights from the training split's label counts (of
-    images; of studies for a study model (`spec`) such as "multiview").
-
-    'none' gives ones, 'global' the MURA paper's weights in every row, 'body_part' one row
-    of weights per body part (see `losses.body_part_class_weights`).
-    """
-    table = np.ones((len(BODY_PARTS), 2), np.float32)
-    if config.train.class_weighting == "none":
-        return table
-    info = data.split_info(config.data, "train")
-    # A study model's examples are studies: weigh its loss by study counts.
+    """A (body parts, 2) table of loss weights (`losses.class_weight_table`) from the training
+    split's label counts: of images, or of studies for a study model (`spec`) such as
+    "multiview", whose examples are studies."""
+    if config.train.class_weighting == "none":  # (no need to read the split)
+        return losses.class_weight_table("none", np.zeros((len(BODY_PARTS), 2)))
+    by_part = data.split_info(config.data, "train")["by_body_part"]
     counted = "study_label_counts" if spec.study_level else "label_counts"
-    by_part = info["by_body_part"]
-    counts = np.array(
-        [
-            [by_part.get(n, {}).get(counted, {}).get(c, 0) for c in ("normal", "abnormal")]
-            for n in BODY_PARTS
-        ]
-    )
-    if config.train.class_weighting == "global":
-        table[:] = losses.class_weights(*counts.sum(axis=0))
-        return table
-    return losses.body_part_class_weights(counts)
+    counts = [
+        [by_part.get(n, {}).get(counted, {}).get(c, 0) for c in ("normal", "abnormal")]
+        for n in BODY_PARTS
+    ]
+    return losses.class_weight_table(config.train.class_weighting, counts)
 
 
 def _write_config(config: Config, workdir: str) -> None:
@@ -190,8 +181,6 @@ def _interrupted(signum: int, step: int, workdir: str) -> errors.TrainingInterru
 def _loop_carry(manager: Any, step: int) -> dict[str, Any]:
     """What the train loop saved beside the state at `step` (the log window's steps not
     written yet, the non-finite count): `{}` at step 0 or for an older checkpoint."""
-    import orbax.checkpoint as ocp
-
     if step == 0 or step not in manager.all_steps():
         return {}
     restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -229,8 +218,6 @@ def _evaluate_splits(
 
 def _write_report(config: Config, workdir: str, model: nn.Module, state: steps.TrainState) -> None:
     """`report.md` in the workdir; a failure is reported, not raised (the results are saved)."""
-    from murajax import report  # local: plotting only at the end of a run
-
     try:
         path = report.write_report(
             config, workdir, model=model, variables=steps.state_variables(state)

@@ -54,18 +54,18 @@ def test_body_part_table():
         losses.body_part_class_weights(np.ones((7, 3)))
 
 
-def test_make_class_weights_modes():
+def test_class_weight_table_modes():
     labels = np.array([0, 0, 0, 1])
     parts = np.array([0, 0, 1, 1])
-    assert losses.make_class_weights("none", labels) is None
-    np.testing.assert_allclose(losses.make_class_weights("global", labels), [0.25, 0.75])
-    table = losses.make_class_weights("body_part", labels, parts)
+    counts = losses.count_classes(labels, parts)
+    np.testing.assert_array_equal(losses.class_weight_table("none", counts), np.ones((7, 2)))
+    glob = losses.class_weight_table("global", counts)
+    np.testing.assert_allclose(glob, np.tile([0.25, 0.75], (7, 1)))
+    table = losses.class_weight_table("body_part", counts)
     np.testing.assert_allclose(table[0], [0.25, 0.75])  # part 0 lacks abnormals: global
     np.testing.assert_allclose(table[1], [0.5, 0.5])
     with pytest.raises(ValueError):
-        losses.make_class_weights("body_part", labels)
-    with pytest.raises(ValueError):
-        losses.make_class_weights("bogus", labels)
+        losses.class_weight_table("bogus", counts)
 
 
 def test_example_weights_index_by_label_and_body_part():

@@ -38,9 +38,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+from array_record.python import array_record_module
 
 from murajax.compilation_cache import cache_root
 from murajax.config import DataConfig
@@ -115,8 +117,6 @@ class MemoryPixels:
         return {"shape": self.shape, "shm_name": self._shm.name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from multiprocessing import shared_memory
-
         self.shape = state["shape"]
         self._owner = False
         if "array" in state:
@@ -139,8 +139,6 @@ atexit.register(_release_shared)
 
 
 def _create_shared_memory(nbytes: int) -> Any:
-    from multiprocessing import shared_memory
-
     shm_dir = "/dev/shm"
     if os.path.isdir(shm_dir):
         stat = os.statvfs(shm_dir)
@@ -168,8 +166,6 @@ class DiskPixels:
     def _reader(self) -> Any:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            from array_record.python import array_record_module
-
             reader = array_record_module.ArrayRecordReader(self.path, "readahead_buffer_size:0")
             self._local.reader = reader
         return reader
@@ -413,8 +409,6 @@ def check_entry(folder: str, key: DiskKey) -> str | None:
     if manifest != _manifest(key, file_bytes):
         return "its manifest does not match (another dataset, size or a torn file)"
     try:
-        from array_record.python import array_record_module
-
         reader = array_record_module.ArrayRecordReader(images, "readahead_buffer_size:0")
         try:
             count = reader.num_records()
@@ -444,8 +438,6 @@ def load_entry(folder: str, key: DiskKey, source: Any) -> CachedSource:
 def write_entry(folder: str, key: DiskKey, source: sources_lib.Source, label: str) -> None:
     """Builds the entry for `key` from `source` in a temporary folder beside `folder`, then
     renames it into place (replacing a broken entry; keeping another process's whole one)."""
-    from array_record.python import array_record_module
-
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{key.name}.tmp-")

@@ -140,7 +140,7 @@ def _register_datasets() -> str | None:
     Returns the import error's text if that failed (reported only if the name is unknown).
     """
     try:
-        import tfds_mura  # noqa: F401
+        import tfds_mura  # noqa: F401  (late: the builders import TensorFlow; optional)
     except ImportError as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -201,7 +201,7 @@ def _build_errors() -> tuple[type[Exception], ...]:
     non-folder data_dir) and the `mura` builder's `MuraFormatError` (a malformed tree)."""
     errors: tuple[type[Exception], ...] = (AssertionError, OSError)
     try:
-        from tfds_mura.mura.mura_dataset_builder import MuraFormatError
+        from tfds_mura.mura.mura_dataset_builder import MuraFormatError  # late: TensorFlow
     except ImportError:
         return errors
     return (*errors, MuraFormatError)

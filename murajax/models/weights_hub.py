@@ -36,8 +36,15 @@ from collections.abc import Iterator
 from http.client import HTTPException
 from typing import Any
 
+from tqdm import tqdm
+
 from murajax.compilation_cache import cache_root
 from murajax.errors import WeightsError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the atomic rename alone keeps the cache consistent
+    fcntl = None
 
 IMAGENET = "imagenet"
 """The `model.weights` value that names a model's ImageNet weights."""
@@ -88,7 +95,6 @@ IMAGENET_FILES: dict[str, WeightsFile] = {
     ),
 }
 """Models whose `model.weights` may be "imagenet", and the backbone file each gets."""
-
 
 # --------------------------------------------------------------------------- names and places
 
@@ -192,9 +198,7 @@ def _size_text(size: int | None) -> str:
 def _file_lock(path: str) -> Iterator[None]:
     """Holds an exclusive `flock` on `path` (created if needed) where the file system has
     locks; elsewhere (no `fcntl`, a file system without locks) it holds nothing."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename alone keeps the cache consistent
+    if fcntl is None:
         yield
         return
     try:
@@ -228,8 +232,6 @@ def _remove_stale_parts(folder: str, file_name: str, now: float) -> None:
 
 def _progress(total: int | None, name: str) -> Any:
     """A tqdm bar for a download of `total` bytes: shown on a terminal for large files."""
-    from tqdm import tqdm
-
     show = total is None or total >= PROGRESS_MIN_BYTES
     return tqdm(
         total=total,
