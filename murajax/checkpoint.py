@@ -17,7 +17,6 @@ raises `CheckpointError`, moving nothing.
 
 import json
 import logging
-import math
 import os
 import shutil
 from typing import Any
@@ -25,16 +24,15 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from murajax import errors, parallel
+from murajax import workdir as workdir_lib
+from murajax.workdir import Selection, best_metric
 
-BEST_METRIC = "holdout_kappa"
-CHECKPOINTS_DIR = "checkpoints"
-UNREADABLE_DIR = "checkpoints_unreadable"
-"""Where `restore_latest` and `make_manager` move checkpoints that cannot be read (beside
-`checkpoints/`, so that orbax never lists them and the resumed run can save those steps)."""
 TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
+BEST_METRIC = workdir_lib.BEST_METRIC  # transitional: delete once train.py uses workdir's
 
 
 class CheckpointError(errors.WorkdirError):
@@ -51,19 +49,6 @@ class _PeriodicSaveNote(logging.Filter):
 
 
 _PERIODIC_SAVE_NOTE = _PeriodicSaveNote()
-
-
-def best_metric(metrics: dict[str, Any]) -> float:
-    """A checkpoint's rank for "best": its holdout kappa; a missing or non-finite kappa
-    (logged as null in metrics.jsonl) ranks below every number.
-
-    Ties go to the later step: orbax sorts checkpoints stably in step order by this value
-    and takes the last, for `best_step` and for the `keep_best` it keeps.
-    """
-    value = metrics.get(BEST_METRIC)
-    if value is None or not math.isfinite(float(value)):
-        return -math.inf
-    return float(value)
 
 
 def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.CheckpointManager:
@@ -94,7 +79,7 @@ def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.C
         create=True,
     )
     logging.getLogger("absl").addFilter(_PERIODIC_SAVE_NOTE)  # once: filters are a set
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR))
+    directory = workdir_lib.checkpoints_dir(workdir)
     for step in _steps_with_unreadable_metrics(directory):
         moved = _set_aside(directory, step)
         _warn(f"checkpoint {directory}/{step} has an unreadable metrics file; moved to {moved}")
@@ -220,7 +205,7 @@ def _steps_with_unreadable_metrics(directory: str) -> list[int]:
 def _set_aside(directory: str, step: int) -> str:
     """Moves `directory/<step>` to `<workdir>/checkpoints_unreadable/<step>[.k]` (process 0;
     every process returns the destination) and returns that path."""
-    target_dir = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
+    target_dir = os.path.join(os.path.dirname(directory), workdir_lib.UNREADABLE_DIR)
     target, k = os.path.join(target_dir, str(step)), 0
     while os.path.exists(target):
         k += 1
@@ -260,8 +245,6 @@ def _note(message: str) -> None:
 def _sync(name: str) -> None:
     """A barrier across processes (after process 0 moved folders); nothing with one."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -273,17 +256,41 @@ def _global(state: Any) -> Any:
     return parallel.replicate(state, parallel.make_mesh())
 
 
+def open_read_only(workdir: str) -> ocp.CheckpointManager:
+    """A read-only manager over `<workdir>/checkpoints`, for evaluating a run (which may
+    still be training beside it): it neither creates folders nor deletes checkpoints.
+    Raises `WorkdirError` if there is no finished checkpoint."""
+    directory = workdir_lib.checkpoints_dir(workdir)
+    if not os.path.isdir(directory):
+        raise errors.WorkdirError(
+            f"{workdir} has no {workdir_lib.CHECKPOINTS_DIR}/ folder: nothing to evaluate"
+        )
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, enable_async_checkpointing=False
+    )
+    manager = ocp.CheckpointManager(directory, options=options)
+    if not manager.all_steps():
+        manager.close()
+        raise errors.WorkdirError(f"{directory} holds no finished checkpoint")
+    return manager
+
+
+def step_metrics(manager: ocp.CheckpointManager) -> dict[int, dict[str, Any] | None]:
+    """`{step: the metrics saved with it, or None}` for every finished checkpoint."""
+    return {int(step): manager.metrics(step) for step in manager.all_steps()}
+
+
+def select(
+    manager: ocp.CheckpointManager, checkpoint: str = "best", ensemble: int = 1
+) -> Selection:
+    """The checkpoint(s) of `manager` that `checkpoint` and `ensemble` mean
+    (`workdir.select_steps`, the one place that decides)."""
+    return workdir_lib.select_steps(step_metrics(manager), checkpoint, ensemble)
+
+
 def select_step(manager: ocp.CheckpointManager, which: str) -> int | None:
-    """The step of checkpoint `which`: 'latest', 'best' (falls back to latest) or a number."""
-    if which == "latest":
-        return manager.latest_step()
-    if which == "best":
-        best = manager.best_step()
-        return best if best is not None else manager.latest_step()
-    try:
-        step = int(which)
-    except ValueError:
-        raise ValueError(f"checkpoint={which!r}: expected 'best', 'latest' or a step") from None
-    if step not in manager.all_steps():
-        raise ValueError(f"checkpoint {step} not found: available steps {manager.all_steps()}")
-    return step
+    """The step of checkpoint `which` ('best', 'latest' or a step; see `select`); None if
+    there is no checkpoint."""
+    if not manager.all_steps():
+        return None
+    return select(manager, which).steps[0]

@@ -1,27 +1,17 @@
 """Metric logs in the workdir: `metrics.jsonl` (one JSON object per line) and TensorBoard."""
 
 import json
-import math
 import os
 from typing import Any
 
 from tensorboardX import SummaryWriter
 
-METRICS_FILE = "metrics.jsonl"
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain Python numbers for JSON; NaN and infinities become null."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from murajax import workdir as workdir_lib
 
 
 def truncate_after(workdir: str, step: int) -> None:
     """Drops `metrics.jsonl` rows logged after `step` (a resumed run logs them again)."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, workdir_lib.METRICS_LOG)
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -32,7 +22,7 @@ def truncate_after(workdir: str, step: int) -> None:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of a workdir's `metrics.jsonl`, in order."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, workdir_lib.METRICS_LOG)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -40,21 +30,23 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 class MetricWriter:
-    """Appends `{"step", "split", **metrics}` rows to metrics.jsonl and TensorBoard scalars."""
+    """Appends `{"step", "split", **metrics}` rows to metrics.jsonl and TensorBoard scalars
+    (NaN and infinities are logged as null: `workdir.json_safe`)."""
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self._enabled = enabled
-        self._path = os.path.join(workdir, METRICS_FILE)
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        self._path = os.path.join(workdir, workdir_lib.METRICS_LOG)
+        self._tensorboard = None
+        if enabled:
+            self._tensorboard = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         """Logs scalar `metrics` of `split` ('train', 'holdout', ...) at `step`."""
         if not self._enabled:
             return
-        row = {"step": int(step), "split": split}
-        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        row = workdir_lib.json_safe({"step": int(step), "split": split, **metrics})
         with open(self._path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
         for name, value in row.items():
             if name not in ("step", "split") and isinstance(value, int | float):
                 self._tensorboard.add_scalar(f"{split}/{name}", value, step)

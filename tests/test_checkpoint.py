@@ -20,6 +20,7 @@ import pytest
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import checkpoint as ckpt
 from murajax import inference, train, writers
+from murajax import workdir as workdir_lib
 from tests.trivial_mura import TrivialMura, trivial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ def _save_steps(
         for _ in range(step - position):
             next(iterator)
         position = step
-        metrics = {ckpt.BEST_METRIC: kappas[step]} if step in kappas else None
+        metrics = {workdir_lib.BEST_METRIC: kappas[step]} if step in kappas else None
         ckpt.save(manager, step, _state(step), iterator, {"step": step}, metrics)
     kept = list(manager.all_steps())
     manager.close()
@@ -73,7 +74,7 @@ def _restore_latest(workdir: str) -> tuple[tuple | None, int]:
 
 
 def _step_dir(workdir: str, step: int) -> str:
-    return os.path.join(workdir, ckpt.CHECKPOINTS_DIR, str(step))
+    return os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR, str(step))
 
 
 # --------------------------------------------------------------------------- torn saves
@@ -129,7 +130,7 @@ def _entries(path: str) -> list[str]:
 
 def test_a_save_killed_midway_is_never_restored(tmp_path, capsys):
     workdir = str(tmp_path)
-    folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR)
+    folder = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     process = subprocess.Popen(
         [sys.executable, "-c", SAVE_FOREVER, workdir],
         cwd=ROOT,
@@ -199,7 +200,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, 
     assert next_element == 2
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
-    moved = os.path.join(workdir, ckpt.UNREADABLE_DIR, "3")
+    moved = os.path.join(workdir, workdir_lib.UNREADABLE_DIR, "3")
     assert f"{_step_dir(workdir, 3)} " in warnings[0] and moved in warnings[0]
     assert os.path.isdir(moved) and not os.path.exists(_step_dir(workdir, 3))
     # The resumed run saves step 3 again.
@@ -215,7 +216,7 @@ def test_fallback_goes_back_as_far_as_it_must(tmp_path, capsys):
     assert (step, next_element, float(state["w"][0])) == (2, 2, 2.0)
     out = capsys.readouterr().out
     assert out.count("cannot be restored") == 2
-    assert sorted(os.listdir(os.path.join(workdir, ckpt.UNREADABLE_DIR))) == ["3", "4"]
+    assert sorted(os.listdir(os.path.join(workdir, workdir_lib.UNREADABLE_DIR))) == ["3", "4"]
     assert _save_steps(workdir, [3, 4]) == [1, 2, 3, 4]
 
 
@@ -229,7 +230,7 @@ def test_no_restorable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
     message = str(raised.value)
     assert "\n" not in message and "can be restored" in message
     assert "2: KeyError" in message and "1: KeyError" in message and "--workdir" in message
-    assert sorted(os.listdir(os.path.join(workdir, ckpt.CHECKPOINTS_DIR))) == ["1", "2"]
+    assert sorted(os.listdir(os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR))) == ["1", "2"]
 
 
 def test_an_empty_workdir_has_nothing_to_restore(tmp_path):
@@ -241,7 +242,9 @@ def test_an_empty_workdir_has_nothing_to_restore(tmp_path):
 
 def _expected_kept(saved: list[int], kappas: dict[int, float], latest: int, best: int) -> set:
     """The latest `latest` of `saved` and the `best` highest kappas (ties: later step)."""
-    ranked = sorted(kappas, key=lambda s: (ckpt.best_metric({ckpt.BEST_METRIC: kappas[s]}), s))
+    ranked = sorted(
+        kappas, key=lambda s: (workdir_lib.best_metric({workdir_lib.BEST_METRIC: kappas[s]}), s)
+    )
     return set(sorted(saved)[-latest:]) | set(ranked[-best:])
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import evaluate, predict
-from murajax import data, evaluation, inference, train
+from murajax import data, errors, image_files, inference, predict, reevaluate, train
+from murajax import workdir as workdir_lib
 from murajax.config import Config
 from tests.trivial_mura import trivial_config
 
@@ -48,22 +48,22 @@ def _image_probs(predictions) -> dict[str, float]:
 
 def test_evaluate_reproduces_the_training_metrics(run, workdir):
     _, trained = run
-    body = evaluate.evaluate(workdir, "validation", "best", plots=False)
+    body = reevaluate.reevaluate(workdir, "validation", "best", plots=False)
     assert body["step"] == trained["step"] == 24 and body["steps"] == [24]
     for key in ("study", "image", "by_body_part"):
-        assert evaluation.json_safe(body[key]) == trained[key]
+        assert workdir_lib.json_safe(body[key]) == trained[key]
     out = os.path.join(workdir, "eval", "validation")
     with open(os.path.join(out, "metrics.json")) as f:
         assert json.load(f)["steps"] == [24]
     with open(os.path.join(out, "predictions.csv")) as f:
         assert len(list(csv.DictReader(f))) == 16
-    line = evaluate.summary_line(body, workdir)
+    line = reevaluate.summary_line(body, workdir)
     assert line.startswith("validation (checkpoint 24): study kappa 1.000 [1.000, 1.000], AUROC")
 
 
 def test_evaluate_latest_and_a_numbered_step(workdir):
-    assert evaluate.evaluate(workdir, "validation", "latest", plots=False)["steps"] == [24]
-    body = evaluate.evaluate(workdir, "holdout", "16", plots=False)
+    assert reevaluate.reevaluate(workdir, "validation", "latest", plots=False)["steps"] == [24]
+    body = reevaluate.reevaluate(workdir, "holdout", "16", plots=False)
     assert body["step"] == 16 and body["split"] == "holdout"
     with open(os.path.join(workdir, "eval", "holdout", "metrics.json")) as f:
         assert json.load(f)["step"] == 16
@@ -71,21 +71,21 @@ def test_evaluate_latest_and_a_numbered_step(workdir):
 
 def test_ensemble_averages_the_best_checkpoints(workdir, capsys):
     one = {s: inference.load(workdir, str(s)) for s in (12, 24)}
-    single = {s: _image_probs(evaluate.predict_images(one[s], "validation")) for s in one}
+    single = {s: _image_probs(reevaluate.predict_images(one[s], "validation")) for s in one}
     both = inference.load(workdir, "best", ensemble=2)
     assert both.steps == (24, 12)  # by holdout kappa: 1.0, then 0.0 (16 has no metrics)
-    mean = _image_probs(evaluate.predict_images(both, "validation"))
+    mean = _image_probs(reevaluate.predict_images(both, "validation"))
     assert set(mean) == set(single[12]) and len(mean) == 31
     for path, prob in mean.items():
         assert prob == pytest.approx((single[12][path] + single[24][path]) / 2, rel=1e-5)
-    body = evaluate.evaluate(workdir, "validation", ensemble=5, plots=False)
+    body = reevaluate.reevaluate(workdir, "validation", ensemble=5, plots=False)
     assert body["steps"] == [24, 12] and body["ensemble"] == 2
     assert "only 2 of the 4 checkpoints carry holdout metrics" in body["note"]
     assert "an ensemble of 2, not 5" in capsys.readouterr().out
 
 
 def test_ensemble_with_an_explicit_checkpoint_is_refused(workdir):
-    with pytest.raises(inference.WorkdirError, match="leave checkpoint at 'best'"):
+    with pytest.raises(errors.WorkdirError, match="leave checkpoint at 'best'"):
         inference.load(workdir, "latest", ensemble=2)
 
 
@@ -93,10 +93,10 @@ def test_workdir_without_checkpoints(workdir, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(os.path.join(workdir, "config.json"), bare)
-    with pytest.raises(inference.WorkdirError, match="no checkpoints/ folder"):
+    with pytest.raises(errors.WorkdirError, match="no checkpoints/ folder"):
         inference.load(str(bare))
     (bare / "checkpoints").mkdir()
-    with pytest.raises(inference.WorkdirError, match="holds no finished checkpoint"):
+    with pytest.raises(errors.WorkdirError, match="holds no finished checkpoint"):
         inference.load(str(bare))
 
 
@@ -131,7 +131,7 @@ def _fake_tree(root, gray: np.ndarray) -> dict[str, str]:
 
 def _validation_example(workdir: str) -> tuple[np.ndarray, str]:
     """The first validation image (as stored) and its path."""
-    config = inference.load_config(workdir)
+    config = workdir_lib.read_config(workdir)
     record = data.open_sources(config.data)["validation"][0]
     with Image.open(io.BytesIO(record["image"])) as image:
         return np.asarray(image.convert("L")), record["image_path"].decode()
@@ -139,7 +139,7 @@ def _validation_example(workdir: str) -> tuple[np.ndarray, str]:
 
 def test_predict_scores_studies_like_evaluation(workdir, tmp_path):
     gray, image_path = _validation_example(workdir)
-    evaluate.evaluate(workdir, "validation", "best", plots=False)
+    reevaluate.reevaluate(workdir, "validation", "best", plots=False)
     with open(os.path.join(workdir, "eval", "validation", "image_predictions.csv")) as f:
         expected = {r["image_path"]: float(r["prob"]) for r in csv.DictReader(f)}[image_path]
     studies = _fake_tree(tmp_path / "in", gray)
@@ -200,30 +200,30 @@ def test_collect_studies_walks_nested_folders(tmp_path):
     for path in ("p1/s1/a.png", "p1/s1/b.png", "p1/s2/a.png", "top.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(b"")
-    studies = inference.collect_studies([str(tmp_path)])
+    studies = image_files.collect_studies([str(tmp_path)])
     assert {os.path.relpath(k, tmp_path): len(v) for k, v in studies.items()} == {
         ".": 1,
         "p1/s1": 2,
         "p1/s2": 1,
     }
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        inference.collect_studies([str(tmp_path / "missing")])
+        image_files.collect_studies([str(tmp_path / "missing")])
 
 
 def test_body_part_of():
-    assert inference.body_part_of("MURA-v1.1/valid/XR_WRIST/p1/study1/image1.png") == "XR_WRIST"
-    assert inference.body_part_of("/data/xr_elbow/case3") == "XR_ELBOW"
-    assert inference.body_part_of("/data/XR_KNEE/case3") == ""
-    assert inference.body_part_of("/data/case3") == ""
+    assert image_files.body_part_of("MURA-v1.1/valid/XR_WRIST/p1/study1/image1.png") == "XR_WRIST"
+    assert image_files.body_part_of("/data/xr_elbow/case3") == "XR_ELBOW"
+    assert image_files.body_part_of("/data/XR_KNEE/case3") == ""
+    assert image_files.body_part_of("/data/case3") == ""
 
 
 @pytest.mark.parametrize("mode", ["pad", "crop"])
 def test_heatmap_to_original_undoes_the_square_resize(mode):
     tall = np.zeros((40, 20), np.uint8)
     tall[:20] = 255  # the top half is bright
-    square = inference.model_view(Config(), tall)  # the default image size, 224
+    square = image_files.model_view(Config(), tall)  # the default image size, 224
     heat = square.astype(np.float32) / 255.0  # a heatmap that follows the model's view
-    back = inference.heatmap_to_original(heat, tall.shape, square.shape[0], mode)
+    back = image_files.heatmap_to_original(heat, tall.shape, square.shape[0], mode)
     assert back.shape == tall.shape
     if mode == "pad":
         np.testing.assert_allclose(back, tall / 255.0, atol=0.2)

@@ -27,6 +27,7 @@ import pytest
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import checkpoint as ckpt
 from murajax import errors, inference, train, writers
+from murajax import workdir as workdir_lib
 from tests import resume_fixture_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,11 +147,11 @@ def _rows_so_far(workdir: str) -> list[dict]:
 
 
 def _tmp_dir(workdir: str, step: int) -> str:
-    return os.path.join(workdir, ckpt.CHECKPOINTS_DIR, f"{step}{ckpt.TMP_SUFFIX}")
+    return os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR, f"{step}{ckpt.TMP_SUFFIX}")
 
 
 def _metrics(workdir: str) -> str:
-    return os.path.join(workdir, writers.METRICS_FILE)
+    return os.path.join(workdir, workdir_lib.METRICS_LOG)
 
 
 def _kill_at(process: subprocess.Popen, point: KillPoint, workdir: str) -> dict:
@@ -171,7 +172,7 @@ def _kill_at(process: subprocess.Popen, point: KillPoint, workdir: str) -> dict:
         raise AssertionError(f"timed out waiting for {point}")
     process.kill()
     output = process.communicate()[0]
-    folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR)
+    folder = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     names = sorted(os.listdir(folder), key=lambda n: int(n.split(".")[0]))
     rows = _rows_so_far(workdir)
     return {
@@ -231,13 +232,17 @@ def test_killed_and_resumed_runs_end_as_the_uninterrupted_one(reference, data_di
         warnings = [line for line in entry["resume"] if "cannot be restored" in line]
         assert len(warnings) == (damaged is not None), entry
         assert damaged is None or f"/checkpoints/{damaged} cannot be" in warnings[0]
-    assert os.listdir(os.path.join(workdir, ckpt.UNREADABLE_DIR)) == [str(record[-1]["damaged"])]
+    assert os.listdir(os.path.join(workdir, workdir_lib.UNREADABLE_DIR)) == [
+        str(record[-1]["damaged"])
+    ]
     _assert_same_run(reference.workdir(), workdir)
 
 
 def _truncate_largest_array(workdir: str, step: int) -> None:
     """Damages checkpoint `step`: its largest array file loses all but 10 bytes."""
-    folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR, str(step), "state", "ocdbt.process_0")
+    folder = os.path.join(
+        workdir, workdir_lib.CHECKPOINTS_DIR, str(step), "state", "ocdbt.process_0"
+    )
     arrays = glob.glob(os.path.join(folder, "d", "*"))
     with open(max(arrays, key=os.path.getsize), "r+b") as f:
         f.truncate(10)
@@ -264,12 +269,12 @@ def _assert_same_run(expected: str, actual: str) -> None:
 
 
 def _steps(workdir: str) -> list[int]:
-    folder = os.path.join(workdir, ckpt.CHECKPOINTS_DIR)
+    folder = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
 def _read(workdir: str, step: int, item: str) -> str | None:
-    path = os.path.join(workdir, ckpt.CHECKPOINTS_DIR, str(step), item)
+    path = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR, str(step), item)
     return _text(workdir, path) if os.path.exists(path) else None
 
 
@@ -291,13 +296,13 @@ def test_no_restorable_checkpoint_stops_the_run_with_one_user_error(reference, d
     shutil.copytree(reference.workdir(), workdir)
     for step in _steps(workdir):
         _truncate_largest_array(workdir, step)
-    before = _text(workdir, writers.METRICS_FILE), _steps(workdir)
+    before = _text(workdir, workdir_lib.METRICS_LOG), _steps(workdir)
     with pytest.raises(errors.USER_ERRORS) as raised:
         train.train_and_evaluate(resume_fixture_config.get_config(data_dir), workdir)
     assert isinstance(raised.value, ckpt.CheckpointError)
     assert "\n" not in str(raised.value) and "can be restored" in str(raised.value)
-    assert (_text(workdir, writers.METRICS_FILE), _steps(workdir)) == before
-    assert not os.path.exists(os.path.join(workdir, ckpt.UNREADABLE_DIR))
+    assert (_text(workdir, workdir_lib.METRICS_LOG), _steps(workdir)) == before
+    assert not os.path.exists(os.path.join(workdir, workdir_lib.UNREADABLE_DIR))
 
 
 # --------------------------------------------------------------------------- retention
@@ -315,7 +320,7 @@ def test_the_run_keeps_the_latest_and_the_best_by_its_logged_holdout_kappa(refer
     assert sorted(kappas) == [s for s in SAVED if s % EVAL_EVERY == 0]
 
     def rank(step: int) -> tuple[float, int]:
-        return ckpt.best_metric({ckpt.BEST_METRIC: kappas[step]}), step
+        return workdir_lib.best_metric({workdir_lib.BEST_METRIC: kappas[step]}), step
 
     best = max(kappas, key=rank)
     top = sorted(kappas, key=rank)[-KEEP_BEST:]

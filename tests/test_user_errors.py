@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import cli, evaluate, predict
-from murajax import data, errors, inference, models, train
+from experiments import cli
+from murajax import data, errors, inference, models, predict, reevaluate, train
+from murajax import workdir as workdir_lib
 from murajax.config import DataConfig, ModelConfig
 from tests import sweep_fixture_config
 from tests.legacy_h5 import write_legacy_h5
@@ -35,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "tests/sweep_fixture_config.py"  # trivial_mura, 16 steps, checkpoints 8 and 16
 DUMMY_MURA = os.path.join(ROOT, "tfds_mura", "mura", "dummy_data", "MURA-v1.1")
 TRUNCATED_PNG = "MURA-v1.1/valid/XR_HUMERUS/patient11185/study1_positive/image2.png"
-PROGRAM_ERRORS = errors.USER_ERRORS + inference.USER_ERRORS  # evaluate's and predict's
+PROGRAM_ERRORS = errors.USER_ERRORS  # evaluate's and predict's
 
 
 # --------------------------------------------------------------------------- helpers
@@ -416,16 +417,18 @@ def test_weights_for_a_model_without_keras_weights_is_one_config_line(files, cap
 
 
 def test_unwritable_folders_are_named(files, tmp_path):
-    assert cli.unwritable_reason(str(tmp_path / "new" / "run")) is None
+    assert workdir_lib.unwritable_reason(str(tmp_path / "new" / "run")) is None
     under_a_file = os.path.join(files["a_file"], "run")
-    assert cli.unwritable_reason(under_a_file) == f"{files['a_file']} is a file, not a folder"
+    assert (
+        workdir_lib.unwritable_reason(under_a_file) == f"{files['a_file']} is a file, not a folder"
+    )
     with pytest.raises(errors.WorkdirError, match=r"cannot write to --workdir=.*a_file is a"):
-        cli.check_writable(under_a_file, f"--workdir={under_a_file}")
+        workdir_lib.check_writable(under_a_file, f"--workdir={under_a_file}")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        reason = cli.unwritable_reason(str(locked / "run"))
+        reason = workdir_lib.unwritable_reason(str(locked / "run"))
         if os.geteuid() == 0:  # root writes there anyway, and so may the program
             assert reason is None
         else:
@@ -441,10 +444,10 @@ def test_evaluate_refuses_a_read_only_workdir_before_any_compute(finished, tmp_p
     os.chmod(workdir, 0o555)
     os.chmod(os.path.join(workdir, "eval"), 0o555)
     try:
-        if cli.unwritable_reason(os.path.join(workdir, "eval", "holdout")) is None:
+        if workdir_lib.unwritable_reason(os.path.join(workdir, "eval", "holdout")) is None:
             pytest.skip("running as root: chmod 0o555 does not stop root's writes")
         with pytest.raises(errors.WorkdirError, match="cannot write to .*eval/holdout"):
-            evaluate.evaluate(workdir, "holdout", plots=False)
+            reevaluate.reevaluate(workdir, "holdout", plots=False)
     finally:
         os.chmod(os.path.join(workdir, "eval"), 0o755)
         os.chmod(workdir, 0o755)
@@ -486,7 +489,7 @@ def test_a_bug_is_not_reported_as_a_user_error():
 
 def test_the_finished_run_still_evaluates_to_its_training_numbers(finished, commands):
     del commands  # after every failed command
-    body = evaluate.evaluate(finished["workdir"], "validation", "best", plots=False)
+    body = reevaluate.reevaluate(finished["workdir"], "validation", "best", plots=False)
     trained = finished["results"]["validation"]
     assert body["step"] == trained["step"]
     assert body["study"]["kappa"] == trained["study"]["kappa"]

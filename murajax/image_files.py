@@ -1,0 +1,161 @@
+"""Radiographs on disk as model inputs: image files, studies, and heatmaps back onto them.
+
+    read_gray(path) -> uint8 (H, W)                        8-bit grayscale like the `mura` builder
+    prepare_batch(config, model, grays) -> float32 (N, S, S, C)   as the eval pipeline does
+    model_view(config, gray) -> uint8 (S, S)               the square the model sees
+    heatmap_to_original(heatmap, shape, size, mode)        an (S, S) map back onto (H, W)
+    collect_studies(inputs) -> {study folder: [files]}     a study = the images of one folder
+    body_part_of(path) -> 'XR_WRIST' | ''
+
+Used by `murajax.predict`; reads files, writes none.
+"""
+
+import glob
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from murajax.config import Config
+from murajax.data import ModelInputs, pipeline, preprocess
+from murajax.errors import WorkdirError
+from tfds_mura.features import BODY_PARTS
+from tfds_mura.mura.mura_dataset_builder import image_to_grayscale
+
+
+class InputError(WorkdirError):
+    """The input files cannot be scored (none given, none readable); one-line message. A
+    `WorkdirError` (a file a command reads lacks what it needs), so a user error."""
+
+
+class UnreadableImage(ValueError):
+    """A file that is not an image Pillow can decode fully (junk, truncated, another format)."""
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def read_gray(path: str) -> np.ndarray:
+    """Reads an image file as uint8 (H, W) grayscale, converted as the `mura` builder does
+    (colour to ITU-R 601-2 luma, alpha dropped, 16-bit to 8 by the high byte).
+
+    Raises `UnreadableImage` for anything Pillow cannot decode fully: not an image, a
+    truncated file, AppleDouble junk (`._image1.png`), an unsupported mode.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes fully, so a truncated file fails here
+            gray = image_to_grayscale(image)
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableImage(f"unreadable image ({reason})") from None
+    if gray.ndim != 2 or gray.size == 0:
+        raise UnreadableImage(f"unexpected image shape {gray.shape}")
+    return gray
+
+
+def prepare_batch(config: Config, model: ModelInputs, grays: Sequence[np.ndarray]) -> np.ndarray:
+    """float32 (N, S, S, C) inputs of `model` (its `models.ModelSpec`), preprocessed exactly
+    as the eval pipeline does (`murajax.data.pipeline.prepare_images`)."""
+    spec = pipeline.preprocess_spec(config.data, model)
+    return pipeline.prepare_images([{"image": g[:, :, None]} for g in grays], spec)
+
+
+def model_view(config: Config, gray: np.ndarray) -> np.ndarray:
+    """The uint8 (S, S) square the model sees of `gray` (resized, padded or cropped)."""
+    image = preprocess.resize_to_square(
+        gray[:, :, None], config.data.image_size, config.data.resize
+    )
+    return image[:, :, 0]
+
+
+def heatmap_to_original(
+    heatmap: np.ndarray, shape: tuple[int, int], size: int, mode: str
+) -> np.ndarray:
+    """Maps an (S, S) heatmap over the model's square input back onto the (H, W) original.
+
+    Undoes `resize_to_square`: 'pad' drops the padding, 'crop' puts the map on the centre
+    crop (zero outside it); then a bilinear resize to `shape`. Values stay in [0, 1].
+    """
+    height, width = shape
+    new_h, new_w = preprocess.resized_shape(height, width, size, mode)
+    heatmap = np.asarray(heatmap, np.float32)
+    if mode == "pad":
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        resized = heatmap[top : top + new_h, left : left + new_w]
+    else:
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        resized = np.zeros((new_h, new_w), np.float32)
+        resized[top : top + size, left : left + size] = heatmap
+    pil = Image.fromarray(np.ascontiguousarray(resized), mode="F")
+    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- studies
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Input paths with shell-style patterns expanded (a pattern that matches nothing stays)."""
+    out = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if _GLOB_CHARS.search(item) else []
+        out.extend(matches or [item])
+    return out
+
+
+def collect_studies(inputs: Iterable[str]) -> dict[str, list[str]]:
+    """Groups the files of `inputs` into studies: {study folder: [file paths]}.
+
+    A folder is walked recursively and every folder that holds files is one study (MURA's
+    `XR_WRIST/patient00001/study1_positive/`); files given directly are grouped by their
+    parent folder. Every regular file is listed (junk is sorted out when it fails to
+    read); hidden folders are walked too. Studies and files come back sorted.
+    """
+    studies: dict[str, set[str]] = {}
+    for item in expand_inputs(inputs):
+        if os.path.isdir(item):
+            for folder, subfolders, files in os.walk(item):
+                subfolders.sort()
+                for name in files:
+                    path = os.path.join(folder, name)
+                    if os.path.isfile(path):
+                        studies.setdefault(os.path.normpath(folder), set()).add(path)
+        elif os.path.isfile(item):
+            folder = os.path.normpath(os.path.dirname(item) or ".")
+            studies.setdefault(folder, set()).add(item)
+        else:
+            raise FileNotFoundError(
+                f"input {item} does not exist (expected image files, folders of them or shell"
+                " patterns that match some)"
+            )
+    return {folder: sorted(files) for folder, files in sorted(studies.items())}
+
+
+_BODY_PART = re.compile(r"XR_[A-Z]+")
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
+
+def looks_like_image(path: str) -> bool:
+    """Whether a file's name says it is an image (an image extension, not `._` junk)."""
+    name = os.path.basename(path)
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
+
+
+def body_part_of(path: str) -> str:
+    """The MURA body part a path names (`XR_ELBOW` ... `XR_WRIST`, the last one if several),
+    or '' if it names none."""
+    found = [p for p in _BODY_PART.findall(path.upper()) if p in BODY_PARTS]
+    return found[-1] if found else ""

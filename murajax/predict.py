@@ -1,0 +1,275 @@
+"""Scoring radiographs from disk with a trained workdir: one CSV row per study.
+
+`predict(workdir, inputs, output)` is `python -m experiments.predict`. A study is the images
+of one folder (`image_files.collect_studies`); each readable image is preprocessed exactly as
+evaluation does and scored, and a study's probability is its images' mean (or
+`eval.aggregation`); a study model ("multiview") scores all images of a study at once.
+Columns: `study`, `n_images`, `prob`, `pred` (1 = abnormal at the config's threshold), `label`
+('normal' / 'abnormal') and `body_part`. Files that cannot be read are warned about and
+skipped; with `heatmaps_dir`, a Grad-CAM overlay per image is written in the inputs' folder
+structure (`<name>_gradcam.png`).
+"""
+
+import csv
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from murajax import evaluation, heatmaps, image_files, inference, reevaluate, steps
+from murajax import workdir as workdir_lib
+from murajax.errors import WorkdirError
+from tfds_mura.features import LABEL_NAMES
+
+CSV_COLUMNS = ("study", "n_images", "prob", "pred", "label", "body_part")
+HEATMAP_SUFFIX = "_gradcam.png"
+
+
+Warn = Callable[[str], None]
+
+
+def warn_stderr(message: str) -> None:
+    """Prints `warning: message` to stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def read_all(paths: Sequence[str], warn: Warn) -> Iterator[tuple[str, np.ndarray]]:
+    """(path, uint8 (H, W) grayscale) for each readable file; the others are warned about."""
+    for path in paths:
+        try:
+            yield path, image_files.read_gray(path)
+        except image_files.UnreadableImage as e:
+            warn(f"skipped {path}: {e}")
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pad(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero rows up to `size` (one compiled shape for every batch)."""
+    if len(images) == size:
+        return images
+    padding = np.zeros((size - len(images), *images.shape[1:]), images.dtype)
+    return np.concatenate([images, padding])
+
+
+def heatmap_path(path: str, root: str, heatmaps_dir: str) -> str:
+    """Where the overlay of image `path` goes: its path below `root`, under `heatmaps_dir`,
+    with `_gradcam.png` in place of the extension."""
+    relative = os.path.relpath(os.path.abspath(path), root)
+    stem, _ = os.path.splitext(relative)
+    return os.path.join(heatmaps_dir, stem + HEATMAP_SUFFIX)
+
+
+def score_images(
+    loaded: inference.Loaded,
+    paths: Sequence[str],
+    *,
+    warn: Warn = warn_stderr,
+    heatmaps_dir: str | None = None,
+    root: str = "",
+) -> dict[str, float]:
+    """The abnormality probability of every readable image in `paths` (the others are
+    warned about and left out). With `heatmaps_dir`, a Grad-CAM overlay of each image on
+    its original pixels is written there (see `heatmap_path`)."""
+
+    config = loaded.config
+    batch_size = config.eval.batch_size
+    eval_fn = None
+    if not loaded.spec.study_level:
+        eval_fn = steps.make_eval_fn(loaded.model, len(loaded.states))
+    gradcam_fn = None
+    probs: dict[str, float] = {}
+    for chunk in _chunks(read_all(paths, warn), batch_size):
+        images = _pad(
+            image_files.prepare_batch(config, loaded.spec, [gray for _, gray in chunk]), batch_size
+        )
+        if eval_fn is not None:
+            labels = np.zeros(batch_size, np.int32)
+            out = eval_fn(loaded.states, {"image": images, "label": labels})
+            for (path, _), prob in zip(chunk, np.asarray(out["prob"]), strict=False):
+                probs[path] = float(prob)
+        if heatmaps_dir is None:
+            continue
+        if gradcam_fn is None:
+            gradcam_fn = heatmaps.make_gradcam_fn(loaded.model, loaded.variables(), images)
+        maps, _ = gradcam_fn(loaded.variables(), images)
+        for (path, gray), heat in zip(chunk, maps, strict=False):
+            original = image_files.heatmap_to_original(
+                heat, gray.shape, config.data.image_size, config.data.resize
+            )
+            heatmaps.save_overlay(heatmap_path(path, root, heatmaps_dir), gray, original)
+    return probs
+
+
+def score_studies(
+    loaded: inference.Loaded, studies: dict[str, list[str]], *, warn: Warn = warn_stderr
+) -> dict[str, float]:
+    """A study model's ("multiview") abnormality probability of each study, from all of
+    its readable images at once (one study batch per study), given to each of those images
+    (so that `study_rows` aggregates them to the study's own probability)."""
+    eval_fn = steps.make_eval_fn(loaded.model, len(loaded.states))
+    probs = {}
+    for files in studies.values():
+        readable = list(read_all(files, warn))
+        if not readable:
+            continue
+        batch = {
+            "image": image_files.prepare_batch(
+                loaded.config, loaded.spec, [g for _, g in readable]
+            )[None],
+            "label": np.zeros(1, np.int32),
+            "view_mask": np.ones((1, len(readable)), bool),
+        }
+        prob = float(np.asarray(eval_fn(loaded.states, batch)["prob"])[0])
+        probs.update((path, prob) for path, _ in readable)
+    return probs
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def threshold_of(loaded: inference.Loaded, workdir: str) -> float:
+    """The decision threshold for new images (`evaluation.resolve_threshold`, split None):
+    `eval.threshold`, or for 'youden' the one an evaluation of the same checkpoints chose on
+    the holdout (its metrics.json), else chosen on the holdout now (needs the dataset)."""
+    return evaluation.resolve_threshold(
+        loaded.config,
+        None,
+        recorded=workdir_lib.recorded_threshold(workdir, loaded.steps),
+        holdout=lambda: reevaluate.predict_images(loaded, "holdout"),
+    )
+
+
+def aggregate(probs: Sequence[float], how: str) -> float:
+    """A study's probability from its images': 'mean' (the MURA paper) or 'max'."""
+    if how == "mean":
+        return float(np.mean(probs))
+    if how == "max":
+        return float(np.max(probs))
+    raise ValueError(f"unknown aggregation {how!r}: expected 'mean' or 'max'")
+
+
+def study_rows(
+    studies: dict[str, list[str]],
+    probs: dict[str, float],
+    *,
+    aggregation: str,
+    threshold: float,
+    warn: Warn = warn_stderr,
+) -> list[dict[str, Any]]:
+    """One row per study with at least one scored image (`CSV_COLUMNS`). A folder with no
+    scored image is no study; if its files were named like images, that is warned about."""
+    rows = []
+    for study, files in studies.items():
+        scored = [probs[f] for f in files if f in probs]
+        if not scored:
+            if any(image_files.looks_like_image(f) for f in files):
+                warn(f"study {study} left out: none of its {len(files)} file(s) could be read")
+            continue
+        prob = aggregate(scored, aggregation)
+        pred = int(prob >= threshold)
+        rows.append(
+            {
+                "study": study,
+                "n_images": len(scored),
+                "prob": prob,
+                "pred": pred,
+                "label": LABEL_NAMES[pred],
+                "body_part": image_files.body_part_of(study),
+            }
+        )
+    return rows
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Writes `rows` with `CSV_COLUMNS` (probabilities with 6 decimals)."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        out.writeheader()
+        for row in rows:
+            out.writerow({**row, "prob": f"{row['prob']:.6f}"})
+
+
+def check_outputs(output: str, heatmaps_dir: str | None = None) -> None:
+    """Raises `WorkdirError` if the CSV `output` (a file path, not a folder) or the
+    `heatmaps_dir` cannot be written; creates nothing."""
+    if os.path.isdir(output):
+        raise WorkdirError(
+            f"--output={output} is a folder: expected the path of the CSV file to write"
+        )
+    workdir_lib.check_writable(os.path.dirname(os.path.abspath(output)), f"--output={output}")
+    if heatmaps_dir is not None:
+        workdir_lib.check_writable(heatmaps_dir, f"--heatmaps={heatmaps_dir}")
+
+
+def input_root(inputs: Sequence[str]) -> str:
+    """The folder that the heatmap tree mirrors: the common folder of the inputs (a folder
+    input counts as itself, a file as its parent)."""
+    folders = [
+        os.path.abspath(p) if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+        for p in inputs
+    ]
+    return os.path.commonpath(folders)
+
+
+def predict(
+    workdir: str,
+    inputs: Sequence[str],
+    output: str,
+    *,
+    heatmaps_dir: str | None = None,
+    checkpoint: str = "best",
+    warn: Warn = warn_stderr,
+) -> list[dict[str, Any]]:
+    """Scores the studies of `inputs` with `workdir`'s checkpoint; writes the CSV `output`.
+
+    Returns the rows. Raises `image_files.InputError` for inputs that hold no file or of which
+    no image could be scored, and `WorkdirError` for an `output` or `heatmaps_dir` that
+    cannot be written (both before the checkpoint is loaded, where they can be told).
+    """
+    check_outputs(output, heatmaps_dir)
+    studies = image_files.collect_studies(inputs)
+    paths = [path for files in studies.values() for path in files]
+    if not paths:
+        raise image_files.InputError(
+            f"nothing to score: --input={','.join(inputs)} holds no files; expected image"
+            " files, folders of them (a study is the images of one folder) or shell patterns"
+        )
+    loaded = inference.load(workdir, checkpoint)
+    if loaded.note:
+        warn(loaded.note)
+    root = input_root(image_files.expand_inputs(inputs)) if studies else ""
+    if loaded.spec.study_level:
+        probs = score_studies(loaded, studies, warn=warn)
+        if heatmaps_dir is not None:
+            score_images(loaded, paths, warn=lambda _: None, heatmaps_dir=heatmaps_dir, root=root)
+    else:
+        probs = score_images(loaded, paths, warn=warn, heatmaps_dir=heatmaps_dir, root=root)
+    if not probs:
+        raise image_files.InputError(
+            f"nothing to score: no readable image among the {len(paths)} file(s) in "
+            f"{', '.join(inputs)}"
+        )
+    threshold = threshold_of(loaded, workdir)
+    rows = study_rows(
+        studies, probs, aggregation=loaded.config.eval.aggregation, threshold=threshold, warn=warn
+    )
+    write_csv(output, rows)
+    return rows

@@ -1,0 +1,105 @@
+"""Re-evaluating a trained workdir's checkpoints without training (`experiments.evaluate`).
+
+`reevaluate(workdir, split, checkpoint, ensemble)` restores the checkpoint(s) read-only (a
+run may still be training beside it) and writes `eval/<split>/` (metrics.json,
+predictions.csv, image_predictions.csv, plots) as the end of training does. An ensemble's
+image probability is the mean of its members' (one pass over the data; the MURA paper's
+final model averages the 5 checkpoints with the best holdout kappa).
+"""
+
+import os
+from typing import Any
+
+from murajax import evaluation, inference, steps
+from murajax import workdir as workdir_lib
+from murajax.errors import WorkdirError
+from murajax.metrics import EvalState
+
+SPLITS = ("validation", "holdout")
+
+
+def check_split(split: str) -> None:
+    """Raises `WorkdirError` for a split that cannot be evaluated (not in `SPLITS`)."""
+    if split not in SPLITS:
+        raise WorkdirError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def predict_images(loaded: inference.Loaded, split: str) -> EvalState:
+    """Image-level predictions of the loaded checkpoint(s) on `split`; an ensemble's
+    probability is the mean of its members' (one pass over the data)."""
+    check_split(split)
+    eval_fn = steps.make_eval_fn(loaded.model, len(loaded.states))
+    return evaluation.predict_state(loaded.config, loaded.states, eval_fn, split, loaded.spec)
+
+
+def reevaluate(
+    workdir: str,
+    split: str = "validation",
+    checkpoint: str = "best",
+    ensemble: int = 1,
+    *,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Evaluates the selected checkpoint(s) of `workdir` on `split`; writes `eval/<split>/`.
+
+    Returns the `metrics.json` body, which also records `steps` (the checkpoints used, best
+    first; `step` is the first of them), `checkpoint`, `ensemble` and, where the request
+    could not be met exactly, `note`. With `eval.threshold_method='youden'` the threshold
+    is chosen on the holdout predictions of the same checkpoint(s).
+    """
+    check_split(split)
+    out = workdir_lib.eval_dir(workdir, split)
+    if os.path.isdir(workdir):  # (one that does not exist is named by `inference.load`)
+        workdir_lib.check_writable(out, f"{out} (the evaluation's folder in --workdir={workdir})")
+    loaded = inference.load(workdir, checkpoint, ensemble)
+    if loaded.note:
+        print(f"[murajax] note: {loaded.note}")
+    config = loaded.config
+    predictions = predict_images(loaded, split)
+    threshold = evaluation.resolve_threshold(
+        config, split, predictions=predictions, holdout=lambda: predict_images(loaded, "holdout")
+    )
+    body = evaluation.write_evaluation(
+        config,
+        workdir,
+        split,
+        predictions,
+        loaded.steps[0],
+        threshold=threshold,
+        plots=plots,
+        model=loaded.spec,
+    )
+    body.update(steps=list(loaded.steps), checkpoint=checkpoint, ensemble=len(loaded.steps))
+    if loaded.note:
+        body["note"] = loaded.note
+    path = workdir_lib.eval_file(workdir, split)
+    if os.path.exists(path):  # only process 0 writes files
+        workdir_lib.write_json(path, body)
+    return body
+
+
+def summary_line(body: dict[str, Any], workdir: str) -> str:
+    """`validation (checkpoint 24): study kappa 0.712 [0.68, 0.74], AUROC 0.88 [...] ...`."""
+    study = body["study"]
+    steps_used = body.get("steps", [body["step"]])
+    which = (
+        f"checkpoint {steps_used[0]}"
+        if len(steps_used) == 1
+        else f"ensemble of checkpoints {steps_used}"
+    )
+    return (
+        f"{body['split']} ({which}): study kappa {_number(study['kappa'])}"
+        f" {_interval(study.get('kappa_ci'))}, AUROC {_number(study['auroc'])}"
+        f" {_interval(study.get('auroc_ci'))}, n={study['n']} studies"
+        f" -> {workdir_lib.eval_dir(workdir, body['split'])}"
+    )
+
+
+def _number(value: Any) -> str:
+    return "nan" if value is None or value != value else f"{value:.3f}"
+
+
+def _interval(ci: Any) -> str:
+    if not ci:
+        return "[no CI]"
+    return f"[{_number(ci[0])}, {_number(ci[1])}]"
