@@ -1,16 +1,20 @@
 """Shared command-line plumbing: absl flag parsing that turns user mistakes into one line."""
 
-import os
+import functools
+import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from absl import flags
 
-from murajax.config import ConfigError
-from murajax.errors import TrainingDiverged, TrainingInterrupted, WorkdirError
+from murajax.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+
+T = TypeVar("T")
+COMPILATION_CACHE_FLAG = "compilation_cache"
+OVERRIDE_FLAG = "config"  # `--config.<field>=value` (`murajax.config_files.parse_overrides`)
+_OVERRIDE_ARG = re.compile(rf"^--?(no)?{OVERRIDE_FLAG}\.([^=]+)(?:=(.*))?$", re.DOTALL)
 
 
 def one_line(message: str) -> str:
@@ -18,57 +22,10 @@ def one_line(message: str) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Prints `error: message` (on one line) to stderr and exits (no traceback)."""
     print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
-
-
-def nearest_existing(path: str) -> str:
-    """`path` itself if it exists, else its nearest ancestor that does."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def unwritable_reason(folder: str) -> str | None:
-    """Why files cannot be written in `folder` (which need not exist yet), or None.
-
-    Creates nothing: the nearest existing path on the way to `folder` must be a folder that
-    accepts a new file (an anonymous temporary file, gone at once). Trying is the test that
-    holds for root, read-only mounts and ACLs alike, where permission bits alone do not.
-    """
-    existing = nearest_existing(folder)
-    if not os.path.isdir(existing):
-        return f"{existing} is a file, not a folder"
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        return f"cannot create files in {existing} ({e.strerror or e})"
-    return None
-
-
-def check_writable(folder: str, what: str) -> None:
-    """Raises `WorkdirError` if files cannot be written in `folder`; the message names
-    `what` (e.g. `--workdir=W`) and why."""
-    reason = unwritable_reason(folder)
-    if reason is not None:
-        raise WorkdirError(f"cannot write to {what}: {reason}; choose a folder you can write to")
-
-
-def flag_error_line(message: str) -> str:
-    """One line of an absl flag error. A config file that raised while loading is reported
-    by ml_collections with the traceback: keep the flag and the exception's own last line."""
-    lines = [line for line in message.splitlines() if line.strip()]
-    if "Traceback (most recent call last):" in lines and len(lines) > 1:
-        flag = lines[0].split(": Error whilst parsing config file", 1)[0]
-        return f"{flag}: {lines[-1].strip()}"
-    return lines[0] if lines else message
-
-
-COMPILATION_CACHE_FLAG = "compilation_cache"
 
 
 def define_compilation_cache_flag() -> None:
@@ -87,7 +44,7 @@ def enable_compilation_cache() -> str | None:
     """Turns the persistent compilation cache on as `--compilation_cache` (or, unset, the
     environment) says; call before the program's first jitted computation. An unwritable
     folder is a warning. Returns the folder in use, or None."""
-    from murajax import compilation_cache
+    from murajax import compilation_cache  # here, not at the top: jax; --help is fast
 
     value = None
     if COMPILATION_CACHE_FLAG in flags.FLAGS:
@@ -95,36 +52,76 @@ def enable_compilation_cache() -> str | None:
     return compilation_cache.enable(compilation_cache.default_dir() if value is None else value)
 
 
-def loaded_config(holder: flags.FlagHolder, name: str = "config") -> Any:
-    """The value of a `config_flags.DEFINE_config_file` flag. ml_collections reports a config
-    file that cannot be loaded (missing, not Python) only when the config is first used, with
-    a traceback; here that is one line naming the file."""
-    value = holder.value
-    try:
-        getattr(value, "seed", None)
-    except OSError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
-        fail(f"cannot load --{name}={flags.FLAGS[name].config_filename}: {reason}")
-    return value
+def split_override_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The `--config.<field>=value` arguments of `args` as `{field: value text}` (in the
+    order of their last occurrence; a later one wins), and the other arguments.
 
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parser, with config-override mistakes reported on one line.
-
-    ml_collections raises a raw KeyError for an unknown `--config.a.b` field and a flags error
-    for a value of the wrong type; both become `error: ...` and exit status 2.
+    `--config.<field> value` works too (a value that starts with '-' needs the '='),
+    `--config.<field>` alone is 'true' and `--noconfig.<field>` 'false'.
     """
+    overrides: dict[str, str] = {}
+    others: list[str] = []
+    position = 0
+    while position < len(args):
+        match = _OVERRIDE_ARG.match(args[position])
+        position += 1
+        if match is None:
+            others.append(args[position - 1])
+            continue
+        negated, field, value = match.groups()
+        if negated:
+            value = "false"
+        elif value is None and position < len(args) and not args[position].startswith("-"):
+            value, position = args[position], position + 1
+        overrides.pop(field, None)
+        overrides[field] = "true" if value is None else value
+    return overrides, others
+
+
+def parse_flags(argv: list[str], *, config_overrides: bool = False) -> list[str]:
+    """absl's flag parser, whose mistakes (an unknown flag, a bad value) are one line.
+
+    With `config_overrides`, the `--config.<field>=value` arguments are not absl flags: they
+    are handed to the program's `main` after its positional arguments (`config_overrides`).
+    """
+    overrides: dict[str, str] = {}
+    if config_overrides:
+        overrides, others = split_override_args(argv[1:])
+        argv = argv[:1] + others
     try:
-        return flags.FLAGS(argv)
-    except KeyError as e:
-        fail(f"unknown config field: {e.args[0] if e.args else e}")
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
-        fail(flag_error_line(str(e)))
+        fail(str(e).splitlines()[0])
+    return rest + [f"--{OVERRIDE_FLAG}.{k}={v}" for k, v in overrides.items()]
+
+
+def config_overrides(argv: list[str]) -> dict[str, str]:
+    """The `{field: value text}` of the `--config.<field>=value` arguments `main` receives;
+    any other argument is `error: unexpected arguments`."""
+    overrides, others = split_override_args(argv[1:])
+    if others:
+        fail(f"unexpected arguments: {' '.join(others)}")
+    return overrides
+
+
+def loaded(load: Callable[[str], T], spec: str, name: str = "config") -> T:
+    """`load(spec)` for a `--config=path.py[:arg]` flag: a file that is missing, not Python,
+    without the function asked for, a variant it rejects or a bad override is one line
+    (`error: cannot load --config=...: reason`, or the mistake's own message) and exit
+    status 2."""
+    try:
+        return load(spec)
+    except FileNotFoundError as e:
+        fail(f"cannot load --{name}={spec}: {e}")
     except ConfigError as e:
         fail(str(e))
-    except SyntaxError as e:  # a config file that is not valid Python
-        fail(f"{e.filename}:{e.lineno}: {e.msg} (in a config file)")
-    return []
+
+
+def loaded_sweep(spec: str) -> Any:
+    """`murajax.sweep.load_sweep(spec)` (a `Sweep`), its mistakes one line (`loaded`)."""
+    from murajax import sweep  # here, not at the top: jax takes seconds; --help is fast
+
+    return loaded(sweep.load_sweep, spec)
 
 
 def guard(
@@ -155,26 +152,15 @@ def interruption_line(error: KeyboardInterrupt) -> str:
     return f"{what}; to resume, run the same command: {shlex.join(sys.orig_argv)}"
 
 
-def run_main(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...]) -> None:
-    """Runs `main` under absl; `user_errors` become one-line messages with exit status 2."""
+def run_main(
+    main: Callable[[list[str]], None],
+    user_errors: tuple[type[Exception], ...],
+    *,
+    config_overrides: bool = False,
+) -> None:
+    """Runs `main` under absl; `user_errors` become one-line messages with exit status 2.
+    `config_overrides`: the program takes `--config.<field>=value` (see `parse_flags`)."""
     from absl import app
 
-    app.run(guard(main, user_errors), flags_parser=parse_flags)
-
-
-def loaded_sweep(spec: str, name: str = "config") -> Any:
-    """`murajax.sweep.load_sweep(spec)` for a `--config=path.py[:arg]` string flag; a file
-    that is missing, not Python, without `get_sweep`, a variant it rejects or a bad override
-    is one line (`error: cannot load --config=...: reason`, or the override's own message)
-    and exit status 2."""
-    from murajax import sweep
-
-    try:
-        return sweep.load_sweep(spec)
-    except FileNotFoundError as e:
-        fail(f"cannot load --{name}={spec}: {e.args[-1] if e.args else e}")
-    except SyntaxError as e:
-        fail(f"{e.filename}:{e.lineno}: {e.msg} (in a config file)")
-    except ConfigError as e:
-        fail(str(e))
-    return None
+    parser = functools.partial(parse_flags, config_overrides=config_overrides)
+    app.run(guard(main, user_errors), flags_parser=parser)

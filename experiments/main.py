@@ -4,8 +4,9 @@
         --config.optim.learning_rate=3e-4
 
 (`python -m` runs `experiments/__init__.py` first, which sets fast XLA:CPU flags.)
-Rerunning on the same workdir resumes from its newest checkpoint; a finished run is only
-evaluated again.
+`--config.SECTION.FIELD=VALUE` changes one field of the file's config (parsed by the field's
+type: `murajax.config_files`). Rerunning on the same workdir resumes from its newest
+checkpoint; a finished run is only evaluated again.
 
 SIGTERM or SIGINT (Ctrl-C) finishes the step in flight, saves a checkpoint at it, prints
 one line saying how to resume and exits with status 143 or 130 (a second signal exits at
@@ -13,12 +14,13 @@ once). A diverged run (`train.on_nonfinite`) is one `error:` line and exit statu
 """
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 from murajax import errors
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).")
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Config file (`path.py[:arg]`); `--config.SECTION.FIELD=VALUE` changes a field."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for multi-host training."
@@ -30,25 +32,27 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    # An unwritable workdir fails before any compute (this creates nothing).
-    cli.check_writable(_WORKDIR.value, f"--workdir={_WORKDIR.value}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    overrides = cli.config_overrides(argv)
+    # Here, not at the top: these import jax (seconds), and --help is fast. Nothing of them
+    # starts a device before `jax.distributed.initialize`.
     import jax
 
-    cli.enable_compilation_cache()  # a rerun or resume loads its compiled steps
+    from murajax import config_files, train
+    from murajax import workdir as workdir_lib
 
+    config = cli.loaded(lambda spec: config_files.load_config(spec, overrides), _CONFIG.value)
+    # An unwritable workdir fails before any compute (this creates nothing).
+    workdir_lib.check_writable(_WORKDIR.value, f"--workdir={_WORKDIR.value}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    cli.enable_compilation_cache()  # a rerun or resume loads its compiled steps
     if _COORDINATOR.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    from murajax import train
-
-    train.train_and_evaluate(cli.loaded_config(_CONFIG), _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    cli.run_main(main, errors.USER_ERRORS)
+    cli.run_main(main, errors.USER_ERRORS, config_overrides=True)

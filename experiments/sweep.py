@@ -12,10 +12,9 @@ Run i trains in `W/<its name>/` (e.g. `W/data.image_size=64/`), a normal workdir
 `experiments.evaluate` and `experiments.predict`. Rerunning resumes: finished runs are only
 evaluated again, an interrupted one continues from its newest checkpoint. The summary,
 `W/sweep.csv`, `W/sweep.md` and `W/sweep_roc.png`, is of the validation split (or the first
-split the runs evaluated; `--split` to choose) and is printed at the end.
+split the runs evaluated; `--split` to choose; `murajax.report.sweep`) and is printed at the
+end.
 """
-
-import os
 
 from absl import flags, logging
 
@@ -52,14 +51,17 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # Here, not at the top: murajax imports jax (seconds), and --help is fast.
     from murajax import sweep as sweep_lib
+    from murajax import workdir as workdir_lib
+    from murajax.report import sweep as sweep_report
 
     workdir = _WORKDIR.value
     if not _DRY_RUN.value:
         # An unwritable workdir fails before any compute (this creates nothing).
-        cli.check_writable(workdir, f"--workdir={workdir}")
+        workdir_lib.check_writable(workdir, f"--workdir={workdir}")
     if _SUMMARY_ONLY.value:
-        print_summary(sweep_lib.summarise(workdir, split=_SPLIT.value))
+        print_summary(sweep_report.summarise(workdir, split=_SPLIT.value))
         return
     if not _CONFIG.value:
         cli.fail("--config=path.py[:arg] is required (unless --summary_only)")
@@ -71,14 +73,15 @@ def main(argv: list[str]) -> None:
         for index, run in enumerate(runs, start=1):
             status = STATUS_NOTES[sweep_lib.run_status(workdir, run)]
             print(f"[sweep] run {index}/{len(runs)} {run.name} ({status})")
-            print(f"    workdir: {os.path.join(workdir, run.name)}")
+            print(f"    workdir: {sweep_lib.run_dir(workdir, run)}")
             for field, value in run.overrides.items():
                 print(f"    {field} = {value!r}")
         return
     cli.enable_compilation_cache()  # runs of one shape, and a resumed sweep, compile once
     sweep_lib.run_sweep(sweep, workdir, only=only)
     runs_info = [{"name": r.name, "overrides": r.overrides} for r in sweep.runs]
-    print_summary(sweep_lib.write_summary(workdir, runs_info, spec=sweep.spec, split=_SPLIT.value))
+    summary = sweep_report.write_summary(workdir, runs_info, spec=sweep.spec, split=_SPLIT.value)
+    print_summary(summary)
 
 
 if __name__ == "__main__":

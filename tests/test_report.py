@@ -11,12 +11,14 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from experiments.configs import quickstart
-from murajax import evaluation, plots, report, train, writers
+from murajax import evaluation, plots, train, writers
 from murajax import metrics as metrics_lib
+from murajax import workdir as workdir_lib
+from murajax.report import run as report
 from tests.trivial_mura import trivial_config
 
 EVAL_FILES = {"metrics.json", "predictions.csv", "image_predictions.csv"}
-EVAL_FILES |= set(evaluation.PLOT_FILES.values())
+EVAL_FILES |= set(workdir_lib.PLOT_FILES.values())
 
 
 def _assert_png(path: str) -> None:
@@ -100,7 +102,7 @@ def test_write_evaluation_writes_the_contract_files(tmp_path):
     )
     out = tmp_path / "eval" / "validation"
     assert EVAL_FILES <= set(os.listdir(out))
-    for name in evaluation.PLOT_FILES.values():
+    for name in workdir_lib.PLOT_FILES.values():
         _assert_png(str(out / name))
     with open(out / "metrics.json") as f:
         saved = json.load(f)
@@ -214,7 +216,7 @@ def test_training_writes_the_report(finished_run):
     links = _links(text)
     for name in ("report/examples.png", "report/training_curves.png", "report/heatmaps.png"):
         assert name in links
-    for name in evaluation.PLOT_FILES.values():
+    for name in workdir_lib.PLOT_FILES.values():
         assert f"eval/validation/{name}" in links
     for link in links:
         path = os.path.join(workdir, link)
@@ -235,14 +237,11 @@ def test_final_threshold_is_the_holdout_youden_threshold(finished_run):
     assert holdout and holdout[0]["threshold"] == pytest.approx(body["threshold"])
 
 
-def test_report_degrades_without_model_or_heatmaps(finished_run, monkeypatch):
+def test_report_degrades_without_model_or_heatmaps(finished_run):
     config, workdir, _ = finished_run
     text = _read(report.write_report(config, workdir, examples=False))
     assert "Heatmaps not drawn: no model was given" in text
     assert "## Example radiographs" not in text
-    monkeypatch.setattr(report, "heatmaps_module", lambda: None)
-    text = _read(report.write_report(config, workdir, model=object(), variables={}))
-    assert "Heatmaps not drawn: `murajax.heatmaps` is not available" in text
 
 
 def test_report_of_an_empty_workdir_says_what_is_missing(tmp_path):

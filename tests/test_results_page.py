@@ -9,6 +9,7 @@ import pytest
 from experiments import results_page as results
 from murajax import sweep
 from murajax.config import ConfigError
+from murajax.report import sweep as sweep_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +56,7 @@ def test_page_has_every_experiment_with_table_or_plain_reason(folders, tmp_path,
     assert "--config=experiments/configs/baseline.py:smoke" in baseline
     assert "A `:smoke` sweep" in baseline and "**validation** split" in baseline
     row = next(line for line in baseline.splitlines() if line.startswith("| base |"))
-    metrics = sweep.summarise(folders["baseline"])["rows"][0]
+    metrics = sweep_report.summarise(folders["baseline"])["rows"][0]
     assert f"{metrics['kappa']:.3f} [{metrics['kappa_ci_low']:.3f}," in row
     assert f"{metrics['auroc']:.3f}" in row and row.rstrip().endswith("| done |")
     assert "![ROC curves" in baseline

@@ -13,8 +13,10 @@ import pytest
 
 from experiments import cli
 from murajax import config as config_lib
-from murajax import sweep, writers
+from murajax import sweep, validation, writers
+from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
+from murajax.report import sweep as sweep_report
 from tests.trivial_mura import trivial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ RUN_1, RUN_2 = "seed=0", "seed=1,optim.learning_rate=0.005"
 
 
 def _flat(config: Config) -> dict:
-    return sweep._flatten(config_lib.to_dict(config))
+    return sweep_report._flatten(config_lib.to_dict(config))
 
 
 # --------------------------------------------------------------------------- names
@@ -161,7 +163,7 @@ def test_shipped_sweep_configs_load_and_every_run_validates(name, arg, fields):
     assert len(set(names)) == len(names)
     base = _flat(loaded.base)
     for run in loaded.runs:
-        config_lib.validate(run.config)
+        validation.validate(run.config)
         flat = _flat(run.config)
         changed = {k for k in flat if flat[k] != base[k]}
         assert changed <= set(run.overrides), (run.name, changed)  # only what the run names
@@ -273,7 +275,7 @@ def test_summarise_rebuilds_the_summary_from_run_folders_alone(tmp_path):
     _fake_run(tmp_path, runs[0].name, runs[0].config, 0.5, 8, [0.2, None, 0.6], labels, [0.1] * 4)
     _fake_run(tmp_path, runs[1].name, runs[1].config, 0.25, 4, [0.3], labels, [0.2, 0.7, 0.4, 0.9])
     os.makedirs(tmp_path / "not_a_run")  # no config.json: ignored
-    summary = sweep.summarise(str(tmp_path))  # no sweep.json: the folders' configs differ
+    summary = sweep_report.summarise(str(tmp_path))  # no sweep.json: the folders' configs differ
     assert summary["split"] == "validation"
     with open(tmp_path / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -291,12 +293,12 @@ def test_summarise_rebuilds_the_summary_from_run_folders_alone(tmp_path):
 
     # With sweep.json, its runs (and their order) make the summary, run or not.
     sweep.write_state(str(tmp_path), "my.py:x", [*runs[::-1], *sweep.make_runs(base, [{}])], {})
-    rows = sweep.summarise(str(tmp_path))["rows"]
+    rows = sweep_report.summarise(str(tmp_path))["rows"]
     assert [r["name"] for r in rows] == ["data.image_size=24", "data.image_size=16", "base"]
     assert rows[2]["status"] == "not run" and rows[2]["kappa"] is None
     assert "# Sweep: `my.py:x`" in (tmp_path / "sweep.md").read_text()
     with pytest.raises(sweep.SweepError, match="holds no sweep"):
-        sweep.summarise(str(tmp_path / "not_a_run"))
+        sweep_report.summarise(str(tmp_path / "not_a_run"))
 
 
 def test_run_sweep_trains_in_order_and_counts_only_training_time(tmp_path):
@@ -313,12 +315,14 @@ def test_run_sweep_trains_in_order_and_counts_only_training_time(tmp_path):
     sweep.run_sweep(loaded, str(tmp_path), train_fn=fake_train, log=lines.append)
     assert calls == [(0, "seed=0"), (1, "seed=1")]
     assert lines == ["[sweep] run 1/2 seed=0", "[sweep] run 2/2 seed=1"]
-    wall = sweep.read_state(str(tmp_path))["wall_s"]
+    wall = workdir_lib.read_sweep_state(str(tmp_path))["wall_s"]
     assert set(wall) == {"seed=0", "seed=1"}
     lines.clear()
     sweep.run_sweep(loaded, str(tmp_path), only=["seed=1"], train_fn=fake_train, log=lines.append)
     assert lines == ["[sweep] run 1/1 seed=1 (finished: evaluating only)"]
-    assert sweep.read_state(str(tmp_path))["wall_s"] == wall  # re-evaluation is not training
+    assert (
+        workdir_lib.read_sweep_state(str(tmp_path))["wall_s"] == wall
+    )  # re-evaluation is not training
 
 
 # --------------------------------------------------------------------------- end to end
@@ -381,7 +385,7 @@ def test_sweep_trains_every_run_in_its_own_workdir(swept):
         run = os.path.join(swept["workdir"], name)
         with open(os.path.join(run, "config.json")) as f:
             assert json.load(f)["seed"] == seed
-        assert sweep.checkpoint_steps(run)[-1] == 16
+        assert workdir_lib.checkpoint_steps(run)[-1] == 16
         assert os.path.isfile(os.path.join(run, "eval", "validation", "predictions.csv"))
         assert os.path.isfile(os.path.join(run, "report.md"))
     with open(os.path.join(swept["workdir"], RUN_2, "config.json")) as f:
@@ -463,7 +467,7 @@ def test_dry_run_lists_runs_and_trains_nothing(swept, tmp_path):
 CLI_ERRORS = {
     "missing_file": (
         ["--config=experiments/configs/nope.py"],
-        "cannot load --config=experiments/configs/nope.py: config file",
+        "cannot load --config=experiments/configs/nope.py: [Errno 2] config file",
     ),
     "no_get_sweep": (["--config=experiments/configs/default.py"], "defines no get_sweep(arg=None)"),
     "bad_variant": (

@@ -6,18 +6,13 @@ body part and label (`report/examples.png`, the thesis's figures 2-4); the resul
 evaluation in `eval/<split>/metrics.json` (per body part: studies, kappa and AUROC with
 their 95% bootstrap CIs, beside the MURA paper's kappas) with links to its plots; the
 training curves (`report/training_curves.png`); and heatmaps of a few correctly and wrongly
-classified validation studies (`report/heatmaps.png`) where `murajax.heatmaps` is
-available and a model is given.
+classified validation studies (`report/heatmaps.png`) where a model is given.
 
 Everything is read from the workdir and the dataset, so the report can be written again at
 any time (`write_report(config, workdir)`), e.g. by `experiments.evaluate`. A section whose
 inputs are missing says so instead of failing the report.
 """
 
-import importlib
-import importlib.util
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,53 +20,21 @@ from typing import Any
 import numpy as np
 
 from murajax import config as config_lib
-from murajax import data, evaluation, writers
+from murajax import data, evaluation, heatmaps, writers
+from murajax import workdir as workdir_lib
 from murajax.config import Config
+from murajax.data import ModelInputs, pipeline, preprocess
+from murajax.data import sources as sources_lib
+from murajax.report.markdown import format_score, link, table
 from tfds_mura.features import BODY_PARTS, LABEL_NAMES
 
-REPORT_FILE = "report.md"
-ASSETS_DIR = "report"  # the report's own images, next to report.md
-EXAMPLES_FILE = "examples.png"
-TRAINING_CURVES_FILE = "training_curves.png"
-HEATMAPS_FILE = "heatmaps.png"
 DATA_SPLITS: tuple[str, ...] = ("train", "holdout", "validation")
-HEATMAPS_MODULE = "murajax.heatmaps"
 PLOT_TITLES = {
     "roc": "ROC curves",
     "confusion_matrix": "Confusion matrix (studies)",
     "calibration": "Calibration",
     "kappa_by_body_part": "Kappa by body part",
 }
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _undefined(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def format_score(value: float | None, interval: Sequence[float | None] | None = None) -> str:
-    """'0.712 [0.650, 0.771]'; 'n/a' for an undefined value (None or NaN)."""
-    if _undefined(value):
-        return "n/a"
-    text = f"{value:.3f}"
-    if interval is not None and len(interval) == 2 and not any(map(_undefined, interval)):
-        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
-    return text
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table (first column left-aligned, the others right)."""
-    align = [":--"] + ["--:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _link(path: str, workdir: str) -> str:
-    """`path` relative to the workdir, with forward slashes (for markdown links)."""
-    return os.path.relpath(path, workdir).replace(os.sep, "/")
 
 
 # --------------------------------------------------------------------------- sections
@@ -96,7 +59,7 @@ def data_tables(infos: Mapping[str, Mapping[str, Any]]) -> str:
         ]
         for split, info in infos.items()
     ]
-    text = markdown_table(
+    text = table(
         [
             "Split",
             "Images",
@@ -123,7 +86,7 @@ def data_tables(infos: Mapping[str, Mapping[str, Any]]) -> str:
             )
         rows.append(row)
     legend = "By body part: studies (normal / abnormal) · images · patients."
-    return text + f"\n\n{legend}\n\n" + markdown_table(["Body part", *splits], rows)
+    return text + f"\n\n{legend}\n\n" + table(["Body part", *splits], rows)
 
 
 def data_section(config: Config, splits: Sequence[str] = DATA_SPLITS) -> str:
@@ -159,9 +122,6 @@ def example_radiographs(
     Each from a different study, the first ones in record order (deterministic). Returns the
     image grid (uint8 (H, W) arrays, None where a cell has no image), row and column labels.
     """
-    from murajax.data import pipeline, preprocess
-    from murajax.data import sources as sources_lib
-
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
     names = sources_lib.class_names(source, "body_part") or BODY_PARTS
@@ -189,14 +149,14 @@ def example_radiographs(
 
 def examples_section(config: Config, workdir: str, split: str = "validation") -> str:
     """The example grid (`report/examples.png`) and its caption."""
-    from murajax import plots
+    from murajax import plots  # here: matplotlib is slow to import
 
     lines = ["## Example radiographs", ""]
     try:
         grid, row_labels, columns = example_radiographs(config, split)
         path = plots.image_grid(
             grid,
-            os.path.join(workdir, ASSETS_DIR, EXAMPLES_FILE),
+            workdir_lib.report_asset(workdir, workdir_lib.EXAMPLES_FILE),
             row_labels=row_labels,
             column_labels=columns,
             title=f"{config.data.dataset} {split}: examples per body part and label",
@@ -208,32 +168,16 @@ def examples_section(config: Config, workdir: str, split: str = "validation") ->
         f"Radiographs of the {split} split, rows by body part, columns normal then abnormal"
         " (each from a different study):",
         "",
-        f"![Example radiographs]({_link(path, workdir)})",
+        f"![Example radiographs]({link(path, workdir)})",
         "",
     ]
     return "\n".join(lines)
 
 
-def read_evaluations(workdir: str) -> dict[str, dict[str, Any]]:
-    """The `eval/<split>/metrics.json` bodies of a workdir: validation first, then holdout,
-    then any others."""
-    root = os.path.join(workdir, "eval")
-    if not os.path.isdir(root):
-        return {}
-    found = {}
-    for split in sorted(os.listdir(root)):
-        path = os.path.join(root, split, evaluation.METRICS_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                found[split] = json.load(f)
-    order = {"validation": 0, "holdout": 1}
-    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], 2), item[0])))
-
-
 def metrics_table(body: Mapping[str, Any]) -> str:
     """The paper-style table: per body part and overall, studies, kappa and AUROC with CIs,
     sensitivity, specificity, and the MURA paper's kappa for reference."""
-    from murajax.plots import PAPER_KAPPA
+    from murajax.plots import PAPER_KAPPA  # here: plots imports matplotlib, slow to import
 
     def row(name: str, scores: Mapping[str, Any]) -> list[Any]:
         return [
@@ -249,7 +193,7 @@ def metrics_table(body: Mapping[str, Any]) -> str:
     rows = [row(name, scores) for name, scores in body.get("by_body_part", {}).items()]
     rows.append(row("overall", body["study"]))
     rows[-1][0] = "**overall**"
-    return markdown_table(
+    return table(
         [
             "Body part",
             "Studies (normal / abnormal)",
@@ -276,12 +220,12 @@ def levels_table(body: Mapping[str, Any]) -> str:
                 [level, scores.get("n", "-")]
                 + [format_score(scores.get(n), scores.get(f"{n}_ci")) for n in names]
             )
-    return markdown_table(["Level", "n"] + [n.capitalize() for n in names], rows)
+    return table(["Level", "n"] + [n.capitalize() for n in names], rows)
 
 
 def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) -> str:
     """One subsection per evaluated split: the tables and links to its plots."""
-    from murajax.plots import PAPER_LABEL
+    from murajax.plots import PAPER_LABEL  # here: plots imports matplotlib, slow to import
 
     lines = ["## Results", ""]
     if not evaluations:
@@ -313,17 +257,17 @@ def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) 
             levels_table(body),
             "",
         ]
-        directory = evaluation.eval_dir(workdir, split)
+        directory = workdir_lib.eval_dir(workdir, split)
         files = [
-            (title, os.path.join(directory, evaluation.PLOT_FILES[name]))
+            (title, os.path.join(directory, workdir_lib.PLOT_FILES[name]))
             for name, title in PLOT_TITLES.items()
         ]
         present = [(t, p) for t, p in files if os.path.isfile(p)]
         if present:
-            lines += [" ".join(f"![{t}]({_link(p, workdir)})" for t, p in present), ""]
-        tables = [evaluation.STUDY_PREDICTIONS_FILE, evaluation.IMAGE_PREDICTIONS_FILE]
+            lines += [" ".join(f"![{t}]({link(p, workdir)})" for t, p in present), ""]
+        tables = [workdir_lib.STUDY_PREDICTIONS_FILE, workdir_lib.IMAGE_PREDICTIONS_FILE]
         links = [
-            f"[{name}]({_link(os.path.join(directory, name), workdir)})"
+            f"[{name}]({link(os.path.join(directory, name), workdir)})"
             for name in tables
             if os.path.isfile(os.path.join(directory, name))
         ]
@@ -334,14 +278,16 @@ def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) 
 
 def training_section(workdir: str) -> str:
     """Train and holdout loss and holdout kappa against step (`report/training_curves.png`)."""
-    from murajax import plots
+    from murajax import plots  # here: matplotlib is slow to import
 
     lines = ["## Training curves", ""]
     rows = writers.read_metrics(workdir)
     if not rows:
         lines += ["> No training logged (`metrics.jsonl` is missing or empty).", ""]
         return "\n".join(lines)
-    path = plots.training_curves(rows, os.path.join(workdir, ASSETS_DIR, TRAINING_CURVES_FILE))
+    path = plots.training_curves(
+        rows, workdir_lib.report_asset(workdir, workdir_lib.TRAINING_CURVES_FILE)
+    )
     holdout = [r for r in rows if r.get("split") == "holdout" and r.get("kappa") is not None]
     if holdout:
         best = max(holdout, key=lambda r: r["kappa"])
@@ -350,18 +296,11 @@ def training_section(workdir: str) -> str:
             f" (of {len(holdout)} holdout evaluations).",
             "",
         ]
-    lines += [f"![Training curves]({_link(path, workdir)})", ""]
+    lines += [f"![Training curves]({link(path, workdir)})", ""]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- heatmaps
-
-
-def heatmaps_module() -> Any | None:
-    """`murajax.heatmaps` if it exists, else None (imported only when present)."""
-    if importlib.util.find_spec(HEATMAPS_MODULE) is None:
-        return None
-    return importlib.import_module(HEATMAPS_MODULE)
 
 
 def pick_studies(rows: Sequence[Mapping[str, str]], count: int = 4) -> list[tuple[str, str]]:
@@ -403,21 +342,18 @@ def pick_studies(rows: Sequence[Mapping[str, str]], count: int = 4) -> list[tupl
 
 def heatmap_grid(
     config: Config,
-    module: Any,
+    spec: ModelInputs,
     model: Any,
     variables: Any,
     studies: Sequence[tuple[str, str, float]],
     split: str = "validation",
 ) -> tuple[list[list[np.ndarray | None]], list[str]]:
     """For each (study_id, kind, prob): its first image and the overlay of its Grad-CAM
-    (`module.gradcam(model, variables, images (N, S, S, C)) -> (N, S, S)` in [0, 1] and
-    `module.overlay(image, heatmap) -> uint8 RGB`), and the row labels."""
-    from murajax.data import pipeline, preprocess
-    from murajax.data import sources as sources_lib
-
+    (`murajax.heatmaps`; `spec`, the model's `models.ModelSpec`, says how to prepare the
+    image), and the row labels."""
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
-    spec = pipeline.preprocess_spec(config.data, config.model, train=False)
+    preprocessing = pipeline.preprocess_spec(config.data, spec)
     records, labels = [], []
     for study_id, kind, prob in studies:
         found = np.flatnonzero(meta.study_id == study_id)
@@ -428,13 +364,15 @@ def heatmap_grid(
         labels.append(f"{kind}\n{part}, p={prob:.2f}")
     if not records:
         return [], []
-    maps = np.asarray(module.gradcam(model, variables, pipeline.prepare_images(records, spec)))
+    maps = np.asarray(
+        heatmaps.gradcam(model, variables, pipeline.prepare_images(records, preprocessing))
+    )
     grid = []
     for record, heatmap in zip(records, maps, strict=True):
         picture = preprocess.resize_to_square(
-            preprocess.decode_image(record["image"]), spec.image_size, spec.resize
+            preprocess.decode_image(record["image"]), preprocessing.image_size, preprocessing.resize
         )[..., 0]
-        grid.append([picture, np.asarray(module.overlay(picture, heatmap))])
+        grid.append([picture, np.asarray(heatmaps.overlay(picture, heatmap))])
     return grid, labels
 
 
@@ -442,6 +380,7 @@ def heatmaps_section(
     config: Config,
     workdir: str,
     *,
+    spec: ModelInputs | None = None,
     model: Any | None = None,
     variables: Any | None = None,
     count: int = 4,
@@ -449,32 +388,29 @@ def heatmaps_section(
 ) -> str:
     """Grad-CAM heatmaps of a few correct and wrong studies of `split`, or why there are none."""
     lines = ["## Heatmaps", ""]
-    module = heatmaps_module()
-    table = os.path.join(evaluation.eval_dir(workdir, split), evaluation.STUDY_PREDICTIONS_FILE)
-    if module is None:
-        reason = f"`{HEATMAPS_MODULE}` is not available in this version of murajax."
-    elif model is None or variables is None:
+    predictions = workdir_lib.eval_file(workdir, split, workdir_lib.STUDY_PREDICTIONS_FILE)
+    if spec is None or model is None or variables is None:
         reason = (
-            "no model was given to `write_report` (pass `model=` and `variables=`, as"
-            " `train_and_evaluate` does)."
+            "no model was given to `write_report` (pass `spec=`, `model=` and `variables=`,"
+            " as `train_and_evaluate` does)."
         )
-    elif not os.path.isfile(table):
-        reason = f"no `{_link(table, workdir)}` to choose studies from."
+    elif not os.path.isfile(predictions):
+        reason = f"no `{link(predictions, workdir)}` to choose studies from."
     else:
         reason = ""
     if reason:
         lines += [f"> Heatmaps not drawn: {reason}", ""]
         return "\n".join(lines)
-    rows = evaluation.read_csv(table)
+    rows = evaluation.read_csv(predictions)
     probs = {r["study_id"]: float(r["prob"]) for r in rows}
     chosen = [(sid, kind, probs[sid]) for sid, kind in pick_studies(rows, count)]
     try:
-        from murajax import plots
+        from murajax import plots  # here: matplotlib is slow to import
 
-        grid, labels = heatmap_grid(config, module, model, variables, chosen, split)
+        grid, labels = heatmap_grid(config, spec, model, variables, chosen, split)
         path = plots.image_grid(
             grid,
-            os.path.join(workdir, ASSETS_DIR, HEATMAPS_FILE),
+            workdir_lib.report_asset(workdir, workdir_lib.HEATMAPS_FILE),
             row_labels=labels,
             column_labels=["radiograph (first view)", "Grad-CAM"],
             title=f"{split}: where the model looks",
@@ -489,7 +425,7 @@ def heatmaps_section(
         f" correct and {wrong} wrong, the most confident of each kind (p = the study's"
         " probability of abnormal; the map explains the abnormal logit).",
         "",
-        f"![Heatmaps]({_link(path, workdir)})",
+        f"![Heatmaps]({link(path, workdir)})",
         "",
     ]
     return "\n".join(lines)
@@ -502,6 +438,7 @@ def write_report(
     config: Config,
     workdir: str,
     *,
+    spec: ModelInputs | None = None,
     model: Any | None = None,
     variables: Any | None = None,
     examples: bool = True,
@@ -510,10 +447,11 @@ def write_report(
     """Writes `<workdir>/report.md` (and its images under `<workdir>/report/`); returns its
     path.
 
-    `model` and `variables` (a Flax module and its variables) enable the heatmaps section;
-    `examples=False` skips the example grid, `heatmaps=0` the heatmaps.
+    `spec`, `model` and `variables` (the `models.ModelSpec` of `config.model`, the Flax
+    module and its variables) enable the heatmaps section; `examples=False` skips the
+    example grid, `heatmaps=0` the heatmaps.
     """
-    evaluations = read_evaluations(workdir)
+    evaluations = workdir_lib.read_evaluations(workdir)
     steps = [body.get("step") for body in evaluations.values()]
     title = f"# murajax report: `{config.model.name}` on `{config.data.dataset}`"
     summary = [title]
@@ -531,7 +469,9 @@ def write_report(
     sections = ["\n".join(summary), results_section(workdir, evaluations)]
     if heatmaps:
         sections.append(
-            heatmaps_section(config, workdir, model=model, variables=variables, count=heatmaps)
+            heatmaps_section(
+                config, workdir, spec=spec, model=model, variables=variables, count=heatmaps
+            )
         )
     sections += [training_section(workdir), data_section(config)]
     if examples:
@@ -539,7 +479,7 @@ def write_report(
     sections.append(config_section(config))
     contents = [s.splitlines()[0].removeprefix("## ") for s in sections[1:]]
     sections[0] += "\n\nContents: " + " · ".join(contents) + "\n"
-    path = os.path.join(workdir, REPORT_FILE)
+    path = os.path.join(workdir, workdir_lib.REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(s.rstrip() + "\n" for s in sections))
     return path
