@@ -11,30 +11,25 @@ tensor that `models.create(name, num_classes=None)` returns (Keras's `include_to
   the map. For a GAP + linear head `alpha_k = w[k, abnormal] / (h w)`, so Grad-CAM equals CAM
   up to scale (and the two normalised heatmaps are equal).
 
-A CNN with hidden dense layers (`model.dense`), global max pooling or a flattening head has
-no CAM in the strict sense; `cam` warns and returns Grad-CAM for it.
+How the feature map is reached: every murajax model marks it, once, with
+`murajax.models.layers.mark_features(self, x)` (the CNN after its last conv block, VGG16 after
+block5_pool, DenseNet-169 after its final BN and ReLU; a `MultiView`'s encoder marks each
+view's). The mark stores the map in the "intermediates" collection (`Module.sow`) and adds a
+zero "perturbations" variable to it (`Module.perturb`): the gradient of the logits with
+respect to that variable is their gradient with respect to the feature map. A user's own
+module gets heatmaps by marking its feature map the same way; one that marks none is
+reported in one line. Images (N, H, W, C) are taken as N one-view studies by a `MultiView`,
+so each map explains the prediction that its image alone gets.
 
-How the feature map is reached (`feature_split`):
-- `murajax.models.CNN`: the model with `num_classes=None` computes the feature map and the
-  same model with no conv blocks (`widths=()`) is exactly its head, sharing the parameters.
-- any other model that follows the `num_classes=None` convention (VGG16, DenseNet-169, a
-  user's module): the feature map is found among the submodule calls of the full model
-  (`flax.linen.intercept_methods`): the last submodule output equal to the `num_classes=None`
-  feature map (a backbone submodule), or else the first submodule input equal to it (a head
-  submodule, such as `murajax.models.heads.ClassifierHead`), and it is perturbed there. A
-  model whose feature map neither leaves nor enters a submodule is reported as such.
-- `murajax.models.MultiView`: its encoder's feature map of each view; images (N, H, W, C) are
-  taken as N one-view studies, so each map explains the prediction that its image alone gets.
-
-CAM is known structurally for the CNN (average pooling, no dense layers) and for
-`ClassifierHead` (GAP, dropout, one Dense: VGG16 and DenseNet-169 as murajax builds them); for
-other models `cam_maps` checks numerically that the head behaves as GAP + linear.
+CAM needs a GAP + linear head: `cam_maps` recognises one by its gradient, which is then the
+same at every position of every image (`w / (h w)`); a CNN with hidden dense layers
+(`model.dense`), global max pooling or a flattening head has no CAM, and `cam` warns and
+returns Grad-CAM for it.
 
 Heatmaps come back as float arrays (N, H, W) in [0, 1] at the input's size (bilinear
 upsampling), each divided by its own maximum; an all-zero map stays zero.
 """
 
-import dataclasses
 import functools
 import os
 import warnings
@@ -47,229 +42,113 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from murajax.models.cnn import CNN
-from murajax.models.heads import ClassifierHead
+from murajax.models.layers import FEATURES
 from murajax.models.multiview import MultiView
 
 ABNORMAL = 1
 """The class index whose evidence the heatmaps show (label 1 = abnormal)."""
 
+PERTURBATIONS = "perturbations"  # the collections that `mark_features` writes
+INTERMEDIATES = "intermediates"
+
 Variables = dict[str, Any]
-# (variables, images, delta) -> (logits, feature map); the logits are computed from
-# `feature map + delta`, so that the gradient with respect to delta at 0 is d logits / dF.
-RunFn = Callable[[Variables, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Path = tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureSplit:
-    """A model cut at its feature map.
-
-    Attributes:
-      run: `(variables, images, delta) -> (logits, features)`; the logits are computed from
-        `features + delta` (delta broadcasts, 0.0 leaves the model unchanged).
-      description: where the cut is, in words (for messages).
-      cam_weights: for a CNN whose head is global average pooling + the logits layer, a
-        function `variables -> (K, classes)` kernel of that layer; None where not known
-        structurally.
-    """
-
-    run: RunFn
-    description: str
-    cam_weights: Callable[[Variables], jax.Array] | None = None
+# --------------------------------------------------------------------------- the marked map
 
 
-# --------------------------------------------------------------------------- feature split
+def _model_inputs(model: nn.Module, images: jax.Array) -> jax.Array:
+    """What `model.apply` takes for images (N, H, W, C): N one-view studies for a MultiView."""
+    return images[:, None] if isinstance(model, MultiView) else images
 
 
-def _cnn_split(model: CNN) -> FeatureSplit:
-    """The murajax CNN: its `num_classes=None` twin gives the features, `widths=()` the head."""
-    backbone = model.clone(num_classes=None)
-    head = model.clone(widths=())  # no conv blocks: pooling, dense layers and logits only
-
-    def run(variables: Variables, images: jax.Array, delta: jax.Array) -> tuple[Any, Any]:
-        features = backbone.apply(variables, images, train=False)
-        logits = head.apply(variables, (features + delta).astype(features.dtype), train=False)
-        return logits, features
-
-    gap_linear = model.pooling == "avg" and not model.dense
-    weights = (lambda v: v["params"]["logits"]["kernel"]) if gap_linear else None
-    return FeatureSplit(run, "the CNN's last conv block (after max-pooling)", weights)
+def _marks(tree: Any, path: Path = ()) -> list[Path]:
+    """The module paths of the `FEATURES` entries in a collection (nested dicts)."""
+    found = []
+    for name, value in tree.items():
+        if name == FEATURES:
+            found.append(path)
+        elif isinstance(value, dict):
+            found += _marks(value, (*path, name))
+    return found
 
 
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    """One submodule method call seen while the model runs: its first argument and output."""
-
-    path: tuple[str, ...]
-    method: str
-    occurrence: int  # how many earlier calls of the same (path, method) there were
-    module_type: type
-    first_arg: Any
-    output: Any
-
-
-def _module_calls(model: nn.Module, variables: Variables, images: jax.Array) -> list[_Call]:
-    """Every submodule method call of `model.apply`, in the order the calls finish.
-
-    Runs jitted (the calls are recorded while tracing); values that are not arrays are None.
-    """
-    seen: list[tuple] = []
-    values: list[tuple] = []
-
-    def record(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
-        out = next_fun(*args, **kwargs)
-        seen.append((tuple(context.module.path), context.method_name, type(context.module)))
-        values.append((args[0] if args else None, out))
-        return out
-
-    def traced(variables: Variables, images: jax.Array) -> list[Any]:
-        seen.clear()
-        values.clear()
-        with nn.intercept_methods(record):
-            model.apply(variables, images, train=False)
-        array = lambda v: v if isinstance(v, jax.Array) else None  # noqa: E731
-        return [(array(a), array(o)) for a, o in values]
-
-    outputs = jax.jit(traced)(variables, images)
-    calls, counts = [], {}
-    for (path, method, module_type), (first_arg, output) in zip(seen, outputs, strict=True):
-        occurrence = counts.get((path, method), 0)
-        counts[(path, method)] = occurrence + 1
-        calls.append(_Call(path, method, occurrence, module_type, first_arg, output))
-    return calls
-
-
-def _equals(value: Any, reference: np.ndarray) -> bool:
-    return (
-        value is not None
-        and value.shape == reference.shape
-        and np.allclose(np.asarray(value, np.float32), reference, rtol=1e-4, atol=1e-5)
-    )
-
-
-def _find_site(calls: list[_Call], reference: np.ndarray) -> tuple[_Call, str] | None:
-    """Where the feature map appears: the last submodule output equal to it, or else the
-    first submodule input (e.g. a classification head's) equal to it."""
-    outputs = [c for c in calls if c.path and _equals(c.output, reference)]
-    if outputs:
-        return outputs[-1], "output"
-    inputs = [c for c in calls if c.path and _equals(c.first_arg, reference)]
-    return (inputs[0], "input") if inputs else None
-
-
-def _intercept_split(model: nn.Module, variables: Variables, images: jax.Array) -> FeatureSplit:
-    """Cuts a model where its `num_classes=None` feature map leaves or enters a submodule."""
-    if not hasattr(model, "num_classes"):
-        raise ValueError(
-            f"{type(model).__name__} has no `num_classes` attribute: heatmaps need a model "
-            "that returns its feature map with num_classes=None"
-        )
-    backbone = model.clone(num_classes=None)
-    features = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
-    reference = np.asarray(features(variables, images))
-    if reference.ndim != 4:
-        raise ValueError(
-            f"{type(model).__name__}(num_classes=None) returns shape {reference.shape}, "
-            "not an NHWC feature map"
-        )
-    found = _find_site(_module_calls(model, variables, images), reference)
-    if found is None:
-        raise ValueError(
-            f"no submodule of {type(model).__name__} outputs or takes its num_classes=None "
-            f"feature map (shape {reference.shape}): heatmaps cannot reach it"
-        )
-    site, where = found
-    key = (site.path, site.method)
-
-    def run(variables: Variables, images: jax.Array, delta: jax.Array) -> tuple[Any, Any]:
-        captured: list[Any] = []
-        count = [0]
-
-        def hook(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
-            if (tuple(context.module.path), context.method_name) != key:
-                return next_fun(*args, **kwargs)
-            count[0] += 1
-            if count[0] - 1 != site.occurrence:
-                return next_fun(*args, **kwargs)
-            if where == "input":
-                captured.append(args[0])
-                args = ((args[0] + delta).astype(args[0].dtype), *args[1:])
-                return next_fun(*args, **kwargs)
-            out = next_fun(*args, **kwargs)
-            captured.append(out)
-            return (out + delta).astype(out.dtype)
-
-        with nn.intercept_methods(hook):
-            logits = model.apply(variables, images, train=False)
-        return logits, captured[0]
-
-    cam_weights = None
-    if where == "input" and issubclass(site.module_type, ClassifierHead):
-        cam_weights = functools.partial(_head_kernel, path=site.path)
-    return FeatureSplit(run, f"the {where} of {'/'.join(site.path)}.{site.method}", cam_weights)
-
-
-def _head_kernel(variables: Variables, *, path: tuple[str, ...]) -> jax.Array:
-    """The logits kernel (K, classes) of the `ClassifierHead` at `path` (GAP + linear)."""
-    params = variables["params"]
+def _at(tree: Any, path: Path) -> Any:
+    """The `FEATURES` entry of a collection at module `path`."""
     for name in path:
-        params = params[name]
-    return params["logits"]["kernel"]
+        tree = tree[name]
+    return tree[FEATURES]
 
 
-def _multiview_split(model: MultiView) -> FeatureSplit:
-    """The multi-view study model: its shared encoder's feature map of each view. Images
-    (N, H, W, C) are N one-view studies, so each map explains the prediction of its image."""
+def _perturbation_shapes(model: nn.Module, variables: Variables, inputs: jax.Array) -> Any:
+    """The shapes of the zero "perturbations" that `model`'s marks add (no compute)."""
+    state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, mutable=[PERTURBATIONS])[1], variables, inputs
+    )
+    return state.get(PERTURBATIONS, {})
 
-    def run(variables: Variables, images: jax.Array, delta: jax.Array) -> tuple[Any, Any]:
-        studies = images[:, None]
-        features = model.apply(variables, studies, train=False, method="encode")
-        logits = model.apply(
-            variables,
-            (features + delta).astype(features.dtype),
-            studies.shape[:2],
-            train=False,
-            method="classify",
+
+def _site(model: nn.Module, perturbations: Any) -> Path:
+    """The one module path in `perturbations` that holds a mark; a one-line `ValueError`
+    naming the model where there is none or more than one."""
+    found = _marks(perturbations)
+    name = type(model).__name__
+    if not found:
+        raise ValueError(
+            f"{name} marks no feature map: no submodule of it, nor the model itself, calls"
+            " `x = murajax.models.layers.mark_features(self, x)` on its last convolutional"
+            " feature map, which heatmaps need"
         )
-        return logits, features
+    if len(found) > 1:
+        where = ", ".join("/".join(path) or "the model itself" for path in found)
+        raise ValueError(f"{name} marks {len(found)} feature maps ({where}): heatmaps need one")
+    return found[0]
 
-    return FeatureSplit(run, "the multiview encoder's feature map of each view")
+
+def feature_site(model: nn.Module, variables: Variables, images: Any) -> Path:
+    """The module path where `model` marks its feature map (() for the model itself).
+
+    `images` are a sample batch (only their shape is used). Raises a one-line `ValueError`
+    unless the model marks exactly one feature map (see `layers.mark_features`).
+    """
+    inputs = _model_inputs(model, jnp.asarray(images))
+    return _site(model, _perturbation_shapes(model, variables, inputs))
 
 
-def feature_split(model: nn.Module, variables: Variables, images: Any) -> FeatureSplit:
-    """Cuts `model` at its feature map (see the module docstring); `images` are a sample
-    batch, used only to locate the feature map in a model that is not a murajax CNN."""
-    if isinstance(model, CNN):
-        return _cnn_split(model)
-    if isinstance(model, MultiView):
-        return _multiview_split(model)
-    return _intercept_split(model, variables, jnp.asarray(images))
+def _features_and_gradients(
+    model: nn.Module, variables: Variables, images: jax.Array, target: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(features F, d logits[:, target] / dF, logits) in eval mode, F and its gradient in
+    float32 (N, h, w, K), each image's own gradient."""
+    inputs = _model_inputs(model, images)
+    shapes = _perturbation_shapes(model, variables, inputs)
+    site = _site(model, shapes)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def score(perturbations: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        logits, state = model.apply(
+            {**variables, PERTURBATIONS: perturbations},
+            inputs,
+            train=False,
+            mutable=[INTERMEDIATES],
+        )
+        (features,) = _at(state[INTERMEDIATES], site)
+        # Images are independent in eval mode, so the gradient of the sum is per image.
+        return jnp.sum(logits[:, target].astype(jnp.float32)), (features, logits)
+
+    grads, (features, logits) = jax.grad(score, has_aux=True)(zeros)
+    return features.astype(jnp.float32), _at(grads, site).astype(jnp.float32), logits
 
 
 # --------------------------------------------------------------------------- maps
 
 
-def _feature_gradients(
-    split: FeatureSplit, variables: Variables, images: jax.Array, target: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(features, d logits[:, target] / d features, logits), each image's own gradient."""
-    shape = jax.eval_shape(lambda: split.run(variables, images, jnp.float32(0.0))[1])
-    delta = jnp.zeros(shape.shape, jnp.float32)
-
-    def score(delta: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        logits, features = split.run(variables, images, delta)
-        # Images are independent in eval mode, so the gradient of the sum is per image.
-        return jnp.sum(logits[:, target].astype(jnp.float32)), (features, logits)
-
-    grads, (features, logits) = jax.grad(score, has_aux=True)(delta)
-    return features.astype(jnp.float32), grads, logits
-
-
 def _gradcam_and_probs(
-    split: FeatureSplit, variables: Variables, images: jax.Array, target: int
+    model: nn.Module, variables: Variables, images: jax.Array, target: int
 ) -> tuple[jax.Array, jax.Array]:
     """Raw Grad-CAM maps (N, h, w) and the probabilities of `target` (N,)."""
-    features, grads, logits = _feature_gradients(split, variables, images, target)
+    features, grads, logits = _features_and_gradients(model, variables, images, target)
     alpha = jnp.mean(grads, axis=(1, 2))  # (N, K): global-average-pooled gradients
     maps = jax.nn.relu(jnp.einsum("nhwk,nk->nhw", features, alpha))
     return maps, jax.nn.softmax(logits.astype(jnp.float32))[:, target]
@@ -280,21 +159,20 @@ def gradcam_maps(
 ) -> np.ndarray:
     """Raw Grad-CAM maps (N, h, w) at the feature map's resolution, >= 0, not normalised."""
     images = jnp.asarray(images)
-    split = feature_split(model, variables, images)
-    run = jax.jit(lambda v, x: _gradcam_and_probs(split, v, x, target)[0])
+    run = jax.jit(lambda v, x: _gradcam_and_probs(model, v, x, target)[0])
     return np.asarray(run(variables, images))
 
 
-def _numerical_gap_linear_weights(
-    split: FeatureSplit, variables: Variables, images: jax.Array, target: int
+def _gap_linear_weights(
+    model: nn.Module, variables: Variables, images: jax.Array, target: int
 ) -> jax.Array | None:
     """The head's linear weights (K,) if it behaves as GAP + linear on these inputs, else None.
 
     For GAP + linear, d logit / dF[i, j, k] = w[k] / (h w) for every image and position; a
-    head with hidden nonlinear layers or max pooling changes its gradient with the input.
-    The check runs on `images`, on zeros and on `2 * images`.
+    head with hidden nonlinear layers, max pooling or flattening changes its gradient with the
+    position or the input. The check runs on `images`, on zeros and on `2 * images`.
     """
-    gradients = jax.jit(lambda v, x: _feature_gradients(split, v, x, target)[1])
+    gradients = jax.jit(lambda v, x: _features_and_gradients(model, v, x, target)[1])
     reference = None
     for probe in (images, jnp.zeros_like(images), 2.0 * images):
         grads = np.asarray(gradients(variables, probe))
@@ -313,24 +191,17 @@ def cam_maps(
 ) -> np.ndarray | None:
     """Raw class activation maps (N, h, w), signed, or None where CAM is not defined.
 
-    `logits[:, target] = mean_ij CAM[:, i, j] + bias` for a GAP + linear head. Defined for a
-    CNN with average pooling and no hidden dense layers, and for other models whose head
-    is found numerically to be GAP + linear (see `_numerical_gap_linear_weights`).
+    `logits[:, target] = mean_ij CAM[:, i, j] + bias` for a GAP + linear head, the heads for
+    which CAM is defined (recognised by their gradient: `_gap_linear_weights`).
     """
     images = jnp.asarray(images)
-    split = feature_split(model, variables, images)
-    if split.cam_weights is not None:
-        weights = split.cam_weights(variables)[:, target]
-    elif isinstance(model, CNN):
-        return None  # a dense, max-pooling or flattening head: no CAM
-    else:
-        weights = _numerical_gap_linear_weights(split, variables, images, target)
-        if weights is None:
-            return None
+    weights = _gap_linear_weights(model, variables, images, target)
+    if weights is None:
+        return None
 
     @jax.jit
     def run(variables: Variables, images: jax.Array, weights: jax.Array) -> jax.Array:
-        features = split.run(variables, images, jnp.float32(0.0))[1].astype(jnp.float32)
+        features = _features_and_gradients(model, variables, images, target)[0]
         return jnp.einsum("nhwk,k->nhw", features, weights)
 
     return np.asarray(run(variables, images, weights))
@@ -354,11 +225,12 @@ def make_gradcam_fn(
 ) -> Callable[[Variables, Any], tuple[np.ndarray, np.ndarray]]:
     """A `(variables, images) -> (heatmaps (N, H, W) in [0, 1], probabilities (N,))` function.
 
-    For scoring many batches: the model is cut once (on `sample_images`) and compiled once
-    per batch shape. The probabilities of `target` come from the same forward pass.
+    For scoring many batches: compiled once per batch shape. `sample_images` are checked to
+    reach a marked feature map (`feature_site`) before any batch. The probabilities of
+    `target` come from the same forward pass.
     """
-    split = feature_split(model, variables, jnp.asarray(sample_images))
-    run = jax.jit(lambda v, x: _gradcam_and_probs(split, v, x, target))
+    feature_site(model, variables, sample_images)
+    run = jax.jit(lambda v, x: _gradcam_and_probs(model, v, x, target))
 
     def call(variables: Variables, images: Any) -> tuple[np.ndarray, np.ndarray]:
         images = jnp.asarray(images)

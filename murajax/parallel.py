@@ -10,8 +10,9 @@ this module only changes where its inputs live and how it is compiled:
 - 'pmap': `jax.pmap` over this process's devices with `axis_name="data"`; the state carries a
   leading device axis, each device gets `B_local / local_devices` rows, and the step pmeans
   gradients, BatchNorm statistics and metrics over the axis (`train_step(axis_name=...)`).
-  BatchNorm layers normalise with the statistics of the whole global batch
-  (`sync_batch_norm`), so 'pmap' computes what 'jit' computes.
+  The step builds its model with BatchNorm over the axis (`models.layers.with_bn_axis`), so
+  BatchNorm normalises with the statistics of the whole global batch: 'pmap' computes what
+  'jit' computes.
 
 Either way each process hands over the batch the input pipeline gives it: its contiguous
 share `[p * B / P, (p + 1) * B / P)` of every global batch of `train.batch_size` rows, and
@@ -29,19 +30,20 @@ masked statistics in 'pmap', which equals the global ones only when devices hold
 real rows.
 """
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from murajax.config import PARALLELISMS, Config, check_choice, invalid
+from murajax.config import Config, check_choice, invalid
+
+PARALLELISMS: tuple[str, ...] = ("jit", "pmap")
+"""How the train step runs on the devices (`train.parallelism`; see the module docstring)."""
 
 AXIS = "data"  # the one mesh axis, and pmap's axis name
 
@@ -203,33 +205,6 @@ def split_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
             raise ValueError(f"batch[{k!r}] has {v.shape[0]} rows, not a multiple of {n} devices")
         out[k] = jax.device_put(v.reshape(n, v.shape[0] // n, *v.shape[1:]), sharding)
     return out
-
-
-# --------------------------------------------------------------------------- BatchNorm
-
-
-@contextlib.contextmanager
-def sync_batch_norm(axis_name: str) -> Iterator[None]:
-    """Within it, every `flax.linen.BatchNorm` that has no `axis_name` of its own averages its
-    batch statistics over the mapped axis `axis_name` (inside pmap / shard_map), so that
-    it normalises with the statistics of the whole global batch, as one device would."""
-
-    def interceptor(next_fun: Callable, args: Any, kwargs: Any, context: Any) -> Any:
-        module = context.module
-        if (
-            isinstance(module, nn.BatchNorm)
-            and context.method_name == "__call__"
-            and module.axis_name is None
-        ):
-            object.__setattr__(module, "axis_name", axis_name)
-            try:
-                return next_fun(*args, **kwargs)
-            finally:
-                object.__setattr__(module, "axis_name", None)
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        yield
 
 
 # --------------------------------------------------------------------------- the step

@@ -11,7 +11,6 @@ changes how they are compiled, never what they compute, and evaluation (`murajax
 is handed an `eval_fn` rather than a trainer.
 """
 
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from murajax import losses, nonfinite, optim, parallel
+from murajax import losses, nonfinite, optim
 from murajax.config import ModelConfig
 from murajax.models import ModelSpec, pretrained_variables
+from murajax.models.layers import with_bn_axis
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -125,25 +125,25 @@ def train_step(
     params, batch statistics and optimiser state as they were (the step still counts).
 
     `axis_name`: inside `jax.pmap` over that axis (`murajax.parallel`), `batch` is one
-    device's equal share: BatchNorm normalises with the whole batch's statistics, and the
-    gradients, running statistics and metrics are averaged over the axis (the loss is a mean
-    over equal shares, so the average is the global batch's loss); each device draws its own
-    dropout masks.
+    device's equal share: the gradients, running statistics and metrics are averaged over the
+    axis (the loss is a mean over equal shares, so the average is the global batch's loss);
+    each device draws its own dropout masks; BatchNorm normalises with the whole batch's
+    statistics (`models.layers.with_bn_axis`).
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
     if axis_name is not None:
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+        model = with_bn_axis(model, axis_name)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        with parallel.sync_batch_norm(axis_name) if axis_name else contextlib.nullcontext():
-            logits, updates = model.apply(
-                variables(params, state.batch_stats),
-                batch["image"],
-                **model_kwargs(batch),
-                train=True,
-                rngs={"dropout": dropout_key},
-                mutable=["batch_stats"] if state.batch_stats else [],
-            )
+        logits, updates = model.apply(
+            variables(params, state.batch_stats),
+            batch["image"],
+            **model_kwargs(batch),
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"] if state.batch_stats else [],
+        )
         loss = losses.cross_entropy_loss(
             logits,
             batch["label"],

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from murajax import models, ops
-from murajax.config import ConfigError, ModelConfig
+from murajax.config import Config, ConfigError, ModelConfig
 from murajax.ops import conv as conv_lib
 from murajax.ops import onednn
+from murajax.validation import validate
 
 # The oneDNN wheels exist for x86-64 Linux, where `make install` builds the extension: there a
 # missing extension is a failure, not a skip.
@@ -134,8 +135,6 @@ def test_auto_falls_back_to_xla_with_one_warning_and_onednn_refuses(monkeypatch)
 
 
 def test_conv_impl_is_validated_in_the_config():
-    from murajax.config import Config, validate
-
     config = Config()
     config.model.conv_impl = "mkl"
     with pytest.raises(ConfigError, match=r"model.conv_impl='mkl'.*'auto', 'xla', 'onednn'"):

@@ -17,20 +17,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.config import CNN_POOLINGS
-from murajax.models.layers import conv3x3, dense, global_pool, max_pool_2x2
+from murajax.models.layers import (
+    CNN_POOLINGS,
+    as_dtype,
+    conv3x3,
+    dense,
+    global_pool,
+    mark_features,
+    max_pool_2x2,
+)
 from murajax.models.registry import register
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def as_dtype(dtype: Any) -> jnp.dtype:
-    """A computation dtype from its config name ("float32", "bfloat16") or a numpy/jax dtype."""
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
-        return jnp.dtype(_DTYPES[dtype])
-    return jnp.dtype(dtype)
 
 
 class CNN(nn.Module):
@@ -38,7 +34,8 @@ class CNN(nn.Module):
 
     Attributes:
       num_classes: size of the logits; None returns the feature map after the last block
-        (NHWC, in the computation dtype), as Keras's `include_top=False` does.
+        (NHWC, in the computation dtype), as Keras's `include_top=False` does. That map is
+        marked for heatmaps (`layers.mark_features`) either way.
       widths: output channels of each block's convolutions; one block per entry.
       convs_per_block: 3x3 convolutions before each 2x2 max-pool.
       batch_norm: BatchNorm (epsilon 1e-3, as Keras) after each convolution,
@@ -51,6 +48,9 @@ class CNN(nn.Module):
       dropout_rate: dropout after each hidden dense layer (uses the "dropout" rng in training).
       dtype: computation dtype; parameters stay float32.
       conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
+      bn_axis_name: the mapped axis (`jax.pmap`) over which BatchNorm averages its batch
+        statistics in training, so that it normalises with the whole global batch's
+        (`layers.with_bn_axis` sets it); None: this device's batch.
     """
 
     num_classes: int | None = 2
@@ -63,6 +63,7 @@ class CNN(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = "float32"
     conv_impl: str = "auto"
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -89,11 +90,13 @@ class CNN(nn.Module):
                         epsilon=1e-3,
                         dtype=dtype,
                         param_dtype=jnp.float32,
+                        axis_name=self.bn_axis_name,
                         name=f"block{block}_bn{i}",
                     )(x)
                     x = nn.relu(x)
             if self.batch_norm:
                 x = max_pool_2x2(x)
+        x = mark_features(self, x)
         if self.num_classes is None:
             return x
 
@@ -106,7 +109,7 @@ class CNN(nn.Module):
         return x.astype(jnp.float32)
 
 
-@register("cnn", normalization="unit", channels=1)
+@register("cnn", normalization="unit", channels=1, head=("dense*", "logits"))
 def cnn(
     num_classes: int | None = 2,
     *,

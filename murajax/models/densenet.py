@@ -24,9 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.models.cnn import as_dtype
 from murajax.models.heads import ClassifierHead
-from murajax.models.layers import Conv
+from murajax.models.layers import Conv, as_dtype, mark_features
 from murajax.models.registry import register
 
 DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
@@ -53,11 +52,13 @@ class DenseNet(nn.Module):
       blocks: building blocks per dense block; (6, 12, 32, 32) is DenseNet-169.
       num_classes: size of the logits; None returns the backbone's feature map (NHWC, after
         the final BN and ReLU, in the computation dtype): Keras's `include_top=False,
-        pooling=None`.
+        pooling=None`. That map is marked for heatmaps (`layers.mark_features`).
       dropout_rate: dropout in the head, before the logits.
       dtype: computation dtype ("float32", "bfloat16"); parameters and BatchNorm statistics
         stay float32.
       conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
+      bn_axis_name: the mapped axis (`jax.pmap`) over which BatchNorm averages its batch
+        statistics in training (`layers.with_bn_axis` sets it); None: this device's.
     """
 
     blocks: Sequence[int] = DENSENET169_BLOCKS
@@ -65,6 +66,7 @@ class DenseNet(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = "float32"
     conv_impl: str = "auto"
+    bn_axis_name: str | None = None
 
     def _conv(self, x: jax.Array, features: int, size: int, name: str, **kw: Any) -> jax.Array:
         return Conv(
@@ -84,6 +86,7 @@ class DenseNet(nn.Module):
             epsilon=BN_EPSILON,
             dtype=as_dtype(self.dtype),
             param_dtype=jnp.float32,
+            axis_name=self.bn_axis_name,
             name=name,
         )(x)
         return nn.relu(x)
@@ -131,7 +134,7 @@ class DenseNet(nn.Module):
             x = self._dense_block(x, count, f"conv{stage}", train)
             if stage < len(self.blocks) + 1:
                 x = self._transition(x, f"pool{stage}", train)
-        x = self._bn_relu(x, "bn", train)
+        x = mark_features(self, self._bn_relu(x, "bn", train))
         if self.num_classes is None:
             return x
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)

@@ -1,5 +1,15 @@
-"""Small building blocks shared by the models."""
+"""Small building blocks shared by the models, and the choices they implement.
 
+- `DTYPES` / `as_dtype`: the computation dtypes a model may take ("float32", "bfloat16").
+- `Conv`, `conv3x3`, `dense`, `max_pool_2x2`: layers with murajax's initialisers and kernels.
+- `CNN_POOLINGS` / `global_pool`: how a feature map becomes one vector per image.
+- `FEATURES` / `mark_features`: the mark each model puts on its last convolutional feature
+  map, through which `murajax.heatmaps` reaches it (Grad-CAM, CAM).
+- `BN_AXIS_FIELD` / `with_bn_axis`: a model built for `jax.pmap`, its BatchNorm layers
+  averaging their statistics over the devices.
+"""
+
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -8,7 +18,62 @@ import jax
 import jax.numpy as jnp
 
 from murajax import initializers, ops
-from murajax.config import CNN_POOLINGS
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+"""The computation dtypes a model takes by name (`model.dtype`); parameters stay float32."""
+
+CNN_POOLINGS: tuple[str, ...] = ("avg", "max", "flatten")
+"""How `global_pool` turns an NHWC feature map into (N, D) (`model.pooling`)."""
+
+FEATURES = "features"
+"""The name under which a model marks its feature map (`mark_features`)."""
+
+BN_AXIS_FIELD = "bn_axis_name"
+"""The field by which a model hands a mapped axis to its BatchNorm layers (`with_bn_axis`)."""
+
+
+def as_dtype(dtype: Any) -> jnp.dtype:
+    """A computation dtype from its name in `DTYPES` or a numpy/jax dtype."""
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {DTYPES}")
+    return jnp.dtype(dtype)
+
+
+def mark_features(module: nn.Module, x: jax.Array) -> jax.Array:
+    """Marks `x` as `module`'s feature map, the one tensor that heatmaps explain; returns `x`.
+
+    Call it once, on the last convolutional feature map: `x = mark_features(self, x)`. It
+    changes nothing in `init` or in an ordinary `apply` (no variables, the same values).
+    `murajax.heatmaps` reads the map from the "intermediates" collection (`sow`) and the
+    gradient of a logit with respect to it through a zero "perturbations" variable
+    (`Module.perturb`), which exists only when the caller makes that collection mutable.
+    """
+    module.sow("intermediates", FEATURES, x)
+    if module.is_initializing():
+        return x  # `init` would otherwise add a "perturbations" collection to the variables
+    return module.perturb(FEATURES, x)
+
+
+def with_bn_axis(model: nn.Module, axis_name: str) -> nn.Module:
+    """`model` with BatchNorm averaging its batch statistics over the mapped axis `axis_name`
+    (inside `jax.pmap`), so that it normalises with the whole global batch's statistics, as
+    one device would.
+
+    A copy (`clone`) of `model`, and of the modules held in its fields (a `MultiView`'s
+    encoder), with `bn_axis_name=axis_name` wherever a module has that field: the CNN and
+    DenseNet-169 hand it to each of their BatchNorm layers; a user's module takes part by
+    having the same field. Parameters and their names are unchanged, and neither `init` nor
+    evaluation (running averages) uses the axis.
+    """
+    fields = dataclasses.fields(model)
+    changes = {
+        field.name: with_bn_axis(value, axis_name)
+        for field in fields
+        if field.name != "parent" and isinstance(value := getattr(model, field.name), nn.Module)
+    }
+    if any(field.name == BN_AXIS_FIELD for field in fields):
+        changes[BN_AXIS_FIELD] = axis_name
+    return model.clone(**changes) if changes else model
 
 
 class Conv(nn.Module):

@@ -24,10 +24,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.config import VIEW_POOLINGS
 from murajax.models import registry
-from murajax.models.cnn import as_dtype
-from murajax.models.layers import dense, global_pool
+from murajax.models.layers import as_dtype, dense, global_pool
+
+VIEW_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
+"""How `pool_views` pools a study's view features into one (`model.view_pooling`)."""
 
 ENCODER = "encoder"
 """The name of `MultiView`'s encoder submodule: its variables' key, where a Keras file loads
@@ -104,7 +105,9 @@ class MultiView(nn.Module):
 
     Attributes:
       encoder: an image model that maps NHWC images to a feature map (a registered model
-        built with `num_classes=None`) and takes `train=`.
+        built with `num_classes=None`) and takes `train=`. Its mark on that map
+        (`layers.mark_features`) is what heatmaps explain, view by view; its BatchNorm
+        layers, if any, take `bn_axis_name` from `layers.with_bn_axis` under pmap.
       num_classes: size of the logits.
       pooling: per-view spatial pooling of the encoder's feature map: "avg", "max", "flatten".
       view_pooling: "mean", "max" or "attention" over the real views of a study.

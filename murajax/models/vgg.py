@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.models.cnn import as_dtype
 from murajax.models.heads import ClassifierHead
-from murajax.models.layers import conv3x3
+from murajax.models.layers import as_dtype, conv3x3, mark_features
 from murajax.models.registry import register
 
 VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -32,6 +31,7 @@ class VGG16(nn.Module):
     Attributes:
       num_classes: size of the logits; None returns the backbone's feature map (NHWC, after
         block5_pool, in the computation dtype): Keras's `include_top=False, pooling=None`.
+        That map is marked for heatmaps (`layers.mark_features`).
       dropout_rate: dropout in the head, before the logits.
       dtype: computation dtype ("float32", "bfloat16"); parameters stay float32.
       conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
@@ -58,6 +58,7 @@ class VGG16(nn.Module):
                     pool=i == convs,
                     conv_impl=self.conv_impl,
                 )(x)
+        x = mark_features(self, x)
         if self.num_classes is None:
             return x
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)

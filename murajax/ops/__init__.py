@@ -8,11 +8,18 @@ missing, it is `lax.conv_general_dilated`, with the same values and gradients.
 leaner backward pass.
 """
 
-from murajax.ops.conv import check_conv_impl, conv2d, conv2d_relu_max_pool, resolve_conv_impl
+from murajax.ops.conv import (
+    CONV_IMPLS,
+    check_conv_impl,
+    conv2d,
+    conv2d_relu_max_pool,
+    resolve_conv_impl,
+)
 from murajax.ops.onednn import onednn_status
 from murajax.ops.pool import max_pool_2x2
 
 __all__ = [
+    "CONV_IMPLS",
     "check_conv_impl",
     "conv2d",
     "conv2d_relu_max_pool",

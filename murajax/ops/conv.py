@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from murajax.config import CONV_IMPLS, ConfigError
+from murajax.errors import ConfigError
 from murajax.ops.onednn import onednn_status
 from murajax.ops.pool import crop_even, max_pool_2x2, pool_with_argmax, unpool_2x2
+
+CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "onednn")
+"""The CPU convolution kernels a model may ask for (`model.conv_impl`; `resolve_conv_impl`)."""
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 _ONEDNN_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
