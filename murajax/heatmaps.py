@@ -33,7 +33,7 @@ upsampling), each divided by its own maximum; an all-zero map stays zero.
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -63,14 +63,15 @@ def _model_inputs(model: nn.Module, images: jax.Array) -> jax.Array:
     return images[:, None] if isinstance(model, MultiView) else images
 
 
-def _marks(tree: Any, path: Path = ()) -> list[Path]:
-    """The module paths of the `FEATURES` entries in a collection (nested dicts)."""
+def _marks(tree: Mapping[str, Any], path: Path = ()) -> list[Path]:
+    """The module paths of the `FEATURES` entries in a collection (nested mappings whose
+    leaves are the marks; a submodule may itself be named "features")."""
     found = []
     for name, value in tree.items():
-        if name == FEATURES:
-            found.append(path)
-        elif isinstance(value, dict):
+        if isinstance(value, Mapping):
             found += _marks(value, (*path, name))
+        elif name == FEATURES:
+            found.append(path)
     return found
 
 
