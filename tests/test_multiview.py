@@ -9,10 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.configs import multiview as multiview_config
-from murajax import data, evaluation, freeze, heatmaps, inference, models, train, validation
+from murajax import (
+    data,
+    evaluation,
+    freeze,
+    heatmaps,
+    image_files,
+    inference,
+    models,
+    predict,
+    steps,
+    train,
+    validation,
+)
 from murajax.config import ConfigError, ModelConfig
+from murajax.data import sources
 from murajax.models.multiview import attention_weights, pool_views
 from tests.trivial_mura import trivial_config
 
@@ -183,8 +197,6 @@ def study_config(data_dir: str, **data_fields):
 def split_studies(config, split: str) -> dict[str, int]:
     """Number of images of each study of `split`, from the metadata."""
     source, positions = data.split_source(config.data, split)
-    from murajax.data import sources
-
     ids, counts = np.unique(sources.metadata(source).study_id[positions], return_counts=True)
     return dict(zip(ids.tolist(), counts.tolist(), strict=True))
 
@@ -299,8 +311,10 @@ def test_multiview_trains_and_is_scored_per_study(run, data_dir):
 def test_evaluation_reproduces_and_sees_every_view(run):
     workdir, results = run
     loaded = inference.load(workdir, "best")
-    eval_fn = inference.make_eval_fn(loaded.model, 1)
-    predictions = evaluation.predict_state(loaded.config, loaded.states, eval_fn, "validation")
+    eval_fn = steps.make_eval_fn(loaded.model, 1)
+    predictions = evaluation.predict_state(
+        loaded.config, loaded.states, eval_fn, "validation", loaded.spec
+    )
     study = evaluation.metrics_body(loaded.config, "validation", predictions, loaded.steps[0], 0.5)[
         "study"
     ]
@@ -330,10 +344,6 @@ def test_evaluation_reproduces_and_sees_every_view(run):
 
 
 def test_predict_scores_a_study_from_all_its_views(run, tmp_path):
-    from PIL import Image
-
-    from experiments import predict
-
     workdir, _ = run
     folder = tmp_path / "XR_WRIST" / "patient1" / "study1"
     folder.mkdir(parents=True)
@@ -346,7 +356,7 @@ def test_predict_scores_a_study_from_all_its_views(run, tmp_path):
         workdir, [str(tmp_path)], str(tmp_path / "out.csv"), heatmaps_dir=str(tmp_path / "maps")
     )
     loaded = inference.load(workdir, "best")
-    images = inference.prepare_batch(loaded.config, grays)[None]
+    images = image_files.prepare_batch(loaded.config, loaded.spec, grays)[None]
     logits = loaded.model.apply(loaded.variables(), images)
     want = float(jax.nn.softmax(logits)[0, 1])
     assert len(rows) == 1 and rows[0]["n_images"] == 2

@@ -138,8 +138,8 @@ def _flat(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def _train_steps(parallelism: str, devices, steps: int = 4) -> dict:
-    """`steps` train steps of a tiny CNN without BatchNorm on fixed random batches of 8,
+def _train_steps(parallelism: str, devices, count: int = 4) -> dict:
+    """`count` train steps of a tiny CNN without BatchNorm on fixed random batches of 8,
     `parallelism` over `devices`; the final params (flattened) and the per-step losses."""
     config = trivial_config("unused")
     config.model.batch_norm = False
@@ -158,7 +158,7 @@ def _train_steps(parallelism: str, devices, steps: int = 4) -> dict:
     state = dp.put_state(state)
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(steps):
+    for _ in range(count):
         batch = {
             "image": rng.normal(size=(8, 16, 16, 1)).astype(np.float32),
             "label": rng.integers(0, 2, 8).astype(np.int32),
@@ -221,7 +221,7 @@ def test_batch_size_not_splitting_over_the_devices_is_one_line(two_devices):
 
 def test_batch_size_is_checked_before_any_compute(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 4)
-    monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(steps, "create_train_state", lambda *a, **k: pytest.fail("computed"))
     workdir = tmp_path / "never"
     with pytest.raises(ConfigError, match=r"^config\.train\.batch_size=6 is invalid") as error:
         train.train_and_evaluate(_config(data_dir, batch_size=6), str(workdir))

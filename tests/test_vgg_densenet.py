@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,8 +253,6 @@ def test_another_models_file_is_named_as_such(vgg_file):
 
 
 def test_files_that_are_not_keras_weights(tmp_path):
-    import h5py
-
     with h5py.File(tmp_path / "new.weights.h5", "w") as f:
         f.create_group("layers")
     with pytest.raises(WeightsError, match="not a legacy Keras .h5 weights file"):
