@@ -6,7 +6,7 @@
 For each thesis experiment (5.1 baseline, 5.2 image size, 5.3 regularisation, 5.4
 pre-trained models, 2.3.4 optimisers) the page has the command that runs it, what it
 varies, the table of its runs' study kappa and AUROC with confidence intervals (from the
-sweep's summary, `murajax.sweep.summarise`, which also rewrites `W/sweep.md`), its ROC
+sweep's summary, `murajax.report.sweep.summarise`, which also rewrites `W/sweep.md`), its ROC
 overlay (`W/sweep_roc.png`, copied beside the page), the machine and the date. A folder
 is matched to its experiment by the config named in its `sweep.json` (or by `name=W`). An
 experiment without a folder, or whose runs did not run, says so instead of a table (5.4
@@ -36,9 +36,11 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     # Imported here: the page reads sweeps through murajax.report (jax, seconds); --help is fast.
     from experiments import results_page
+    from murajax import workdir as workdir_lib
 
     folders = results_page.assign_folders(_SWEEPS.value)
-    cli.check_writable(os.path.dirname(os.path.abspath(_OUTPUT.value)), f"--output={_OUTPUT.value}")
+    output = os.path.dirname(os.path.abspath(_OUTPUT.value))
+    workdir_lib.check_writable(output, f"--output={_OUTPUT.value}")
     results_page.write_page(folders, _OUTPUT.value, machine_text=_MACHINE.value)
     shown = ", ".join(f"{k}={v}" for k, v in folders.items()) or "no sweep folders"
     print(f"[results] wrote {_OUTPUT.value} from {shown}")

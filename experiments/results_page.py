@@ -4,7 +4,7 @@ experiments.results` is its flags).
 For each thesis experiment (`EXPERIMENTS`: 5.1 baseline, 5.2 image size, 5.3
 regularisation, 5.4 pre-trained models, 2.3.4 optimisers) the page has the command that runs
 it, what it varies, the table of its runs' study kappa and AUROC with confidence intervals
-(from the sweep's summary, `murajax.sweep.summarise`, which also rewrites `W/sweep.md`), its
+(from the sweep's summary, `murajax.report.sweep.summarise`, which also rewrites `W/sweep.md`), its
 ROC overlay (`W/sweep_roc.png`, copied beside the page), the machine and the date.
 `assign_folders` matches a folder to its experiment by the config named in its `sweep.json`
 (or by `name=W`). An experiment without a folder, or whose runs did not run, says so instead
@@ -20,9 +20,12 @@ import re
 import shutil
 from collections.abc import Mapping, Sequence
 
-from murajax import errors, report
+from murajax import config_files, errors
 from murajax import sweep as sweep_lib
+from murajax import workdir as workdir_lib
 from murajax.models import weights_hub
+from murajax.report import markdown
+from murajax.report import sweep as sweep_report
 
 SYNTHETIC_NOTE = (
     "**`mura_synthetic` is not MURA.** Its images are drawn procedurally (murajax's offline"
@@ -103,7 +106,7 @@ def experiment_of(spec: str | None) -> str | None:
     """The experiment a sweep's config spec (`experiments/configs/NAME.py[:arg]`) runs."""
     if not spec:
         return None
-    path, _ = sweep_lib.split_spec(spec)
+    path, _ = config_files.split_spec(spec)
     name = os.path.splitext(os.path.basename(path))[0]
     return name if name in BY_NAME else None
 
@@ -124,7 +127,7 @@ def assign_folders(entries: Sequence[str]) -> dict[str, str]:
             raise errors.ConfigError(f"--sweeps: unknown experiment {name!r} (known: {valid})")
         else:
             folder = entry
-            experiment = experiment_of(sweep_lib.read_state(folder).get("config"))
+            experiment = experiment_of(workdir_lib.read_sweep_state(folder).get("config"))
             if experiment is None:
                 raise errors.ConfigError(
                     f"--sweeps: {folder} has no sweep.json naming one of the thesis's configs;"
@@ -162,9 +165,11 @@ def runs_finished(folder: str, names: Sequence[str]) -> str | None:
     """When the runs' newest evaluation was written (UTC date), None without any."""
     times = []
     for name in names:
-        eval_root = os.path.join(sweep_lib.run_dir(folder, name), "eval")
-        for root, _, files in os.walk(eval_root):
-            times += [os.path.getmtime(os.path.join(root, f)) for f in files if f == "metrics.json"]
+        run = workdir_lib.sweep_run_dir(folder, name)
+        times += [
+            os.path.getmtime(workdir_lib.eval_file(run, split))
+            for split in workdir_lib.evaluated_splits(run)
+        ]
     if not times:
         return None
     return datetime.datetime.fromtimestamp(max(times), datetime.UTC).strftime("%Y-%m-%d")
@@ -207,11 +212,11 @@ def section_body(
         return ["Not run: no sweep folder was given for this experiment (`--sweeps`)."], None
     if not os.path.isdir(folder):
         return [f"Not run: the sweep folder `{folder}` does not exist."], None
-    spec = sweep_lib.read_state(folder).get("config")
-    runs = sweep_lib.discover_runs(folder)
+    spec = workdir_lib.read_sweep_state(folder).get("config")
+    runs = sweep_report.discover_runs(folder)
     if not runs:
         return [f"Not run: `{folder}` holds no sweep (no sweep.json, no run folder)."], spec
-    summary = sweep_lib.summarise(folder)
+    summary = sweep_report.summarise(folder)
     rows = summary["rows"]
     evaluated = [r for r in rows if r.get("kappa") is not None]
     lines: list[str] = []
@@ -227,8 +232,8 @@ def section_body(
             )
         return lines, spec
     split = summary["split"]
-    fields = [c for c in rows[0] if c != "name" and c not in sweep_lib.METRIC_COLUMNS]
-    header, cells = sweep_lib.markdown_rows(rows, fields)
+    fields = [c for c in rows[0] if c != "name" and c not in sweep_report.METRIC_COLUMNS]
+    header, cells = sweep_report.markdown_rows(rows, fields)
     finished = runs_finished(folder, [r["name"] for r in runs]) or "(unknown)"
     lines += [
         f"Study-level scores on the **{split}** split"
@@ -236,7 +241,7 @@ def section_body(
         + ", with 95% bootstrap confidence intervals; each row is one run folder of"
         f" `{os.path.abspath(folder)}`. Runs finished {finished} (UTC).",
         "",
-        report.markdown_table(header, cells),
+        markdown.table(header, cells),
         "",
     ]
     not_done = [r["name"] for r in rows if r.get("status") != "done"]
@@ -251,7 +256,7 @@ def section_body(
 
 
 def _variant(spec: str | None) -> str | None:
-    return sweep_lib.split_spec(spec)[1] if spec else None
+    return config_files.split_spec(spec)[1] if spec else None
 
 
 def render_page(

@@ -32,7 +32,6 @@ from murajax import workdir as workdir_lib
 from murajax.workdir import Selection, best_metric
 
 TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
-BEST_METRIC = workdir_lib.BEST_METRIC  # transitional: delete once train.py uses workdir's
 
 
 class CheckpointError(errors.WorkdirError):

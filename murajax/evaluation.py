@@ -3,8 +3,13 @@
 Two halves that meet in image-level predictions (a `metrics.EvalState`, or a dict of its
 arrays):
 
-    predict_state(config, state, eval_fn, split) -> EvalState    run a model over a split
+    predict_state(config, state, eval_fn, split, model) -> EvalState   run a model on a split
     write_evaluation(config, workdir, split, predictions, step) -> metrics.json body
+
+`eval_fn(state, batch) -> {'prob', 'loss'}` is handed in (`murajax.steps.make_eval_fn`), so
+evaluation never imports the trainer; `model` is the `ModelSpec` that says how to prepare
+its images and whether it predicts images or studies. One `resolve_threshold` decides the
+threshold for training, `experiments.evaluate` and `experiments.predict`.
 
 so that predictions from elsewhere (an ensemble's averaged probabilities, another tool's
 model) are scored and written the same way. `write_evaluation` writes, into
@@ -19,7 +24,6 @@ test set, never picks its own threshold.
 """
 
 import csv
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +32,7 @@ import jax
 import numpy as np
 
 from murajax import data, metrics
+from murajax import workdir as workdir_lib
 from murajax.config import Config
 from murajax.data import ModelInputs
 from murajax.errors import NonFinitePredictions
@@ -39,21 +44,6 @@ EVAL_SPLITS: tuple[str, ...] = ("holdout", "validation")  # what `eval.splits` m
 
 EvalFn = Callable[[Any, dict[str, Any]], dict[str, jax.Array]]
 Predictions = EvalState | Mapping[str, np.ndarray]
-
-METRICS_FILE = "metrics.json"
-STUDY_PREDICTIONS_FILE = "predictions.csv"
-IMAGE_PREDICTIONS_FILE = "image_predictions.csv"
-PLOT_FILES = {
-    "roc": "roc.png",
-    "confusion_matrix": "confusion_matrix.png",
-    "calibration": "calibration.png",
-    "kappa_by_body_part": "kappa_by_body_part.png",
-}
-
-
-def eval_dir(workdir: str, split: str) -> str:
-    """`<workdir>/eval/<split>`, where an evaluation of `split` writes its files."""
-    return os.path.join(workdir, "eval", split)
 
 
 # --------------------------------------------------------------------------- predicting
@@ -264,14 +254,12 @@ def write_evaluation(
     body = metrics_body(config, split, state, step, threshold, model)
     if jax.process_index() != 0:
         return body
-    out = eval_dir(workdir, split)
+    out = workdir_lib.eval_dir(workdir, split)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, METRICS_FILE), "w") as f:
-        json.dump(json_safe(body), f, indent=2)
-        f.write("\n")
+    workdir_lib.write_json(os.path.join(out, workdir_lib.METRICS_FILE), body)
     studies = state.studies(config.eval.aggregation, threshold)
-    write_study_predictions(os.path.join(out, STUDY_PREDICTIONS_FILE), studies)
-    write_image_predictions(os.path.join(out, IMAGE_PREDICTIONS_FILE), state)
+    write_study_predictions(os.path.join(out, workdir_lib.STUDY_PREDICTIONS_FILE), studies)
+    write_image_predictions(os.path.join(out, workdir_lib.IMAGE_PREDICTIONS_FILE), state)
     if plots:
         write_plots(out, state, studies, body)
     if writer is not None:
@@ -356,7 +344,7 @@ def read_csv(path: str) -> list[dict[str, str]]:
 def write_plots(
     directory: str, state: EvalState, studies: Mapping[str, np.ndarray], body: Mapping[str, Any]
 ) -> dict[str, str]:
-    """The evaluation's plots (see `PLOT_FILES`) into `directory`; returns name -> path.
+    """The evaluation's plots (see `workdir.PLOT_FILES`) into `directory`; returns name -> path.
 
     A plot that fails is reported and skipped: the metrics are written already.
     """
@@ -392,7 +380,7 @@ def write_plots(
     }
     written = {}
     for name, job in jobs.items():
-        path = os.path.join(directory, PLOT_FILES[name])
+        path = os.path.join(directory, workdir_lib.PLOT_FILES[name])
         try:
             written[name] = job(path)
         except Exception as error:  # noqa: BLE001  (a plot must not lose an evaluation)
@@ -407,19 +395,3 @@ def _body_part_name(index: Any) -> str:
 
 def _scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def json_safe(value: Any) -> Any:
-    """NaN becomes null; tuples become lists; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-_json_safe = json_safe  # the former private name

@@ -29,6 +29,7 @@ import os
 from typing import Any
 
 from murajax import config as config_lib
+from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
 
 ALLOWED = frozenset(
@@ -65,8 +66,6 @@ ALLOWED = frozenset(
     ]
 )
 """Dotted config fields that may change between a checkpoint and the run resuming from it."""
-
-CONFIG_FILE = "config.json"
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -114,10 +113,8 @@ def refused(changed: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
 
 
 def has_checkpoint(workdir: str) -> bool:
-    """Whether `workdir/checkpoints` holds a finished orbax step folder (an all-digit name;
-    orbax writes into a temporary name and renames it when the save is complete)."""
-    folder = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+    """Whether `workdir/checkpoints` holds a finished checkpoint (`workdir.checkpoint_steps`)."""
+    return bool(workdir_lib.checkpoint_steps(workdir))
 
 
 def check_and_write_config(config: Config, workdir: str) -> None:
@@ -127,7 +124,7 @@ def check_and_write_config(config: Config, workdir: str) -> None:
     line naming the fields) and leaves the workdir alone; allowed changes are listed in one
     line. Without a checkpoint any change is listed and taken.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = workdir_lib.config_path(workdir)
     text = config_lib.to_json(config)
     if os.path.exists(path):
         with open(path) as f:

@@ -36,6 +36,7 @@ from murajax import (
     validation,
     writers,
 )
+from murajax import workdir as workdir_lib
 from murajax.config import Config
 from tfds_mura.features import BODY_PARTS
 
@@ -163,13 +164,13 @@ def _train_and_evaluate(
         writer.close()
         manager.close()
     if process_index == 0:
-        _write_report(config, workdir, model, state)
+        _write_report(config, workdir, spec, model, state)
     return results
 
 
 def _interrupted(signum: int, step: int, workdir: str) -> errors.TrainingInterrupted:
     """The exception for a run stopped by `signum` with a checkpoint at `step`."""
-    where = os.path.join(workdir, "checkpoints", str(step))
+    where = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR, str(step))
     return errors.TrainingInterrupted(
         f"interrupted by {interrupt.signal_name(signum)}: stopped after step {step} with a"
         f" checkpoint in {where}",
@@ -216,11 +217,17 @@ def _evaluate_splits(
     return state, results
 
 
-def _write_report(config: Config, workdir: str, model: nn.Module, state: steps.TrainState) -> None:
+def _write_report(
+    config: Config,
+    workdir: str,
+    spec: models.ModelSpec,
+    model: nn.Module,
+    state: steps.TrainState,
+) -> None:
     """`report.md` in the workdir; a failure is reported, not raised (the results are saved)."""
     try:
         path = report.write_report(
-            config, workdir, model=model, variables=steps.state_variables(state)
+            config, workdir, spec=spec, model=model, variables=steps.state_variables(state)
         )
         print(f"[murajax] report: {path}")
     except Exception as error:  # noqa: BLE001
@@ -333,7 +340,9 @@ def _train_loop(
                     f"step {step}: holdout loss {eval_metrics['loss']:.4f}, study kappa"
                     f" {eval_metrics['kappa']:.3f}, AUROC {eval_metrics['auroc']:.3f}"
                 )
-            ckpt_metrics = {ckpt.BEST_METRIC: eval_metrics["kappa"]} if eval_metrics else None
+            ckpt_metrics = (
+                {workdir_lib.BEST_METRIC: eval_metrics["kappa"]} if eval_metrics else None
+            )
             meta = {
                 "step": step,
                 "config": dataclasses.asdict(config),
@@ -365,7 +374,7 @@ def _check_finite(watch: nonfinite.Watch, rows: list, manager: Any, workdir: str
     if latest is None:
         kept = "no checkpoint was saved before it; start again with a lower"
     else:
-        where = os.path.join(workdir, "checkpoints", str(latest))
+        where = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR, str(latest))
         kept = f"the last good checkpoint is {where}; rerun with a lower"
     raise errors.TrainingDiverged(
         f"training diverged: {reason}; {kept} optim.learning_rate (or optim.grad_clip_norm"

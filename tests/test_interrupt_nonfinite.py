@@ -36,6 +36,7 @@ from murajax import (
     validation,
     writers,
 )
+from murajax import workdir as workdir_lib
 from murajax.config import ConfigError
 from murajax.metrics import EvalState
 from tests import interrupt_fixture_config
@@ -75,7 +76,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def _train_steps(workdir: str) -> list[int]:
     """The steps of the train rows in metrics.jsonl so far (a line still being written by a
     running command is left out)."""
-    path = os.path.join(workdir, writers.METRICS_FILE)
+    path = os.path.join(workdir, workdir_lib.METRICS_LOG)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -473,7 +474,7 @@ def test_predicting_with_a_diverged_model_is_one_line(data_dir):
     with pytest.raises(
         errors.NonFinitePredictions, match="not finite for 31 of 31 validation predictions"
     ):
-        evaluation.predict_state(config, state, eval_fn, "validation")
+        evaluation.predict_state(config, state, eval_fn, "validation", model=None)
 
 
 # --------------------------------------------------------------------------- changed config

@@ -14,6 +14,7 @@ from experiments.configs import pretrained
 from murajax import models, sweep, validation
 from murajax.config import ConfigError
 from murajax.models import keras_weights
+from murajax.report import sweep as sweep_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED = os.path.join(ROOT, "experiments/configs/pretrained.py")
@@ -240,7 +241,7 @@ def test_smoke_sweep_trains_vgg16_frozen_and_fine_tuned_from_the_generated_file(
     loaded = sweep.load_sweep(PRETRAINED + ":smoke")
     frozen, fine_tuned = loaded.runs[1], loaded.runs[2]
     sweep.run_sweep(loaded, str(tmp_path), only=[frozen.name, fine_tuned.name], log=print)
-    rows = sweep.summarise(str(tmp_path))["rows"]
+    rows = sweep_report.summarise(str(tmp_path))["rows"]
     status = {r["name"]: r["status"] for r in rows}
     assert status[frozen.name] == status[fine_tuned.name] == "done"
     assert status["base"] == "not run"
