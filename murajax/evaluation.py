@@ -335,12 +335,6 @@ def write_image_predictions(path: str, predictions: Predictions) -> None:
             )
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
-    """The rows of a `predictions.csv` or `image_predictions.csv` as dicts of strings."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def write_plots(
     directory: str, state: EvalState, studies: Mapping[str, np.ndarray], body: Mapping[str, Any]
 ) -> dict[str, str]:

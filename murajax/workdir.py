@@ -20,6 +20,7 @@ ensemble of K mean is decided by `select_steps`, from the metrics saved with eac
 Imports nothing from murajax but `config` and `errors`, so that any module may import it.
 """
 
+import csv
 import dataclasses
 import json
 import math
@@ -106,6 +107,12 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    """The rows of a `predictions.csv` or `image_predictions.csv` as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_json(path: str) -> Any:

@@ -45,7 +45,7 @@ from murajax.models.keras_weights import (
     pretrained_variables,
     weights_file,
 )
-from murajax.models.layers import max_pool_2x2
+from murajax.models.layers import mark_features, max_pool_2x2, with_bn_axis
 from murajax.models.multiview import MultiView
 from murajax.models.registry import (
     ModelSpec,
@@ -75,10 +75,12 @@ __all__ = [
     "is_study_model",
     "load_keras_weights",
     "loads_keras_weights",
+    "mark_features",
     "max_pool_2x2",
     "pretrained_variables",
     "save_keras_weights",
     "weights_file",
+    "with_bn_axis",
     "register",
     "registered_names",
     "resolve",

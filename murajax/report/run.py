@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from murajax import config as config_lib
-from murajax import data, evaluation, heatmaps, writers
+from murajax import data, heatmaps, writers
 from murajax import workdir as workdir_lib
 from murajax.config import Config
 from murajax.data import ModelInputs, pipeline, preprocess
@@ -401,7 +401,7 @@ def heatmaps_section(
     if reason:
         lines += [f"> Heatmaps not drawn: {reason}", ""]
         return "\n".join(lines)
-    rows = evaluation.read_csv(predictions)
+    rows = workdir_lib.read_csv(predictions)
     probs = {r["study_id"]: float(r["prob"]) for r in rows}
     chosen = [(sid, kind, probs[sid]) for sid, kind in pick_studies(rows, count)]
     try:
