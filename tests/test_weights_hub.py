@@ -469,7 +469,7 @@ def test_a_killed_download_leaves_nothing_that_looks_complete(
 
 
 def test_imagenet_is_accepted_only_for_models_with_an_imagenet_file(monkeypatch):
-    check = models.registry.check_weights_field
+    check = models.check_config  # model.name, model.backbone and model.weights
     for config in (
         ModelConfig(name="vgg16", weights="imagenet"),
         ModelConfig(name="densenet169", weights="imagenet"),
