@@ -75,8 +75,12 @@ def _run_processes(commands: list[list[str]], env: dict[str, str], timeout: floa
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for args, proc, out in zip(commands, procs, outputs, strict=True):
-        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-3000:]}"
+    failed = [
+        f"{' '.join(args)} exited with {proc.returncode}:\n{out[-2000:]}"
+        for args, proc, out in zip(commands, procs, outputs, strict=True)
+        if proc.returncode != 0
+    ]
+    assert not failed, "\n\n".join(failed)  # every failing process: which one failed first
 
 
 def _final_state(workdir: str, config) -> steps.TrainState:

@@ -16,32 +16,21 @@ page; `experiments.main` with the same config file trains the same run.
     baseline.py:smoke    `quickstart.py:smoke`, seconds long on `mura_synthetic/tiny` (tests).
 """
 
-import os
 from typing import Any
 
-from experiments.configs import default, quickstart
+from experiments.configs.thesis import base_config, check_variant
 from murajax.config import Config
 
 VARIANTS = (None, "mura", "smoke")
 
 
-def _check(arg: str | None) -> None:
-    if arg not in VARIANTS:
-        valid = ", ".join(repr(a) for a in VARIANTS if a is not None)
-        raise ValueError(f"baseline.py:{arg}: unknown variant, expected nothing or {valid}")
-
-
 def get_config(arg: str | None = None) -> Config:
     """quickstart (or its smoke variant), or `default.py` on real MURA for 'mura'."""
-    _check(arg)
-    if arg == "mura":
-        config = default.get_config()
-        config.data.manual_dir = os.environ.get("MURA_MANUAL_DIR")
-        return config
-    return quickstart.get_config(arg)
+    check_variant("baseline.py", arg, VARIANTS)
+    return base_config(arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, Any]]:
     """One run, the config as it is."""
-    _check(arg)
+    check_variant("baseline.py", arg, VARIANTS)
     return [{}]

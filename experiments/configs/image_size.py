@@ -19,32 +19,21 @@ more compute, and from scratch a small CNN may not use the extra detail: the swe
 `sweep.md` compares validation kappa and AUROC per size, `sweep_roc.png` their ROC curves.
 """
 
-import os
 from typing import Any
 
-from experiments.configs import default, quickstart
+from experiments.configs.thesis import base_config, check_variant
 from murajax.config import Config
 
 SIZES = {None: (32, 64, 128), "mura": (128, 224, 320), "smoke": (16, 32)}
 
 
-def _check(arg: str | None) -> None:
-    if arg not in SIZES:
-        valid = ", ".join(repr(a) for a in SIZES if a is not None)
-        raise ValueError(f"image_size.py:{arg}: unknown variant, expected nothing or {valid}")
-
-
 def get_config(arg: str | None = None) -> Config:
     """The base every run starts from: quickstart (or `default.py` for 'mura')."""
-    _check(arg)
-    if arg == "mura":
-        config = default.get_config()
-        config.data.manual_dir = os.environ.get("MURA_MANUAL_DIR")
-        return config
-    return quickstart.get_config("smoke" if arg == "smoke" else None)
+    check_variant("image_size.py", arg, tuple(SIZES))
+    return base_config(arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, Any]]:
     """One run per image size."""
-    _check(arg)
+    check_variant("image_size.py", arg, tuple(SIZES))
     return [{"data.image_size": size} for size in SIZES[arg]]

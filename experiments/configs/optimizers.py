@@ -16,7 +16,7 @@ same three for a few steps on `mura_synthetic/tiny` (seconds each; tests).
 
 from typing import Any
 
-from experiments.configs import quickstart
+from experiments.configs.thesis import base_config, check_variant
 from murajax.config import Config
 
 RUNS: list[dict[str, Any]] = [
@@ -26,18 +26,13 @@ RUNS: list[dict[str, Any]] = [
 ]
 
 
-def _check(arg: str | None) -> None:
-    if arg not in (None, "smoke"):
-        raise ValueError(f"optimizers.py:{arg}: unknown variant, expected nothing or 'smoke'")
-
-
 def get_config(arg: str | None = None) -> Config:
     """quickstart (or its smoke variant); the runs change only the optimiser."""
-    _check(arg)
-    return quickstart.get_config(arg)
+    check_variant("optimizers.py", arg, (None, "smoke"))
+    return base_config(arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict[str, Any]]:
     """SGD with momentum, RMSProp and Adam, each with its own learning rate."""
-    _check(arg)
+    check_variant("optimizers.py", arg, (None, "smoke"))
     return [dict(run) for run in RUNS]

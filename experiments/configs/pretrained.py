@@ -60,7 +60,7 @@ Compare the runs' validation kappa and AUROC in `W/sweep.md`, their ROC curves i
 import os
 from typing import Any
 
-from experiments.configs import default, quickstart
+from experiments.configs.thesis import base_config, check_variant
 from murajax.config import Config
 
 VARIANTS = (None, "mura", "smoke")
@@ -85,21 +85,11 @@ VGG16_FINE_TUNED = {
 DENSENET169 = {"model.name": "densenet169", "optim.learning_rate": 1e-4}
 
 
-def _check(arg: str | None) -> None:
-    if arg not in VARIANTS:
-        valid = ", ".join(repr(a) for a in VARIANTS if a is not None)
-        raise ValueError(f"pretrained.py:{arg}: unknown variant, expected nothing or {valid}")
-
-
 def get_config(arg: str | None = None) -> Config:
     """The base: the CNN from scratch (quickstart, or `default.py` for 'mura') at the
     variant's budget."""
-    _check(arg)
-    if arg == "mura":
-        config = default.get_config()
-        config.data.manual_dir = os.environ.get("MURA_MANUAL_DIR")
-    else:
-        config = quickstart.get_config("smoke" if arg == "smoke" else None)
+    check_variant("pretrained.py", arg, VARIANTS)
+    config = base_config(arg)
     size, batch, steps = BUDGETS[arg]
     config.data.image_size = size
     config.train.batch_size = batch
@@ -194,5 +184,5 @@ def _pretrained(recipe: dict[str, Any], arg: str | None) -> dict[str, Any]:
 
 def get_sweep(arg: str | None = None) -> list[dict[str, Any]]:
     """The CNN from scratch, VGG16 frozen, VGG16 fine-tuned and DenseNet-169 fine-tuned."""
-    _check(arg)
+    check_variant("pretrained.py", arg, VARIANTS)
     return [{}, *(_pretrained(r, arg) for r in (VGG16_FROZEN, VGG16_FINE_TUNED, DENSENET169))]

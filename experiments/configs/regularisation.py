@@ -21,7 +21,7 @@ kappa and AUROC in `sweep.md`, and over-fitting in each run's `report.md` traini
 
 from typing import Any
 
-from experiments.configs import quickstart
+from experiments.configs.thesis import base_config, check_variant
 from murajax.config import Config
 
 DROPOUT = {"model.dropout_rate": 0.5}
@@ -32,15 +32,10 @@ NO_BATCH_NORM = {"model.batch_norm": False}
 ALL = {**DROPOUT, **L2, **FLIP_ROTATE}
 
 
-def _check(arg: str | None) -> None:
-    if arg not in (None, "smoke"):
-        raise ValueError(f"regularisation.py:{arg}: unknown variant, expected nothing or 'smoke'")
-
-
 def get_config(arg: str | None = None) -> Config:
     """quickstart (or its smoke variant) with every regulariser off."""
-    _check(arg)
-    config = quickstart.get_config(arg)
+    check_variant("regularisation.py", arg, (None, "smoke"))
+    config = base_config(arg)
     config.model.dropout_rate = 0.0
     config.train.l2_weight = 0.0
     config.data.flip = False
@@ -53,7 +48,7 @@ def get_config(arg: str | None = None) -> Config:
 
 def get_sweep(arg: str | None = None) -> list[dict[str, Any]]:
     """The base, each regulariser on its own, and all of them together."""
-    _check(arg)
+    check_variant("regularisation.py", arg, (None, "smoke"))
     if arg == "smoke":
         return [{}, ALL]
     return [{}, DROPOUT, L2, FLIP, FLIP_ROTATE, NO_BATCH_NORM, ALL]
