@@ -229,7 +229,7 @@ def make_eval_fn(model: nn.Module, members: int = 1) -> EvalFn:
     run's numbers); several: `ensemble_eval_step`, one data pass for all members.
     """
     if members == 1:
-        step = jax.jit(functools.partial(eval_step, model=model))
+        step = make_state_eval_fn(model)
         return lambda states, batch: step(states[0], batch)
     return jax.jit(functools.partial(ensemble_eval_step, model=model))
 

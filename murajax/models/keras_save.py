@@ -20,15 +20,14 @@ The file is written to a temporary name beside `path` and renamed into place, so
 never sees half a file.
 """
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
 
+from murajax import files
 from murajax.models.keras_weights import backbone_shapes, layer_specs
 
 LegacyLayer = tuple[str, Sequence[tuple[str, Any]]]
@@ -61,25 +60,15 @@ def write_legacy_h5(
     path = os.fspath(path)
     keras2 = style != "keras3"
     names = [[weight_name(n, r, style, i) for i, (r, _) in enumerate(ws)] for n, ws in layers]
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, part = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    os.close(fd)
-    try:
-        with h5py.File(part, "w") as f:
-            f.attrs["layer_names"] = np.array([name.encode() for name, _ in layers])
-            f.attrs["backend"] = b"tensorflow" if keras2 else b"jax"
-            f.attrs["keras_version"] = b"2.15.0" if keras2 else b"3.15.1"
-            for (name, weights), weight_names in zip(layers, names, strict=True):
-                group = f.require_group(name)
-                group.attrs["weight_names"] = np.array([w.encode() for w in weight_names], "S")
-                for dataset, (_, value) in zip(weight_names, weights, strict=True):
-                    group.create_dataset(dataset, data=np.asarray(value, np.float32))
-        with contextlib.suppress(OSError):  # mkstemp's 0600 would hide it from other users
-            os.chmod(part, 0o644)
-        os.replace(part, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(part)
+    with files.replacing(path) as part, h5py.File(part, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode() for name, _ in layers])
+        f.attrs["backend"] = b"tensorflow" if keras2 else b"jax"
+        f.attrs["keras_version"] = b"2.15.0" if keras2 else b"3.15.1"
+        for (name, weights), weight_names in zip(layers, names, strict=True):
+            group = f.require_group(name)
+            group.attrs["weight_names"] = np.array([w.encode() for w in weight_names], "S")
+            for dataset, (_, value) in zip(weight_names, weights, strict=True):
+                group.create_dataset(dataset, data=np.asarray(value, np.float32))
     return path
 
 

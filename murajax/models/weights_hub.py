@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from murajax import files
 from murajax.compilation_cache import cache_root
 from murajax.errors import WeightsError
 
@@ -221,9 +221,9 @@ def _file_lock(path: str) -> Iterator[None]:
 def _remove_stale_parts(folder: str, file_name: str, now: float) -> None:
     """Removes temporary downloads of `file_name` left by processes that died (untouched for
     `STALE_PART_S`; a live download writes to its file every chunk)."""
-    prefix = f".{file_name}."
+    prefix = files.part_prefix(file_name)
     for name in os.listdir(folder):
-        if name.startswith(prefix) and name.endswith(".part"):
+        if name.startswith(prefix) and name.endswith(files.PART_SUFFIX):
             path = os.path.join(folder, name)
             with contextlib.suppress(OSError):
                 if now - os.path.getmtime(path) > STALE_PART_S:
@@ -279,16 +279,16 @@ def download(entry: WeightsFile, url: str, path: str) -> None:
     """
     what = f"the ImageNet weights of {entry.model}"
     folder = os.path.dirname(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, part = tempfile.mkstemp(dir=folder, prefix=f".{entry.file_name}.", suffix=".part")
-    except OSError as e:
-        raise WeightsError(
-            f"cannot store {what} in {folder} ({_reason(e)}): set $MURAJAX_CACHE to a"
-            f" writable folder, or {by_hand(entry, path)}"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with contextlib.ExitStack() as stack:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            part = stack.enter_context(files.replacing(path))
+        except OSError as e:
+            raise WeightsError(
+                f"cannot store {what} in {folder} ({_reason(e)}): set $MURAJAX_CACHE to a"
+                f" writable folder, or {by_hand(entry, path)}"
+            ) from None
+        with open(part, "wb") as out:
             try:
                 received, total = _stream(url, out, entry, path)
             except (OSError, HTTPException, ValueError) as e:  # URLError, timeouts, resets
@@ -308,12 +308,6 @@ def download(entry: WeightsFile, url: str, path: str) -> None:
                 f" {entry.file_hash} of {what} (a damaged download, or another file at that"
                 f" URL), and was not kept: {by_hand(entry, path)}"
             )
-        with contextlib.suppress(OSError):  # mkstemp's 0600 would hide it from other users
-            os.chmod(part, 0o644)
-        os.replace(part, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(part)
 
 
 def fetch(entry: WeightsFile) -> str:
