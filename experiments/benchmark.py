@@ -47,6 +47,14 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "min_steps", None, "Timed steps per row, at least (default 5; 3 with --quick)."
 )
+flags.DEFINE_integer(
+    "rounds",
+    None,
+    "Interleaved rounds per row (default 5; 4 with --quick): the row's frameworks compile one "
+    "at a time, then take turns timing min_seconds/rounds each, so a shared machine's slow "
+    "spells fall on all alike. Their processes are alive at once (memory: the sum of their "
+    "peaks); 1 measures one process after another.",
+)
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per row, the compile step included.")
 flags.DEFINE_list(
     "only",

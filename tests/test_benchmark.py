@@ -158,6 +158,48 @@ def test_time_steps_times_the_first_step_alone_and_takes_the_median():
     assert row["gflops"] == round(1e9 / result["step_s"] / 1e9, 1)
 
 
+def test_time_steps_in_turns_times_the_stretches_the_runner_asks_for():
+    """After compiling and warming up it says READY, then answers each command with that
+    stretch's step times, until stdin ends; the row keeps every stretch's median."""
+    import io
+
+    calls = []
+    commands = io.StringIO(
+        '{"min_seconds": 0.0, "min_steps": 2}\n\n{"min_seconds": 0.0, "min_steps": 3}\n'
+    )
+    replies = io.StringIO()
+    result = timing.time_steps(
+        lambda: calls.append(1),
+        min_seconds=99.0,  # the runner's commands decide, not these
+        min_steps=99,
+        warmup_steps=2,
+        turns=True,
+        commands=commands,
+        replies=replies,
+    )
+    lines = replies.getvalue().splitlines()
+    assert lines[0] == timing.READY_LINE
+    stretches = [json.loads(x.removeprefix(timing.TIMES_PREFIX)) for x in lines[1:]]
+    assert [len(t) for t in stretches] == [2, 3]
+    assert len(calls) == 2 + 5 and result["steps"] == 5
+    assert len(result["turn_step_s"]) == 2
+    row = timing.measurement_row(result, 4, flops=None)
+    assert len(row["turn_step_s"]) == 2
+
+
+def test_time_steps_in_turns_without_a_turn_fails():
+    import io
+
+    with pytest.raises(RuntimeError, match="no step was timed"):
+        timing.time_steps(
+            lambda: None,
+            min_seconds=0.0,
+            turns=True,
+            commands=io.StringIO('{"stop": true}\n'),
+            replies=io.StringIO(),
+        )
+
+
 def test_measurement_row_keeps_the_precision_of_millisecond_steps():
     """A 4.6 ms step is not rounded to 4.6 ms flat: step_s and images/s agree to 0.1%."""
     timing_ = {
@@ -268,8 +310,48 @@ def test_torch_densenet169_peer_has_murajax_parameter_count():
 # --------------------------------------------------------------------------- end to end
 
 
+_FAKE_PROCESS = """
+import importlib.util, json, sys, time
+spec = importlib.util.spec_from_file_location("timing", sys.argv[2])
+timing = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(timing)  # standard library only: as a peer's process loads it
+job = json.loads(sys.argv[1])
+if job["framework"] == "keras-jax":  # dies in its second turn
+    print(timing.READY_LINE, flush=True)
+    sys.stdin.readline()
+    print(timing.TIMES_PREFIX + "[0.01]", flush=True)
+    sys.stdin.readline()
+    sys.exit("MemoryError: out of memory")
+result = timing.time_steps(lambda: time.sleep(0.002), min_seconds=0.0, turns=job["turns"])
+print("RESULT " + json.dumps(timing.measurement_row(result, 4, None)), flush=True)
+"""
+
+
+def test_interleaved_rounds_rotate_and_a_failing_process_leaves_the_others(monkeypatch):
+    """`run_train_steps` with rounds: every process gets one stretch per round; a process
+    that dies mid-way becomes a row with its last error line, and the others finish."""
+    monkeypatch.setattr(
+        runner,
+        "_command",
+        lambda job: [sys.executable, "-c", _FAKE_PROCESS, json.dumps(job), timing.__file__],
+    )
+    rows = runner.run_train_steps(
+        [TINY], ["float32"], ["murajax", "keras-tf", "keras-jax"], min_seconds=0.0, rounds=3
+    )
+    by_framework = {r["framework"]: r for r in rows}
+    assert [r["framework"] for r in rows] == ["murajax", "keras-tf", "keras-jax"]
+    for name in ("murajax", "keras-tf"):
+        assert by_framework[name]["rounds"] == 3
+        assert len(by_framework[name]["turn_step_s"]) == 3
+        assert by_framework[name]["steps"] == 3 * 2  # ceil(min_steps 5 / 3 rounds) per turn
+    failed = by_framework["keras-jax"]
+    assert failed["images_per_s"] is None
+    assert failed["error"] == "MemoryError: out of memory"
+
+
 def test_benchmark_command_end_to_end(tmp_path):
-    """murajax and Keras on JAX on a 16 px CNN, each in its own process, and the JSON."""
+    """murajax and Keras on JAX on a 16 px CNN, each in its own process, taking turns over 3
+    rounds, and the JSON."""
     out = tmp_path / "bench.json"
     command = [
         sys.executable,
@@ -282,6 +364,7 @@ def test_benchmark_command_end_to_end(tmp_path):
         "--dtypes=float32",
         "--min_seconds=0.2",
         "--min_steps=2",
+        "--rounds=3",
         "--matmul_size=256",
         "--nopipeline",
         "--nodata_parallel",
@@ -302,7 +385,8 @@ def test_benchmark_command_end_to_end(tmp_path):
     for row in rows.values():
         assert set(TRAIN_KEYS) <= set(row), row
         assert (row["model"], row["image_size"], row["batch_size"]) == ("cnn_c", 16, 4)
-        assert row["images_per_s"] > 0 and row["steps"] >= 2 and row["timed_s"] >= 0.2
+        assert row["images_per_s"] > 0 and row["steps"] >= 3 and row["timed_s"] >= 0.2
+        assert row["rounds"] == 3 and len(row["turn_step_s"]) == 3
         assert row["step_s"] == pytest.approx(4 / row["images_per_s"], rel=0.01)
         assert row["compile_s"] > 0 and row["peak_memory_mb"] > 100
         assert row["gflops"] > 0 and 0 < row["peak_fraction"]
@@ -314,7 +398,10 @@ def test_benchmark_command_end_to_end(tmp_path):
     assert rows["keras-jax"]["flops_source"] == "analytic"
     assert rows["keras-jax"]["isolated"]  # the peer's process imported no murajax
     assert "vs best peer" in result.stdout and "keras-jax" in result.stdout
-    assert "1/2 murajax cnn_c@16 b4 float32" in result.stderr  # progress, in order
+    progress = result.stderr
+    assert "murajax cnn_c@16 b4 float32: compiling" in progress
+    assert progress.index("round 1/3") < progress.index("round 3/3")  # progress, in order
+    assert "in 3 rounds taking turns" in result.stdout
 
 
 def test_benchmark_command_rejects_unknown_names_in_one_line():

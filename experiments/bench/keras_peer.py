@@ -76,6 +76,7 @@ def measure(
     min_seconds: float,
     min_steps: int = 5,
     warmup_steps: int = 2,
+    turns: bool = False,
     jit_compile: bool | str = "auto",
 ) -> dict[str, Any]:
     """Times Keras's `train_on_batch` of a workload's `spec` in `dtype` on `backend`; returns
@@ -106,7 +107,11 @@ def measure(
         model.train_on_batch(images, labels)  # returns the loss as a Python float: synchronous
 
     result = timing.time_steps(
-        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+        step,
+        min_seconds=min_seconds,
+        min_steps=min_steps,
+        warmup_steps=warmup_steps,
+        turns=turns,
     )
     row = timing.measurement_row(result, spec["images_per_step"], spec["step_flops"])
     row["flops_source"] = "analytic"

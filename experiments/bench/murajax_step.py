@@ -81,6 +81,7 @@ def measure(
     min_seconds: float,
     min_steps: int = 5,
     warmup_steps: int = 2,
+    turns: bool = False,
 ) -> dict[str, Any]:
     """Times murajax's train step of `workload` in `dtype` (`model.conv_impl` = `conv_impl`
     when the config has it); returns the row's measured fields.
@@ -103,7 +104,11 @@ def measure(
         jax.block_until_ready(metrics)
 
     result = timing.time_steps(
-        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+        step,
+        min_seconds=min_seconds,
+        min_steps=min_steps,
+        warmup_steps=warmup_steps,
+        turns=turns,
     )
     flops, source = _flops(compiled.cost_analysis()), "xla_cost_analysis"
     if conv_impl not in (None, "xla"):

@@ -47,7 +47,7 @@ def isolated() -> bool:
 def measure(job: dict[str, Any], package: str) -> dict[str, Any]:
     """Measures the peer row `job` with the modules of `package` (this folder's package)."""
     settings = FRAMEWORKS[job["framework"]]
-    timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps") if k in job}
+    timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps", "turns") if k in job}
     if settings["kind"] == "keras":
         keras_peer = importlib.import_module(f"{package}.keras_peer")
         row = keras_peer.measure(

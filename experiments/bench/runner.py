@@ -1,7 +1,10 @@
 """Runs the benchmark: one process per measurement, in round-robin order, and the tables.
 
-`run_train_steps` measures, for each workload and dtype in turn, murajax's step and then each
-peer's (so that a slow drift of the machine spreads over every framework alike);
+`run_train_steps` measures, for each workload and dtype in turn, murajax's step and each
+peer's in interleaved rounds: every framework's process of the row compiles and warms up (one
+at a time), then they take turns timing short stretches of steps, round after round, so that
+the slow and fast spells of a shared machine fall on every framework alike (with `rounds=1`,
+one process at a time, each timing its steps in one stretch);
 `run_matmul` the matmul peak; `run_pipeline` the input pipeline; `machine_info` says where.
 Each measurement runs in a process of its own, with this process's environment (`XLA_FLAGS`
 included: `experiments/__init__.py` sets the YNN flag before jax is imported), so that no two
@@ -15,10 +18,14 @@ import datetime
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
+import queue
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 from experiments.bench import peer, workloads
 from experiments.bench.arch import PEER_MODELS
 from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
+from experiments.bench.timing import READY_LINE, TIMES_PREFIX
 from experiments.bench.workloads import Workload
 
 DEFAULT_PEERS = ("keras-tf", "keras-jax", "torch-eager", "torch-compile")
@@ -51,28 +59,114 @@ def log(message: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _command(job: dict[str, Any]) -> list[str]:
+    """A peer's train step runs in `python experiments/bench/peer.py` (which imports nothing
+    of murajax), anything else in `python -m experiments.bench.worker`."""
+    if job.get("kind") == "train_step" and FRAMEWORKS[job["framework"]]["kind"] != "murajax":
+        return [sys.executable, peer.SCRIPT, json.dumps(job)]
+    return [sys.executable, "-m", "experiments.bench.worker", json.dumps(job)]
+
+
+def _last_error_line(stderr: str, returncode: int | None) -> str:
+    errors = [x for x in stderr.strip().splitlines() if x.strip()]
+    return (errors[-1] if errors else f"exit status {returncode}")[:300]
+
+
 def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = None) -> Any:
-    """Runs `job` in a process of its own and returns its result: a peer's train step in
-    `python experiments/bench/peer.py` (which imports nothing of murajax), anything else in
-    `python -m experiments.bench.worker`.
+    """Runs `job` in a process of its own (`_command`) and returns its result.
 
     Raises `WorkerError` (with the process's last error line) if it fails or times out.
     """
-    if job.get("kind") == "train_step" and FRAMEWORKS[job["framework"]]["kind"] != "murajax":
-        command = [sys.executable, peer.SCRIPT, json.dumps(job)]
-    else:
-        command = [sys.executable, "-m", "experiments.bench.worker", json.dumps(job)]
     env = {**os.environ, **QUIET_ENV, **(env or {})}
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            _command(job), env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
         raise WorkerError(f"timed out after {timeout:.0f} s") from e
     lines = [x for x in result.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
     if result.returncode != 0 or not lines:
-        errors = [x for x in result.stderr.strip().splitlines() if x.strip()]
-        reason = errors[-1] if errors else f"exit status {result.returncode}"
-        raise WorkerError(reason[:300])
+        raise WorkerError(_last_error_line(result.stderr, result.returncode))
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+
+
+class TurnTaker:
+    """A train-step measurement process that times its steps when told (`timing.time_steps`
+    with `turns`): `start` it, wait until it is `ready` (compiled and warmed up), ask it for
+    `stretch`es of timed steps, then `finish` it for its row. Its stderr goes to a temporary
+    file (a pipe could fill and stall it); its stdout is read by a thread, line by line."""
+
+    def __init__(self, job: dict[str, Any], timeout: float = TIMEOUT_S) -> None:
+        self.timeout = timeout
+        self._stderr = tempfile.TemporaryFile("w+")
+        self._process = subprocess.Popen(
+            _command({**job, "turns": True}),
+            env={**os.environ, **QUIET_ENV},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)  # end of output
+
+    def _fail(self, why: str) -> WorkerError:
+        self._process.kill()
+        self._process.wait()
+        self._stderr.seek(0)
+        error = _last_error_line(self._stderr.read(), self._process.returncode)
+        return WorkerError(f"{why}: {error}" if why else error)
+
+    def _expect(self, prefix: str) -> str:
+        """The process's next stdout line that starts with `prefix` (others are ignored)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise self._fail(f"timed out after {self.timeout:.0f} s") from None
+            if line is None:
+                raise self._fail("")
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
+
+    def _send(self, command: dict[str, Any]) -> None:
+        try:
+            self._process.stdin.write(json.dumps(command) + "\n")
+            self._process.stdin.flush()
+        except OSError:
+            raise self._fail("") from None
+
+    def wait_ready(self) -> None:
+        """Returns once the process has compiled and warmed up its step."""
+        self._expect(READY_LINE)
+
+    def stretch(self, min_seconds: float, min_steps: int) -> list[float]:
+        """Seconds of each step of one timed stretch (at least `min_seconds` and
+        `min_steps`)."""
+        self._send({"min_seconds": min_seconds, "min_steps": min_steps})
+        return json.loads(self._expect(TIMES_PREFIX))
+
+    def finish(self) -> dict[str, Any]:
+        """Ends the turns; the process's row."""
+        self._process.stdin.close()
+        result = json.loads(self._expect(RESULT_PREFIX))
+        self._process.wait(timeout=self.timeout)
+        self._stderr.close()
+        return result
+
+    def kill(self) -> None:
+        """Stops the process (after a failure elsewhere)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._stderr.close()
 
 
 # --------------------------------------------------------------------------- frameworks
@@ -167,6 +261,92 @@ def train_step_job(
     return job
 
 
+def _label(framework: str, workload: Workload, dtype: str) -> str:
+    return f"{framework} {workload.model}@{workload.image_size} b{workload.batch_size} {dtype}"
+
+
+def _measure_alone(
+    framework: str, workload: Workload, dtype: str, progress: str, **timing: Any
+) -> dict[str, Any]:
+    """One framework's row, its process timing its steps in one stretch (`rounds=1`)."""
+    name = _label(framework, workload, dtype)
+    timeout = timing.pop("timeout")
+    log(f"{progress} {name} ...")
+    row = _base_row(framework, workload, dtype)
+    start = time.perf_counter()
+    try:
+        row.update(run_job(train_step_job(framework, workload, dtype, **timing), timeout))
+        log(
+            f"{progress} {name}: {row['images_per_s']:.1f} images/s "
+            f"(step {row['step_s']:.3f} s, first step {row['compile_s']:.1f} s, "
+            f"{row['steps']} steps; {time.perf_counter() - start:.0f} s in all)"
+        )
+    except WorkerError as e:
+        row.update(images_per_s=None, error=str(e))
+        log(f"{progress} {name}: FAILED: {e}")
+    return row
+
+
+def _measure_in_turns(
+    frameworks_: Sequence[str],
+    workload: Workload,
+    dtype: str,
+    *,
+    rounds: int,
+    min_seconds: float,
+    min_steps: int,
+    warmup_steps: int,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """The rows of one (workload, dtype), its frameworks' processes taking turns: each
+    compiles and warms up (one at a time, while the others wait), then in each of `rounds`
+    rounds each times a stretch of at least `min_seconds / rounds` seconds and
+    `ceil(min_steps / rounds)` steps, in an order that rotates every round."""
+    rows = {f: _base_row(f, workload, dtype) for f in frameworks_}
+    turn_seconds = min_seconds / rounds
+    turn_steps = max(1, math.ceil(min_steps / rounds))
+    takers: dict[str, TurnTaker] = {}
+
+    def failed(framework: str, error: WorkerError) -> None:
+        rows[framework].update(images_per_s=None, error=str(error))
+        log(f"{_label(framework, workload, dtype)}: FAILED: {error}")
+        takers.pop(framework, None)
+
+    try:
+        for framework in frameworks_:
+            log(f"{_label(framework, workload, dtype)}: compiling and warming up ...")
+            job = train_step_job(framework, workload, dtype, turn_seconds, turn_steps, warmup_steps)
+            try:
+                takers[framework] = TurnTaker(job, timeout)
+                takers[framework].wait_ready()
+            except WorkerError as e:
+                failed(framework, e)
+        for r in range(rounds):
+            order = list(takers)
+            order = order[r % len(order) :] + order[: r % len(order)] if order else []
+            speeds = []
+            for framework in order:
+                try:
+                    times = takers[framework].stretch(turn_seconds, turn_steps)
+                except WorkerError as e:
+                    failed(framework, e)
+                    continue
+                speed = workload.images_per_step / sorted(times)[len(times) // 2]
+                speeds.append(f"{framework} {speed:.1f}")
+            log(f"round {r + 1}/{rounds} (images/s): {', '.join(speeds)}")
+        for framework, taker in list(takers.items()):
+            try:
+                rows[framework].update(taker.finish())
+            except WorkerError as e:
+                failed(framework, e)
+    finally:
+        for taker in takers.values():
+            taker.kill()
+    for framework in frameworks_:
+        rows[framework]["rounds"] = rounds
+    return [rows[f] for f in frameworks_]
+
+
 def run_train_steps(
     selected: Sequence[Workload],
     dtypes: Sequence[str],
@@ -175,43 +355,43 @@ def run_train_steps(
     min_seconds: float,
     min_steps: int = 5,
     warmup_steps: int = 2,
+    rounds: int = 1,
     timeout: float = TIMEOUT_S,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train-step rows of every (workload, dtype), each measured by `chosen` frameworks in
-    turn (round robin: murajax's row, then its peers', then the next workload/dtype).
+    """Train-step rows of every (workload, dtype), measured by each of `chosen` frameworks
+    that has the model, in `rounds` interleaved rounds (`_measure_in_turns`: all the row's
+    processes are alive at once), or with `rounds=1` one process after another.
 
     A failed measurement gives a row with `images_per_s` None and its `error`; `on_row` is
     called with each row as it comes.
     """
-    jobs = [
-        (workload, dtype, framework)
+    groups = [
+        (workload, dtype, [f for f in chosen if has_peer(f, workload)])
         for workload in selected
         for dtype in dtypes
-        for framework in chosen
-        if has_peer(framework, workload)
     ]
-    rows = []
-    for i, (workload, dtype, framework) in enumerate(jobs, start=1):
-        name = f"{framework} {workload.model}@{workload.image_size} b{workload.batch_size} {dtype}"
-        log(f"{i}/{len(jobs)} {name} ...")
-        row = _base_row(framework, workload, dtype)
-        job = train_step_job(framework, workload, dtype, min_seconds, min_steps, warmup_steps)
-        start = time.perf_counter()
-        try:
-            row.update(run_job(job, timeout))
-            log(
-                f"{i}/{len(jobs)} {name}: {row['images_per_s']:.1f} images/s "
-                f"(step {row['step_s']:.3f} s, first step {row['compile_s']:.1f} s, "
-                f"{row['steps']} steps; {time.perf_counter() - start:.0f} s in all)"
-            )
-        except WorkerError as e:
-            row.update(images_per_s=None, error=str(e))
-            log(f"{i}/{len(jobs)} {name}: FAILED: {e}")
+    total = sum(len(group) for _, _, group in groups)
+    rows: list[dict[str, Any]] = []
+    timing = {"min_seconds": min_seconds, "min_steps": min_steps, "warmup_steps": warmup_steps}
+
+    def emit(row: dict[str, Any]) -> None:
         row["min_seconds"] = min_seconds
         rows.append(row)
         if on_row is not None:
             on_row(row)
+
+    for workload, dtype, group in groups:
+        if rounds > 1 and len(group) > 1:
+            log(f"{len(rows) + 1}-{len(rows) + len(group)}/{total}: {rounds} rounds ...")
+            for row in _measure_in_turns(
+                group, workload, dtype, rounds=rounds, timeout=timeout, **timing
+            ):
+                emit(row)
+            continue
+        for framework in group:
+            progress = f"{len(rows) + 1}/{total}"
+            emit(_measure_alone(framework, workload, dtype, progress, timeout=timeout, **timing))
     return rows
 
 

@@ -23,13 +23,14 @@ from murajax.config import DataConfig
 class Settings:
     """What the benchmark measures and how long: the flags of `experiments.benchmark`, by the
     same names (see their help). None picks the default: `min_seconds` 10 (3 when `quick`),
-    `min_steps` 5 (3), `data_parallel` unless `quick`, `only` every available framework,
-    `models` the workloads `quick` selects."""
+    `min_steps` 5 (3), `rounds` 5 (4), `data_parallel` unless `quick`, `only` every available
+    framework, `models` the workloads `quick` selects."""
 
     json: str | None
     quick: bool
     min_seconds: float | None
     min_steps: int | None
+    rounds: int | None
     warmup_steps: int
     only: Sequence[str] | None
     models: Sequence[str] | None
@@ -87,6 +88,9 @@ def run(settings: Settings) -> dict[str, Any]:
         settings.min_seconds if settings.min_seconds is not None else (3.0 if quick else 10.0)
     )
     min_steps = settings.min_steps if settings.min_steps is not None else (3 if quick else 5)
+    rounds = settings.rounds if settings.rounds is not None else (4 if quick else 5)
+    if rounds < 1:
+        raise SettingsError(f"--rounds={rounds}: expected 1 or more")
     notes: list[str] = []
     workload = _workload_maker(settings)
     selected, chosen = _selection(settings, workload, notes)
@@ -96,6 +100,7 @@ def run(settings: Settings) -> dict[str, Any]:
         "quick": quick,
         "min_seconds": min_seconds,
         "min_steps": min_steps,
+        "rounds": rounds,
         "warmup_steps": settings.warmup_steps,
         "frameworks": chosen,
         "workloads": [dataclasses.asdict(w) for w in selected],
@@ -131,6 +136,7 @@ def run(settings: Settings) -> dict[str, Any]:
         min_seconds=min_seconds,
         min_steps=min_steps,
         warmup_steps=settings.warmup_steps,
+        rounds=rounds,
         on_row=on_row,
     )
     if settings.pipeline:
@@ -158,6 +164,12 @@ def run(settings: Settings) -> dict[str, Any]:
     return figures
 
 
+def _rounds_words(rounds: int) -> str:
+    if rounds > 1:
+        return f"in {rounds} rounds taking turns with the row's other frameworks"
+    return "one framework after another"
+
+
 def print_tables(figures: dict[str, Any], settings: Settings) -> None:
     """The machine, the matmul peak, the train-step table, the goals, the input-pipeline and
     data-parallel tables and the notes, on stdout."""
@@ -175,7 +187,8 @@ def print_tables(figures: dict[str, Any], settings: Settings) -> None:
     )
     print(
         f"\ntrain step (median of >= {recorded['min_seconds']:g} s and >= "
-        f"{recorded['min_steps']} steps after {recorded['warmup_steps']} untimed; 'of peak' = "
+        f"{recorded['min_steps']} steps after {recorded['warmup_steps']} untimed, "
+        f"{_rounds_words(recorded.get('rounds', 1))}; 'of peak' = "
         "GFLOP/s over the matmul peak of the row's dtype, which a busy machine can push past "
         "100%; 'vs best peer' = images/s over the fastest non-murajax framework of the same "
         "model, size, batch and dtype):"

@@ -145,6 +145,7 @@ def measure(
     min_seconds: float,
     min_steps: int = 5,
     warmup_steps: int = 2,
+    turns: bool = False,
 ) -> dict[str, Any]:
     """Times a PyTorch train step of a workload's `spec` in `dtype`, `mode` 'eager' or 'compile'
     (`torch.compile` of the model; Adam stays eager); returns the row's measured fields."""
@@ -174,7 +175,11 @@ def measure(
         loss.item()  # waits for the step
 
     result = timing.time_steps(
-        step, min_seconds=min_seconds, min_steps=min_steps, warmup_steps=warmup_steps
+        step,
+        min_seconds=min_seconds,
+        min_steps=min_steps,
+        warmup_steps=warmup_steps,
+        turns=turns,
     )
     row = timing.measurement_row(result, spec["images_per_step"], spec["step_flops"])
     row["flops_source"] = "analytic"
