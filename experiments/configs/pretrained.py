@@ -42,9 +42,10 @@ Variants:
                          time the dataset is built. The MURA paper's 320 px:
                          edit BUDGETS["mura"] (the size is the sweep's, for every run).
     pretrained.py:smoke  3 steps of batch 4 per run on `mura_synthetic/tiny` at 32 px: seconds
-                         for the CNN and each VGG16 run, 2-3 minutes for DenseNet-169 on 2 CPU
-                         cores (its compilation). Instead of ImageNet's files each pretrained run
-                         loads a GENERATED stand-in: the model's backbone at a seeded random
+                         for the CNN and each VGG16 run, 3-4 minutes for DenseNet-169 on 2 CPU
+                         cores (its compilation; the whole sweep took 4 min 21 s on 2026-12-02).
+                         Instead of ImageNet's files each pretrained run loads a GENERATED
+                         stand-in: the model's backbone at a seeded random
                          init (numpy, seed 0; `seeded_backbone`), written once as a Keras .h5
                          file (murajax.models.save_keras_weights) into
                          $MURAJAX_CACHE/weights/smoke/ (`smoke_weights`; ~59 MB for VGG16,
