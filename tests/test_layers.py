@@ -28,6 +28,35 @@ def test_max_pool_2x2_equals_flax_max_pool_with_ties(shape, dtype):
     chex.assert_trees_all_equal(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(reference))(x))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_2x2_orders_signs_zeros_and_infinities_as_flax(dtype):
+    """bfloat16 pools on integer keys: negatives, -0.0 tied with +0.0, and infinities must
+    still give flax's values and gradients (its first maximum in row-major order)."""
+    rng = np.random.default_rng(1)
+    choices = np.array([-np.inf, -2.5, -1.0, -0.0, 0.0, 1.0, 2.5, np.inf], np.float32)
+    x = jnp.asarray(rng.choice(choices, (3, 8, 10, 4)), dtype)
+    weights = jnp.asarray(rng.standard_normal((3, 4, 5, 4)), jnp.float32)
+
+    def reference(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+    def loss(pool):
+        return lambda x: jnp.sum(
+            jnp.where(jnp.isinf(pool(x)), 0, pool(x)).astype(jnp.float32) * weights
+        )
+
+    chex.assert_trees_all_equal(max_pool_2x2(x), reference(x))
+    chex.assert_trees_all_equal(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(reference))(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_2x2_propagates_nan(dtype):
+    x = jnp.zeros((1, 4, 4, 2), dtype).at[0, 1, 2, 1].set(jnp.nan).at[0, 0, 0, 0].set(-jnp.nan)
+    pooled = np.asarray(max_pool_2x2(x), np.float32)
+    assert np.isnan(pooled[0, 0, 1, 1]) and np.isnan(pooled[0, 0, 0, 0])
+    assert np.isnan(pooled).sum() == 2
+
+
 def test_max_pool_2x2_rejects_non_nhwc():
     with pytest.raises(ValueError, match="expects NHWC input"):
         max_pool_2x2(jnp.zeros((4, 4, 3)))
