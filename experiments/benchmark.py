@@ -5,8 +5,10 @@
   placed by `murajax.parallel.data_parallel(..., 'jit', make_mesh())`), float32 and bfloat16:
   workload C (a 4-block CNN at 128 px, batch 32), the quickstart CNN (64 px), VGG16 at 128 (A)
   and 224, DenseNet-169 at 224 and the multi-view study model; `--quick` runs C and A only.
-- Peers in the same run, interleaved with murajax (murajax's row, then each peer's, then the
-  next row), same architecture, batch, input, loss and Adam, each in its own process: Keras 3
+- Peers in the same run, interleaved with murajax: the processes of a row (murajax's and each
+  peer's) compile and warm up one at a time, then take turns timing short stretches of steps
+  over `--rounds` rounds in a rotating order (`--rounds=1`: one after another); same
+  architecture, batch, input, loss and Adam, each in its own process: Keras 3
   on TensorFlow and on JAX (float32 and 'mixed_bfloat16'), and PyTorch eager and
   `torch.compile` (channels_last; bfloat16 by autocast) when torch is importable (the
   optional `bench` extra). 'murajax-xla' (`model.conv_impl='xla'`) appears next to 'murajax'
@@ -20,8 +22,9 @@
 - The data-parallel table (not with `--quick`): 'jit' on 1 device against 'jit' and 'pmap' on
   2 fake CPU devices.
 
-Timings are medians of single steps timed over at least `--min_seconds` after a compile step
-and a warm-up step. Progress goes to stderr, the tables to stdout, and with `--json=FILE`
+Timings are medians of single steps timed over at least `--min_seconds` (split over the
+rounds) after a compile step and a warm-up step; each row also keeps every turn's median.
+Progress goes to stderr, the tables to stdout, and with `--json=FILE`
 `{"machine", "matmul_gflops", "train_step", "input_pipeline", "settings", "data_parallel"}`
 to FILE (rewritten after every row, so an interrupted run keeps what it measured).
 """
