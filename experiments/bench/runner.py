@@ -92,9 +92,10 @@ def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = 
 
 class TurnTaker:
     """A train-step measurement process that times its steps when told (`timing.time_steps`
-    with `turns`): `start` it, wait until it is `ready` (compiled and warmed up), ask it for
-    `stretch`es of timed steps, then `finish` it for its row. Its stderr goes to a temporary
-    file (a pipe could fill and stall it); its stdout is read by a thread, line by line."""
+    with `turns`): making one starts the process; `wait_ready` returns once it has compiled
+    and warmed up; each `stretch` times a few steps; `finish` ends it and returns its row. Its
+    stderr goes to a temporary file (a pipe could fill and stall it); its stdout is read by a
+    thread, line by line. A failure kills it and raises `WorkerError`."""
 
     def __init__(self, job: dict[str, Any], timeout: float = TIMEOUT_S) -> None:
         self.timeout = timeout
@@ -121,6 +122,7 @@ class TurnTaker:
         self._process.wait()
         self._stderr.seek(0)
         error = _last_error_line(self._stderr.read(), self._process.returncode)
+        self._stderr.close()
         return WorkerError(f"{why}: {error}" if why else error)
 
     def _expect(self, prefix: str) -> str:
