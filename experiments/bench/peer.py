@@ -38,6 +38,9 @@ FRAMEWORKS: dict[str, dict[str, Any]] = {
 own choice of `jit_compile` (no XLA on a CPU-only machine); 'keras-tf-xla' forces XLA, to
 check that choice. murajax's rows run in `experiments.bench.worker`, the others here."""
 
+TIMING_KEYS = ("min_seconds", "min_steps", "warmup_steps", "turns")
+"""The job fields that every framework's `measure` takes as its timing settings."""
+
 
 def isolated() -> bool:
     """Whether this process has imported neither `experiments` nor `murajax`."""
@@ -47,7 +50,7 @@ def isolated() -> bool:
 def measure(job: dict[str, Any], package: str) -> dict[str, Any]:
     """Measures the peer row `job` with the modules of `package` (this folder's package)."""
     settings = FRAMEWORKS[job["framework"]]
-    timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps", "turns") if k in job}
+    timing = {k: job[k] for k in TIMING_KEYS if k in job}
     if settings["kind"] == "keras":
         keras_peer = importlib.import_module(f"{package}.keras_peer")
         row = keras_peer.measure(

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import queue
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -268,11 +269,10 @@ def _label(framework: str, workload: Workload, dtype: str) -> str:
 
 
 def _measure_alone(
-    framework: str, workload: Workload, dtype: str, progress: str, **timing: Any
+    framework: str, workload: Workload, dtype: str, progress: str, *, timeout: float, **timing: Any
 ) -> dict[str, Any]:
     """One framework's row, its process timing its steps in one stretch (`rounds=1`)."""
     name = _label(framework, workload, dtype)
-    timeout = timing.pop("timeout")
     log(f"{progress} {name} ...")
     row = _base_row(framework, workload, dtype)
     start = time.perf_counter()
@@ -333,7 +333,7 @@ def _measure_in_turns(
                 except WorkerError as e:
                     failed(framework, e)
                     continue
-                speed = workload.images_per_step / sorted(times)[len(times) // 2]
+                speed = workload.images_per_step / statistics.median(times)
                 speeds.append(f"{framework} {speed:.1f}")
             log(f"round {r + 1}/{rounds} (images/s): {', '.join(speeds)}")
         for framework, taker in list(takers.items()):

@@ -113,11 +113,7 @@ def measurement_row(timing: dict[str, Any], images_per_step: int, flops: float |
     achieved (from `flops` per step, when known), the peak memory so far, and each turn's
     median step seconds when the steps were timed in turns."""
     step_s = timing["step_s"]
-    turns = {}
-    if "turn_step_s" in timing:
-        turns["turn_step_s"] = [_significant(t) for t in timing["turn_step_s"]]
-    return {
-        **turns,
+    row = {
         "images_per_s": round(images_per_step / step_s, 2),
         "step_s": _significant(step_s),
         "step_s_min": _significant(timing["step_s_min"]),
@@ -128,3 +124,6 @@ def measurement_row(timing: dict[str, Any], images_per_step: int, flops: float |
         "flops_per_step": flops,
         "gflops": None if not flops else round(flops / step_s / 1e9, 1),
     }
+    if "turn_step_s" in timing:
+        row["turn_step_s"] = [_significant(t) for t in timing["turn_step_s"]]
+    return row

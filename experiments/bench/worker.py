@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
+from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX, TIMING_KEYS
 
 
 def _workload(spec: str | dict[str, Any]) -> Any:
@@ -38,7 +38,7 @@ def train_step(job: dict[str, Any]) -> dict[str, Any]:
     settings = FRAMEWORKS[job["framework"]]
     if settings["kind"] != "murajax":
         raise ValueError(f"{job['framework']!r} runs in experiments/bench/peer.py, not here")
-    timing = {k: job[k] for k in ("min_seconds", "min_steps", "warmup_steps", "turns") if k in job}
+    timing = {k: job[k] for k in TIMING_KEYS if k in job}
     return murajax_step.measure(workload, job["dtype"], settings["conv_impl"], **timing)
 
 
