@@ -13,8 +13,8 @@ which run on Intel's SYCL/OpenCL CPU runtime over TBB, because the same kernels 
 it: measured on 2 cores, bfloat16 kernel gradients of the benchmark CNN's layers 11-15 ms
 against 16-18 ms, and whole train steps 7-13% faster (CNN C and VGG16 in bfloat16, 5% VGG16 in
 float32), with a ~160 MB install instead of ~2 GB. OpenMP's threads are told to sleep between
-calls (`OMP_WAIT_POLICY=passive`, set here for this process unless the user has set it) so that
-they leave the cores to XLA's own passes in between.
+calls (`OMP_WAIT_POLICY=passive`, set here, and so inherited by the processes this one starts,
+unless the user has set it) so that they leave the cores to XLA's own passes in between.
 """
 
 import ctypes
