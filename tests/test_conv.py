@@ -108,6 +108,23 @@ def test_cpu_lowering_calls_onednn_and_gpu_lowering_keeps_xla_convolution():
     assert "convolution" in gpu
 
 
+@needs_onednn
+def test_conv_relu_max_pool_lowers_to_onednn_pooling_on_cpu_only():
+    x = jnp.ones((1, 8, 8, 3))
+    kernel = jnp.ones((3, 3, 3, 4))
+
+    def step(x, kernel):
+        pooled = lambda k: ops.conv2d_relu_max_pool(x, k, impl="onednn")  # noqa: E731
+        return jax.grad(lambda k: jnp.sum(pooled(k)))(kernel)
+
+    cpu = jax.jit(step).trace(x, kernel).lower(lowering_platforms=("cpu",)).as_text()
+    gpu = jax.jit(step).trace(x, kernel).lower(lowering_platforms=("cuda",)).as_text()
+    for target in ("conv_relu_pool_fwd", "unpool_relu_bwd", "conv_bwd_weights"):
+        assert f"murajax_onednn_{target}" in cpu
+    assert "murajax_onednn" not in gpu
+    assert "convolution" in gpu
+
+
 def test_xla_impl_is_lax_conv():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)

@@ -35,6 +35,8 @@ TARGETS = {
     "murajax_onednn_conv_fwd": "MurajaxOnednnConvFwd",
     "murajax_onednn_conv_bwd_data": "MurajaxOnednnConvBwdData",
     "murajax_onednn_conv_bwd_weights": "MurajaxOnednnConvBwdWeights",
+    "murajax_onednn_conv_relu_pool_fwd": "MurajaxOnednnConvReluPoolFwd",
+    "murajax_onednn_unpool_relu_bwd": "MurajaxOnednnUnpoolReluBwd",
 }
 
 

@@ -5,6 +5,10 @@
 //                                    optional bias and a fused ReLU (oneDNN post-op)
 //   murajax_onednn_conv_bwd_data     dy (N,OH,OW,O), w (KH,KW,C,O)     -> dx (N,H,W,C)
 //   murajax_onednn_conv_bwd_weights  x (N,H,W,C), dy (N,OH,OW,O)       -> dw (KH,KW,C,O), db (O)
+// and two for a convolution + ReLU followed by 2x2 max-pooling (stride 2):
+//   murajax_onednn_conv_relu_pool_fwd  x, w, b -> pooled (N,OH/2,OW/2,O), winner (same, uint8)
+//                                      the full-size output lives only in a thread buffer
+//   murajax_onednn_unpool_relu_bwd     pooled, g (its gradient), winner -> dy (N,OH,OW,O)
 // in float32 or bfloat16 (every buffer of one call has the same type). Attributes: strides and
 // explicit padding (top, bottom, left, right). Primitives are built once per shape and kept;
 // each call runs on the calling thread's oneDNN stream with its own scratchpad, so XLA may call
@@ -40,9 +44,12 @@ dnnl::stream& ThreadStream() {
 
 // Per-thread buffers, grown as needed: slot 0 is the primitives' scratchpad (a user
 // scratchpad, so that one primitive can run on several threads at once), slot 1 holds the
-// weights in the blocked layout the primitive prefers.
+// weights in the blocked layout the primitive prefers, slot 2 a convolution's output before it
+// is pooled, slot 3 a pooled gradient after the ReLU's mask.
+enum Slot { kScratchpad = 0, kBlockedWeights = 1, kConvOutput = 2, kMaskedGradient = 3 };
+
 void* ThreadBuffer(int slot, size_t bytes) {
-  thread_local std::vector<char> buffers[2];
+  thread_local std::vector<char> buffers[4];
   if (buffers[slot].size() < bytes) buffers[slot].resize(bytes);
   return buffers[slot].data();
 }
@@ -191,11 +198,15 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   return ffi::Error::Success();
 }
 
-ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
-  // One primitive at a time: each already uses every core, and XLA may call two independent
-  // convolutions (a layer's input and kernel gradients) at once, which would oversubscribe them.
+// One primitive at a time: each already uses every core, and XLA may call two independent
+// convolutions (a layer's input and kernel gradients) at once, which would oversubscribe them.
+std::mutex& RunningLock() {
   static std::mutex running;
-  std::lock_guard<std::mutex> lock(running);
+  return running;
+}
+
+ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
+  std::lock_guard<std::mutex> lock(RunningLock());
   try {
     const Cached& cached = Lookup(g, pass);
     std::unordered_map<int, memory> memories;
@@ -225,7 +236,7 @@ ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args
       bool weights = arg == DNNL_ARG_WEIGHTS || arg == DNNL_ARG_DIFF_WEIGHTS;
       if (weights && cached.reorder_weights) {
         user_weights = memory(wei, Engine(), pointer);
-        void* blocked = ThreadBuffer(1, cached.weights.get_size());
+        void* blocked = ThreadBuffer(kBlockedWeights, cached.weights.get_size());
         memories.emplace(arg, memory(cached.weights, Engine(), blocked));
       } else {
         memories.emplace(arg, memory(*md, Engine(), pointer));
@@ -234,7 +245,7 @@ ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args
     size_t scratch_bytes = cached.scratchpad.get_size();
     if (scratch_bytes > 0) {
       memories.emplace(DNNL_ARG_SCRATCHPAD,
-                       memory(cached.scratchpad, Engine(), ThreadBuffer(0, scratch_bytes)));
+                       memory(cached.scratchpad, Engine(), ThreadBuffer(kScratchpad, scratch_bytes)));
     }
     dnnl::stream& stream = ThreadStream();
     bool into_user_layout = pass == Pass::kBackwardWeights;
@@ -249,6 +260,114 @@ ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("murajax oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// 2x2 max-pooling, stride 2, of an NHWC array (an odd last row or column is dropped), with
+// oneDNN's workspace: which corner of each window won, one byte per pooled element, the first
+// maximum in row-major order where corners tie (as XLA's select-and-scatter chooses).
+struct PoolGeometry {
+  memory::dims src, dst;  // logical NCHW
+  memory::data_type type;
+
+  std::string Key() const {
+    std::string key = std::to_string(static_cast<int>(type));
+    for (const auto* dims : {&src, &dst}) {
+      key += "|";
+      for (auto d : *dims) key += std::to_string(d) + ",";
+    }
+    return key;
+  }
+};
+
+struct CachedPool {
+  dnnl::pooling_forward forward;
+  dnnl::pooling_backward backward;
+  // The ReLU's gradient seen through the pooling: the pooled gradient where the pooled value is
+  // positive, else 0 (a window's maximum is positive exactly where the ReLU passed its winner).
+  dnnl::eltwise_backward relu_backward;
+  memory::desc forward_scratchpad, backward_scratchpad, relu_scratchpad, workspace;
+};
+
+CachedPool BuildPool(const PoolGeometry& p) {
+  auto src = memory::desc(p.src, p.type, tag::nhwc);
+  auto dst = memory::desc(p.dst, p.type, tag::nhwc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  memory::dims two = {2, 2}, zero = {0, 0};
+  auto forward = dnnl::pooling_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, src, dst, two,
+      two, zero, zero, zero, attr);
+  auto backward = dnnl::pooling_backward::primitive_desc(
+      Engine(), dnnl::algorithm::pooling_max, src, dst, two, two, zero, zero, zero, forward, attr);
+  auto relu = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+  auto relu_forward = dnnl::eltwise_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, relu, dst, dst, 0.f, 0.f, attr);
+  auto relu_backward =
+      dnnl::eltwise_backward::primitive_desc(Engine(), relu, dst, dst, dst, 0.f, 0.f, relu_forward, attr);
+  return {dnnl::pooling_forward(forward),    dnnl::pooling_backward(backward),
+          dnnl::eltwise_backward(relu_backward), forward.scratchpad_desc(),
+          backward.scratchpad_desc(),          relu_backward.scratchpad_desc(),
+          forward.workspace_desc()};
+}
+
+const CachedPool& LookupPool(const PoolGeometry& p) {
+  static std::mutex mutex;
+  static auto* cache = new std::unordered_map<std::string, std::unique_ptr<CachedPool>>();
+  std::string key = p.Key();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache->find(key);
+  if (it == cache->end()) {
+    it = cache->emplace(key, std::make_unique<CachedPool>(BuildPool(p))).first;
+  }
+  return *it->second;
+}
+
+void AddScratchpad(std::unordered_map<int, memory>& args, const memory::desc& scratchpad) {
+  if (scratchpad.get_size() > 0) {
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 memory(scratchpad, Engine(), ThreadBuffer(kScratchpad, scratchpad.get_size())));
+  }
+}
+
+// Forward: pools `full` into `pooled` and `winner`. Backward: spreads the pooled gradient `g`,
+// masked by the ReLU (`pooled` > 0), into `full` at each window's `winner`, zero elsewhere.
+ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner,
+                   size_t winner_bytes, const void* g = nullptr) {
+  std::lock_guard<std::mutex> lock(RunningLock());
+  try {
+    const CachedPool& cached = LookupPool(p);
+    if (cached.workspace.get_size() > winner_bytes) {
+      return ffi::Error::Internal("murajax oneDNN pooling: workspace larger than one byte each");
+    }
+    auto full_md = memory::desc(p.src, p.type, tag::nhwc);
+    auto pooled_md = memory::desc(p.dst, p.type, tag::nhwc);
+    memory workspace(cached.workspace, Engine(), winner);
+    dnnl::stream& stream = ThreadStream();
+    if (g == nullptr) {
+      std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(full_md, Engine(), full)},
+                                              {DNNL_ARG_DST, memory(pooled_md, Engine(), pooled)},
+                                              {DNNL_ARG_WORKSPACE, workspace}};
+      AddScratchpad(args, cached.forward_scratchpad);
+      cached.forward.execute(stream, args);
+    } else {
+      memory masked(pooled_md, Engine(), ThreadBuffer(kMaskedGradient, pooled_md.get_size()));
+      std::unordered_map<int, memory> relu_args = {
+          {DNNL_ARG_DST, memory(pooled_md, Engine(), pooled)},
+          {DNNL_ARG_DIFF_DST, memory(pooled_md, Engine(), const_cast<void*>(g))},
+          {DNNL_ARG_DIFF_SRC, masked}};
+      AddScratchpad(relu_args, cached.relu_scratchpad);
+      cached.relu_backward.execute(stream, relu_args);
+      std::unordered_map<int, memory> args = {{DNNL_ARG_DIFF_DST, masked},
+                                              {DNNL_ARG_DIFF_SRC, memory(full_md, Engine(), full)},
+                                              {DNNL_ARG_WORKSPACE, workspace}};
+      AddScratchpad(args, cached.backward_scratchpad);
+      cached.backward.execute(stream, args);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("murajax oneDNN pooling: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -300,6 +419,57 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   return Run(g, Pass::kBackwardWeights, args);
 }
 
+// The convolution's output size along one axis.
+int64_t OutputSize(int64_t size, int64_t kernel, int64_t stride, int64_t pad_lo, int64_t pad_hi) {
+  return (size + pad_lo + pad_hi - kernel) / stride + 1;
+}
+
+size_t ElementBytes(ffi::DataType type) { return type == ffi::DataType::BF16 ? 2 : 4; }
+
+ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                               ffi::Result<ffi::AnyBuffer> pooled,
+                               ffi::Result<ffi::AnyBuffer> winner, int64_t stride_h,
+                               int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                               int64_t pad_left, int64_t pad_right, bool has_bias) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 4 || wd.size() != 4) {
+    return ffi::Error::InvalidArgument("murajax oneDNN convolution: NHWC x HWIO only");
+  }
+  std::vector<int64_t> yd = {xd[0], OutputSize(xd[1], wd[0], stride_h, pad_top, pad_bottom),
+                             OutputSize(xd[2], wd[1], stride_w, pad_left, pad_right), wd[3]};
+  Geometry g;
+  ffi::Error error = MakeGeometry(xd, wd, yd, x.element_type(), stride_h, stride_w, pad_top,
+                                  pad_bottom, pad_left, pad_right, has_bias, true, g);
+  if (error.failure()) return error;
+  void* y = ThreadBuffer(kConvOutput, yd[0] * yd[1] * yd[2] * yd[3] * ElementBytes(x.element_type()));
+  std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
+                                         {DNNL_ARG_WEIGHTS, w.untyped_data()},
+                                         {DNNL_ARG_DST, y}};
+  if (has_bias) args[DNNL_ARG_BIAS] = b.untyped_data();
+  error = Run(g, Pass::kForward, args);
+  if (error.failure()) return error;
+  auto pd = pooled->dimensions();
+  PoolGeometry p{g.dst, {pd[0], pd[3], pd[1], pd[2]}, g.type};
+  return RunPool(p, y, pooled->untyped_data(), winner->untyped_data(), winner->size_bytes());
+}
+
+ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyBuffer winner,
+                              ffi::Result<ffi::AnyBuffer> dy) {
+  auto pd = pooled.dimensions();
+  auto yd = dy->dimensions();
+  if (pd.size() != 4 || yd.size() != 4) {
+    return ffi::Error::InvalidArgument("murajax oneDNN pooling: NHWC only");
+  }
+  memory::data_type type = DataType(g.element_type());
+  if (type == memory::data_type::undef) {
+    return ffi::Error::InvalidArgument("murajax oneDNN pooling: float32 or bfloat16 only");
+  }
+  PoolGeometry p{{yd[0], yd[3], yd[1], yd[2]}, {pd[0], pd[3], pd[1], pd[2]}, type};
+  return RunPool(p, dy->untyped_data(), pooled.untyped_data(), winner.untyped_data(),
+                 winner.size_bytes(), g.untyped_data());
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvFwd, ConvForward,
@@ -342,6 +512,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvBwdWeights, ConvBackwardWeights,
                                   .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("pad_right")
                                   .Attr<bool>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnConvReluPoolFwd, ConvReluPoolForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<bool>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnUnpoolReluBwd, UnpoolReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
 
 // 1 if a oneDNN CPU engine can be created and runs a tiny convolution, else 0 (with the reason
 // in `message`). Python calls it once before registering the handlers.
