@@ -3,7 +3,7 @@
 The extension is a small shared library compiled against the oneDNN of the `onednn-cpu-gomp`
 and `onednn-devel-cpu-gomp` wheels (installed by `make install` on x86-64 Linux) and the XLA
 FFI headers that jaxlib ships. `python -m murajax.ops.build` compiles it; `onednn_status()`
-loads it once, runs a test convolution and registers its three handlers with XLA:CPU. When any
+loads it once, runs a test convolution and registers its five handlers with XLA:CPU. When any
 of that fails (no compiler, no oneDNN wheel, another CPU architecture), murajax uses XLA's own
 convolution and says why once.
 
