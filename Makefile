@@ -26,7 +26,7 @@ $(VENV)/.installed: $(PY) pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 # Builds the extension; prints why and carries on (XLA's convolutions) where it cannot.
-$(ONEDNN_LIB): murajax/ops/onednn_conv.cc $(VENV)/.installed
+$(ONEDNN_LIB): murajax/ops/onednn_conv.cc murajax/ops/winograd.h $(VENV)/.installed
 	$(PY) -m murajax.ops.build
 
 $(VENV)/.installed-dev: $(VENV)/.installed

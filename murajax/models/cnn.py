@@ -47,7 +47,8 @@ class CNN(nn.Module):
       dense: widths of the hidden dense layers, each followed by ReLU and dropout.
       dropout_rate: dropout after each hidden dense layer (uses the "dropout" rng in training).
       dtype: computation dtype; parameters stay float32.
-      conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
+      conv_impl: CPU convolution kernels ("auto", "xla", "onednn", "onednn-direct"; see
+        `murajax.ops`).
       bn_axis_name: the mapped axis (`jax.pmap`) over which BatchNorm averages its batch
         statistics in training, so that it normalises with the whole global batch's
         (`layers.with_bn_axis` sets it); None: this device's batch.

@@ -56,7 +56,8 @@ class DenseNet(nn.Module):
       dropout_rate: dropout in the head, before the logits.
       dtype: computation dtype ("float32", "bfloat16"); parameters and BatchNorm statistics
         stay float32.
-      conv_impl: CPU convolution kernels ("auto", "xla", "onednn"; see `murajax.ops`).
+      conv_impl: CPU convolution kernels ("auto", "xla", "onednn", "onednn-direct"; see
+        `murajax.ops`).
       bn_axis_name: the mapped axis (`jax.pmap`) over which BatchNorm averages its batch
         statistics in training (`layers.with_bn_axis` sets it); None: this device's.
     """

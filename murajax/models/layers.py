@@ -84,8 +84,8 @@ class Conv(nn.Module):
 
     Its parameters are `nn.Conv`'s: "kernel" (KH, KW, in, out) and "bias" (out), float32, with
     the same initialisers and names, so Keras weights and checkpoints load unchanged. It
-    computes in `dtype`. `conv_impl` picks the CPU kernels ("auto", "xla", "onednn"; see
-    `murajax.ops.resolve_conv_impl`); GPUs and TPUs always run XLA's.
+    computes in `dtype`. `conv_impl` picks the CPU kernels ("auto", "xla", "onednn",
+    "onednn-direct"; see `murajax.ops.resolve_conv_impl`); GPUs and TPUs always run XLA's.
     """
 
     features: int

@@ -68,8 +68,9 @@ def build_command(output: Path) -> list[str]:
     compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++"
     return [
         *compiler.split()[:1],
-        "-O2",
+        "-O3",
         "-std=c++17",
+        "-fopenmp",
         "-shared",
         "-fPIC",
         str(SOURCE),

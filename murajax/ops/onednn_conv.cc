@@ -9,8 +9,10 @@
 //   murajax_onednn_conv_relu_pool_fwd  x, w, b -> pooled (N,OH/2,OW/2,O), winner (same, uint8)
 //                                      the full-size output lives only in a thread buffer
 //   murajax_onednn_unpool_relu_bwd     pooled, g (its gradient), winner -> dy (N,OH,OW,O)
-// in float32 or bfloat16 (every buffer of one call has the same type). Attributes: strides and
-// explicit padding (top, bottom, left, right). Primitives are built once per shape and kept;
+// in float32 or bfloat16 (every buffer of one call has the same type). Attributes: strides,
+// explicit padding (top, bottom, left, right), and `winograd`: whether a float32 3x3
+// convolution that `UseWinograd` describes may run as Winograd F(2x2, 3x3) (winograd.h) instead
+// of oneDNN's direct convolution. Primitives are built once per shape and kept;
 // each call runs on the calling thread's oneDNN stream with its own scratchpad, so XLA may call
 // handlers concurrently.
 
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "winograd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -45,11 +48,14 @@ dnnl::stream& ThreadStream() {
   return stream;
 }
 
-// Per-thread buffers, grown as needed: slot 0 is the primitives' scratchpad (a user
+// Buffers, grown as needed. Per thread: slot 0 is the primitives' scratchpad (a user
 // scratchpad, so that one primitive can run on several threads at once), slot 1 holds the
 // weights in the blocked layout the primitive prefers, slot 2 a convolution's output before it
-// is pooled, slot 3 a pooled gradient after the ReLU's mask.
+// is pooled, slot 3 a pooled gradient after the ReLU's mask. Shared (used only while holding
+// `RunningLock`, so that the large ones exist once, not once per XLA thread): the Winograd
+// passes' transformed kernel, inputs and products.
 enum Slot { kScratchpad = 0, kBlockedWeights = 1, kConvOutput = 2, kMaskedGradient = 3 };
+enum SharedSlot { kWinogradKernel = 0, kWinogradInput = 1, kWinogradProduct = 2 };
 
 // Page-aligned, as oneDNN's own buffers are: its AMX kernels' tile loads and stores from a
 // buffer with malloc's 16-byte alignment ran bfloat16 convolutions at half speed.
@@ -58,10 +64,8 @@ struct AlignedBuffer {
   size_t size = 0;
 };
 
-void* ThreadBuffer(int slot, size_t bytes) {
+void* Grow(AlignedBuffer& buffer, size_t bytes) {
   constexpr size_t kAlignment = 4096;
-  thread_local AlignedBuffer buffers[4];
-  AlignedBuffer& buffer = buffers[slot];
   if (buffer.size < bytes) {
     size_t size = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     buffer.data.reset(std::aligned_alloc(kAlignment, size));
@@ -71,6 +75,24 @@ void* ThreadBuffer(int slot, size_t bytes) {
   return buffer.data.get();
 }
 
+void* ThreadBuffer(Slot slot, size_t bytes) {
+  thread_local AlignedBuffer buffers[4];
+  return Grow(buffers[slot], bytes);
+}
+
+// Only while holding `RunningLock()`.
+float* SharedBuffer(SharedSlot slot, int64_t floats) {
+  static AlignedBuffer buffers[3];
+  return static_cast<float*>(Grow(buffers[slot], static_cast<size_t>(floats) * sizeof(float)));
+}
+
+void AddScratchpad(std::unordered_map<int, memory>& args, const memory::desc& scratchpad) {
+  if (scratchpad.get_size() > 0) {
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 memory(scratchpad, Engine(), ThreadBuffer(kScratchpad, scratchpad.get_size())));
+  }
+}
+
 enum class Pass { kForward, kBackwardData, kBackwardWeights };
 
 struct Geometry {
@@ -78,6 +100,7 @@ struct Geometry {
   memory::data_type type;
   bool has_bias;
   bool relu;
+  bool winograd = false;  // whether `UseWinograd` may replace the direct convolution
 
   std::string Key(Pass pass) const {
     std::string key = std::to_string(static_cast<int>(pass)) + "|" +
@@ -222,9 +245,131 @@ std::mutex& RunningLock() {
   return running;
 }
 
+// Winograd F(2x2, 3x3) (winograd.h) instead of oneDNN's direct convolution, where the caller
+// allows it (`Geometry::winograd`): float32 3x3 kernels, stride 1, padding 1, even height and
+// width, at least kWinogradChannels input and output channels. Measured on VGG16 and the
+// benchmark CNN (2 cores, AVX-512): 64 channels gave the fastest steps, 32 and 128 slower ones
+// (narrower layers spend more on the transforms' memory traffic than the products save).
+constexpr int64_t kWinogradChannels = 64;
+
+bool UseWinograd(const Geometry& g) {
+  // Logical dims: src {N, C, H, W}, wei {O, C, KH, KW}, dst {N, O, OH, OW}.
+  return g.winograd && g.type == memory::data_type::f32 && g.wei[2] == 3 && g.wei[3] == 3 &&
+         g.strides == memory::dims{1, 1} && g.pad_l == memory::dims{1, 1} &&
+         g.pad_r == memory::dims{1, 1} && g.src[2] % 2 == 0 && g.src[3] % 2 == 0 &&
+         g.src[1] >= kWinogradChannels && g.wei[0] >= kWinogradChannels;
+}
+
+// 16 row-major matrix products at once, c[e] (m x n) = a[e] (m x k) @ b[e] (k x n), where a
+// is stored as [16][k][m] when `transposed_a`.
+struct CachedMatmul {
+  dnnl::matmul primitive;
+  memory::desc a, b, c, scratchpad;
+};
+
+const CachedMatmul& LookupMatmul(int64_t m, int64_t k, int64_t n, bool transposed_a) {
+  static std::mutex mutex;
+  static auto* cache = new std::unordered_map<std::string, std::unique_ptr<CachedMatmul>>();
+  std::string key = std::to_string(m) + "," + std::to_string(k) + "," + std::to_string(n) + "," +
+                    std::to_string(transposed_a);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache->find(key);
+  if (it == cache->end()) {
+    const int64_t e = winograd::kElements;
+    auto f32 = memory::data_type::f32;
+    auto a = transposed_a ? memory::desc({e, m, k}, f32, memory::dims{m * k, 1, m})
+                          : memory::desc({e, m, k}, f32, tag::abc);
+    auto b = memory::desc({e, k, n}, f32, tag::abc);
+    auto c = memory::desc({e, m, n}, f32, tag::abc);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto pd = dnnl::matmul::primitive_desc(Engine(), a, b, c, attr);
+    auto cached = std::make_unique<CachedMatmul>(
+        CachedMatmul{dnnl::matmul(pd), a, b, c, pd.scratchpad_desc()});
+    it = cache->emplace(key, std::move(cached)).first;
+  }
+  return *it->second;
+}
+
+void RunMatmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n,
+               bool transposed_a) {
+  const CachedMatmul& mm = LookupMatmul(m, k, n, transposed_a);
+  std::unordered_map<int, memory> args = {
+      {DNNL_ARG_SRC, memory(mm.a, Engine(), const_cast<float*>(a))},
+      {DNNL_ARG_WEIGHTS, memory(mm.b, Engine(), const_cast<float*>(b))},
+      {DNNL_ARG_DST, memory(mm.c, Engine(), c)}};
+  AddScratchpad(args, mm.scratchpad);
+  dnnl::stream& stream = ThreadStream();
+  mm.primitive.execute(stream, args);
+  stream.wait();
+}
+
+// The transformed inputs and products of at most this many bytes at once (at least one image):
+// the batch is transformed and multiplied a few images at a time, in equal chunks. 32 MiB gave
+// faster VGG16 steps than 8, 16, 64 or 256 (the chunk's arrays stay in the caches longer).
+constexpr int64_t kWinogradChunkBytes = int64_t{32} << 20;
+
+// One pass of a convolution that `UseWinograd`, with `Run`'s arguments; holds `RunningLock`.
+void RunWinograd(const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args) {
+  const int64_t n = g.src[0], c = g.src[1], h = g.src[2], w = g.src[3], o = g.wei[0];
+  const int64_t e = winograd::kElements, image_tiles = (h / 2) * (w / 2);
+  const int64_t image_bytes = e * image_tiles * (c + o) * static_cast<int64_t>(sizeof(float));
+  const int64_t most = std::max<int64_t>(1, kWinogradChunkBytes / image_bytes);
+  const int64_t chunks = (n + most - 1) / most, chunk = (n + chunks - 1) / chunks;
+  auto arg = [&](int key) { return static_cast<float*>(args.at(key)); };
+  auto optional = [&](int key) {
+    auto it = args.find(key);
+    return it == args.end() ? nullptr : static_cast<float*>(it->second);
+  };
+  const bool input_gradient = pass == Pass::kBackwardData;
+  // The forward and input-gradient passes are the same algorithm from `in_c` to `out_c`
+  // channels; the kernel-gradient pass sums its products over the chunks.
+  const int64_t in_c = input_gradient ? o : c, out_c = input_gradient ? c : o;
+  float* u = SharedBuffer(kWinogradKernel, (pass == Pass::kBackwardWeights ? 2 : 1) * e * c * o);
+  float* v = SharedBuffer(kWinogradInput, e * chunk * image_tiles * in_c);
+  float* m = SharedBuffer(kWinogradProduct, e * chunk * image_tiles * out_c);
+  if (pass != Pass::kBackwardWeights) {
+    winograd::TransformKernel(arg(DNNL_ARG_WEIGHTS), u, c, o, input_gradient);
+  }
+  for (int64_t first = 0; first < n; first += chunk) {
+    const int64_t images = std::min(chunk, n - first), tiles = images * image_tiles;
+    const int64_t in_offset = first * h * w * in_c, out_offset = first * h * w * out_c;
+    if (pass == Pass::kForward) {
+      winograd::TransformInput(arg(DNNL_ARG_SRC) + in_offset, v, images, h, w, c);
+      RunMatmul(v, u, m, tiles, c, o, false);
+      winograd::TransformOutput(m, optional(DNNL_ARG_BIAS), g.relu,
+                                arg(DNNL_ARG_DST) + out_offset, images, h, w, o);
+    } else if (input_gradient) {
+      winograd::TransformInput(arg(DNNL_ARG_DIFF_DST) + in_offset, v, images, h, w, o);
+      RunMatmul(v, u, m, tiles, o, c, false);
+      winograd::TransformOutput(m, nullptr, false, arg(DNNL_ARG_DIFF_SRC) + out_offset, images,
+                                h, w, c);
+    } else {
+      // Here m holds the transformed output gradient; products go to u, or past it and are
+      // added to it after the first chunk.
+      float* product = first == 0 ? u : u + e * c * o;
+      winograd::TransformInput(arg(DNNL_ARG_SRC) + in_offset, v, images, h, w, c);
+      winograd::TransformOutputGradient(arg(DNNL_ARG_DIFF_DST) + out_offset, m, images, h, w,
+                                        o);
+      RunMatmul(v, m, product, c, tiles, o, true);
+      if (first > 0) winograd::Add(product, u, e * c * o);
+    }
+  }
+  if (pass == Pass::kBackwardWeights) {
+    winograd::TransformKernelGradient(u, arg(DNNL_ARG_DIFF_WEIGHTS), c, o);
+    if (float* db = optional(DNNL_ARG_DIFF_BIAS)) {
+      winograd::SumPixels(arg(DNNL_ARG_DIFF_DST), db, n * h * w, o);
+    }
+  }
+}
+
 ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
   std::lock_guard<std::mutex> lock(RunningLock());
   try {
+    if (UseWinograd(g)) {
+      RunWinograd(g, pass, args);
+      return ffi::Error::Success();
+    }
     const Cached& cached = Lookup(g, pass);
     std::unordered_map<int, memory> memories;
     auto src = memory::desc(g.src, g.type, tag::nhwc);
@@ -343,13 +488,6 @@ const CachedPool& LookupPool(const PoolGeometry& p) {
   return *it->second;
 }
 
-void AddScratchpad(std::unordered_map<int, memory>& args, const memory::desc& scratchpad) {
-  if (scratchpad.get_size() > 0) {
-    args.emplace(DNNL_ARG_SCRATCHPAD,
-                 memory(scratchpad, Engine(), ThreadBuffer(kScratchpad, scratchpad.get_size())));
-  }
-}
-
 // Forward: pools `full` into `pooled` and `winner`. Backward: spreads the pooled gradient `g`,
 // masked by the ReLU (`pooled` > 0), into `full` at each window's `winner`, zero elsewhere.
 ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner,
@@ -396,12 +534,13 @@ ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner
 ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                        ffi::Result<ffi::AnyBuffer> y, int64_t stride_h, int64_t stride_w,
                        int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                       bool has_bias, bool relu) {
+                       bool winograd, bool has_bias, bool relu) {
   Geometry g;
   ffi::Error error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
                         relu, g);
   if (error.failure()) return error;
+  g.winograd = winograd;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_WEIGHTS, w.untyped_data()},
                                          {DNNL_ARG_DST, y->untyped_data()}};
@@ -411,12 +550,14 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
 
 ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                             int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                            int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+                            int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                            bool winograd) {
   Geometry g;
   ffi::Error error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, false,
                         false, g);
   if (error.failure()) return error;
+  g.winograd = winograd;
   return Run(g, Pass::kBackwardData,
              {{DNNL_ARG_DIFF_DST, dy.untyped_data()},
               {DNNL_ARG_WEIGHTS, w.untyped_data()},
@@ -427,12 +568,13 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db,
                                int64_t stride_h, int64_t stride_w, int64_t pad_top,
                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                               bool has_bias) {
+                               bool winograd, bool has_bias) {
   Geometry g;
   ffi::Error error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
                         false, g);
   if (error.failure()) return error;
+  g.winograd = winograd;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_DIFF_DST, dy.untyped_data()},
                                          {DNNL_ARG_DIFF_WEIGHTS, dw->untyped_data()}};
@@ -451,7 +593,8 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
                                ffi::Result<ffi::AnyBuffer> pooled,
                                ffi::Result<ffi::AnyBuffer> winner, int64_t stride_h,
                                int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                               int64_t pad_left, int64_t pad_right, bool has_bias) {
+                               int64_t pad_left, int64_t pad_right, bool winograd,
+                               bool has_bias) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   if (xd.size() != 4 || wd.size() != 4) {
@@ -463,6 +606,7 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
   ffi::Error error = MakeGeometry(xd, wd, yd, x.element_type(), stride_h, stride_w, pad_top,
                                   pad_bottom, pad_left, pad_right, has_bias, true, g);
   if (error.failure()) return error;
+  g.winograd = winograd;
   void* y = nullptr;
   try {
     y = ThreadBuffer(kConvOutput, yd[0] * yd[1] * yd[2] * yd[3] * ElementBytes(x.element_type()));
@@ -509,7 +653,8 @@ auto WithConvAttributes(Binding binding) {
       .template Attr<int64_t>("pad_top")
       .template Attr<int64_t>("pad_bottom")
       .template Attr<int64_t>("pad_left")
-      .template Attr<int64_t>("pad_right");
+      .template Attr<int64_t>("pad_right")
+      .template Attr<bool>("winograd");
 }
 
 }  // namespace
