@@ -63,7 +63,7 @@ flags.DEFINE_list(
     "only",
     None,
     "Frameworks to measure (default: murajax, murajax-xla if it exists, keras-tf, keras-jax, "
-    "torch-eager, torch-compile); also keras-tf-xla.",
+    "torch-eager, torch-compile); also keras-tf-xla and murajax-direct.",
 )
 flags.DEFINE_list(
     "models", None, "Workloads to measure: C, quickstart, A, A224, densenet169, multiview."

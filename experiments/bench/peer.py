@@ -28,6 +28,7 @@ _PRIVATE_PACKAGE = "_murajax_bench_peer"
 FRAMEWORKS: dict[str, dict[str, Any]] = {
     "murajax": {"kind": "murajax", "conv_impl": "auto"},
     "murajax-xla": {"kind": "murajax", "conv_impl": "xla"},
+    "murajax-direct": {"kind": "murajax", "conv_impl": "onednn-direct"},
     "keras-tf": {"kind": "keras", "backend": "tensorflow", "jit_compile": "auto"},
     "keras-tf-xla": {"kind": "keras", "backend": "tensorflow", "jit_compile": True},
     "keras-jax": {"kind": "keras", "backend": "jax", "jit_compile": "auto"},
@@ -36,7 +37,9 @@ FRAMEWORKS: dict[str, dict[str, Any]] = {
 }
 """Every framework a train-step row can name, and how it is measured. 'keras-tf' uses Keras's
 own choice of `jit_compile` (no XLA on a CPU-only machine); 'keras-tf-xla' forces XLA, to
-check that choice. murajax's rows run in `experiments.bench.worker`, the others here."""
+check that choice; 'murajax-direct' is murajax without Winograd convolutions
+(`model.conv_impl='onednn-direct'`). murajax's rows run in `experiments.bench.worker`, the
+others here."""
 
 TIMING_KEYS = ("min_seconds", "min_steps", "warmup_steps", "turns")
 """The job fields that every framework's `measure` takes as its timing settings."""

@@ -30,8 +30,8 @@ def _workload(spec: str | dict[str, Any]) -> Any:
 
 
 def train_step(job: dict[str, Any]) -> dict[str, Any]:
-    """Measures murajax's train-step row: `job['framework']` ('murajax', 'murajax-xla') on
-    `job['workload']` in `job['dtype']`."""
+    """Measures murajax's train-step row: `job['framework']` ('murajax', 'murajax-xla',
+    'murajax-direct') on `job['workload']` in `job['dtype']`."""
     from experiments.bench import murajax_step
 
     workload = _workload(job["workload"])
