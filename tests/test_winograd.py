@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from murajax import ops
-from murajax.config import Config
+from murajax.config import Config, ConfigError
+from murajax.ops import conv as conv_lib
 from murajax.validation import validate
 
 pytestmark = pytest.mark.skipif(
@@ -123,3 +124,13 @@ def test_onednn_direct_is_a_valid_conv_impl():
     config.model.conv_impl = "onednn-direct"
     validate(config)
     assert ops.resolve_conv_impl("onednn-direct") == "onednn-direct"
+
+
+def test_onednn_direct_where_the_extension_cannot_run_is_refused(monkeypatch):
+    monkeypatch.setattr(conv_lib, "onednn_status", lambda: "libdnnl.so not found")
+    with pytest.raises(RuntimeError, match="conv_impl='onednn-direct' is not available"):
+        ops.resolve_conv_impl("onednn-direct")
+    with pytest.raises(ConfigError) as error:
+        ops.check_conv_impl("onednn-direct")
+    assert "\n" not in str(error.value)
+    assert "config.model.conv_impl='onednn-direct'" in str(error.value)
