@@ -218,7 +218,8 @@ memory::data_type DataType(ffi::DataType type) {
 ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
                         ffi::AnyBuffer::Dimensions y, ffi::DataType type, int64_t stride_h,
                         int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                        int64_t pad_right, bool has_bias, bool relu, Geometry& g) {
+                        int64_t pad_right, bool has_bias, bool relu, bool winograd,
+                        Geometry& g) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
     return ffi::Error::InvalidArgument("murajax oneDNN convolution: NHWC x HWIO only");
   }
@@ -235,6 +236,7 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   g.type = DataType(type);
   g.has_bias = has_bias;
   g.relu = relu;
+  g.winograd = winograd;
   return ffi::Error::Success();
 }
 
@@ -538,9 +540,8 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
   Geometry g;
   ffi::Error error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
-                        relu, g);
+                        relu, winograd, g);
   if (error.failure()) return error;
-  g.winograd = winograd;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_WEIGHTS, w.untyped_data()},
                                          {DNNL_ARG_DST, y->untyped_data()}};
@@ -555,9 +556,8 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi
   Geometry g;
   ffi::Error error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, false,
-                        false, g);
+                        false, winograd, g);
   if (error.failure()) return error;
-  g.winograd = winograd;
   return Run(g, Pass::kBackwardData,
              {{DNNL_ARG_DIFF_DST, dy.untyped_data()},
               {DNNL_ARG_WEIGHTS, w.untyped_data()},
@@ -572,9 +572,8 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   Geometry g;
   ffi::Error error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(),
                         stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
-                        false, g);
+                        false, winograd, g);
   if (error.failure()) return error;
-  g.winograd = winograd;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_DIFF_DST, dy.untyped_data()},
                                          {DNNL_ARG_DIFF_WEIGHTS, dw->untyped_data()}};
@@ -604,9 +603,8 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
                              OutputSize(xd[2], wd[1], stride_w, pad_left, pad_right), wd[3]};
   Geometry g;
   ffi::Error error = MakeGeometry(xd, wd, yd, x.element_type(), stride_h, stride_w, pad_top,
-                                  pad_bottom, pad_left, pad_right, has_bias, true, g);
+                                  pad_bottom, pad_left, pad_right, has_bias, true, winograd, g);
   if (error.failure()) return error;
-  g.winograd = winograd;
   void* y = nullptr;
   try {
     y = ThreadBuffer(kConvOutput, yd[0] * yd[1] * yd[2] * yd[3] * ElementBytes(x.element_type()));
