@@ -9,6 +9,7 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "jax"  # as test_keras_parity: before keras is imported
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
@@ -139,37 +140,55 @@ def test_tables_are_fixed_width_and_show_errors():
     assert text.splitlines()[1].endswith("3.00x")
 
 
-def test_time_steps_times_the_first_step_alone_and_takes_the_median():
-    durations = iter([0.05] + [0.0] * 1000)
-    calls = []
+class FakeClock:
+    """`time` for `timing`: each `step()` advances `perf_counter` by its next known duration
+    (binary fractions, so the sums and medians are exact)."""
 
-    def step():
-        import time
+    def __init__(self, durations: list[float]) -> None:
+        self.now = 100.0
+        self.durations = iter(durations)
+        self.steps = 0
 
-        calls.append(1)
-        time.sleep(next(durations))
+    def perf_counter(self) -> float:
+        return self.now
 
-    result = timing.time_steps(step, min_seconds=0.0, min_steps=4, warmup_steps=2)
-    assert result["compile_s"] >= 0.05
-    assert result["steps"] == 4 and len(calls) == 2 + 4
-    assert result["step_s"] < 0.05
+    def step(self) -> None:
+        self.steps += 1
+        self.now += next(self.durations)
+
+
+def test_time_steps_times_the_first_step_alone_and_takes_the_median(monkeypatch):
+    # compile 5 s, one warm-up step of 8 s (untimed), then steps until 3 s have been timed
+    clock = FakeClock([5.0, 8.0, 0.25, 0.125, 0.5, 2.0, 1.0, 64.0])
+    monkeypatch.setattr(timing, "time", clock)
+    result = timing.time_steps(clock.step, min_seconds=3.0, min_steps=2, warmup_steps=2)
+    assert clock.steps == 2 + 5  # 0.25 + 0.125 + 0.5 + 2 < 3 s: a fifth step, then enough
+    assert result == {
+        "compile_s": 5.0,
+        "step_s": 0.5,  # the median: not the mean 0.775, nor the minimum
+        "step_s_min": 0.125,
+        "steps": 5,
+        "timed_s": 3.875,
+    }
     row = timing.measurement_row(result, 8, flops=1e9)
-    assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 10
-    assert row["gflops"] == round(1e9 / result["step_s"] / 1e9, 1)
+    assert (row["images_per_s"], row["step_s"], row["step_s_min"]) == (16.0, 0.5, 0.125)
+    assert (row["compile_s"], row["timed_s"], row["gflops"]) == (5.0, 3.88, 2.0)
+    assert row["peak_memory_mb"] > 10
 
 
-def test_time_steps_in_turns_times_the_stretches_the_runner_asks_for():
+def test_time_steps_in_turns_times_the_stretches_the_runner_asks_for(monkeypatch):
     """After compiling and warming up it says READY, then answers each command with that
     stretch's step times, until stdin ends; the row keeps every stretch's median."""
     import io
 
-    calls = []
+    clock = FakeClock([5.0, 8.0, 0.25, 0.5, 1.0, 0.125, 2.0, 64.0])
+    monkeypatch.setattr(timing, "time", clock)
     commands = io.StringIO(
-        '{"min_seconds": 0.0, "min_steps": 2}\n\n{"min_seconds": 0.0, "min_steps": 3}\n'
+        '{"min_seconds": 0.0, "min_steps": 2}\n\n{"min_seconds": 3.0, "min_steps": 1}\n'
     )
     replies = io.StringIO()
     result = timing.time_steps(
-        lambda: calls.append(1),
+        clock.step,
         min_seconds=99.0,  # the runner's commands decide, not these
         min_steps=99,
         warmup_steps=2,
@@ -177,14 +196,22 @@ def test_time_steps_in_turns_times_the_stretches_the_runner_asks_for():
         commands=commands,
         replies=replies,
     )
-    lines = replies.getvalue().splitlines()
-    assert lines[0] == timing.READY_LINE
-    stretches = [json.loads(x.removeprefix(timing.TIMES_PREFIX)) for x in lines[1:]]
-    assert [len(t) for t in stretches] == [2, 3]
-    assert len(calls) == 2 + 5 and result["steps"] == 5
-    assert len(result["turn_step_s"]) == 2
+    assert replies.getvalue().splitlines() == [
+        timing.READY_LINE,
+        timing.TIMES_PREFIX + "[0.25, 0.5]",
+        timing.TIMES_PREFIX + "[1.0, 0.125, 2.0]",  # until 3 s were timed
+    ]
+    assert clock.steps == 2 + 5
+    assert result == {
+        "compile_s": 5.0,
+        "step_s": 0.5,  # the median of all five
+        "step_s_min": 0.125,
+        "steps": 5,
+        "timed_s": 3.875,
+        "turn_step_s": [0.375, 1.0],  # each stretch's median, in order
+    }
     row = timing.measurement_row(result, 4, flops=None)
-    assert len(row["turn_step_s"]) == 2
+    assert row["turn_step_s"] == [0.375, 1.0] and row["images_per_s"] == 8.0
 
 
 def test_time_steps_in_turns_without_a_turn_fails():
@@ -265,11 +292,50 @@ def test_analytic_flops_match_published_counts_and_xla():
     assert workloads.forward_flops(workloads.by_key("multiview")) is None
 
 
-def _murajax_params(workload: workloads.Workload) -> int:
+def _murajax_weight_shapes(workload: workloads.Workload) -> list[tuple[int, ...]]:
+    """The shapes of murajax's trainable weights, layer by layer in the order the model calls
+    its layers, each layer's as Keras lists them: kernel (or BatchNorm's scale), then bias."""
     model = models.create_from_config(workload.config(conv_impl="xla").model)
     shape = (1, workload.image_size, workload.image_size, workload.channels)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-    return sum(p.size for p in jax.tree.leaves(variables["params"]))
+    called: list[tuple[str, ...]] = []  # module paths, in call order
+
+    def record(method, args, kwargs, context):
+        if context.method_name == "__call__":
+            called.append(tuple(context.module.path))
+        return method(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    layers = {path: weights for path, weights in _layers_with_weights(variables["params"])}
+    assert set(called) >= set(layers), "a layer with weights was not seen being called"
+    order = ("kernel", "scale", "bias")  # Keras: kernel, bias; BatchNorm: gamma, beta
+    return [
+        tuple(layers[path][name].shape)
+        for path in dict.fromkeys(called)
+        if path in layers
+        for name in sorted(layers[path], key=order.index)
+    ]
+
+
+def _layers_with_weights(params: dict, path: tuple[str, ...] = ()):
+    """(module path, {weight name: array}) of every module of `params` that owns weights."""
+    own = {name: value for name, value in params.items() if not isinstance(value, dict)}
+    if own:
+        yield path, own
+    for name, value in params.items():
+        if isinstance(value, dict):
+            yield from _layers_with_weights(value, (*path, name))
+
+
+def _keras_shape_of_torch(parameter) -> tuple[int, ...]:
+    """A torch weight's shape as Keras (and murajax) store it: convolution kernels HWIO, dense
+    kernels (in, out)."""
+    shape = tuple(parameter.shape)
+    if len(shape) == 4:  # (out, in, h, w)
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:  # (out, in)
+        return (shape[1], shape[0])
+    return shape
 
 
 @pytest.mark.parametrize("key", ["C", "quickstart", "A"])
@@ -278,8 +344,8 @@ def test_keras_peer_trains_the_same_architecture(key):
 
     workload = dataclasses.replace(workloads.by_key(key), image_size=32)
     model = keras_peer.build_model(workloads.peer_spec(workload))
-    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-    assert trainable == _murajax_params(workload)
+    keras_shapes = [tuple(w.shape) for w in model.trainable_weights]
+    assert keras_shapes == _murajax_weight_shapes(workload)  # layer by layer, in order
     images = jnp.zeros((2, 32, 32, workload.channels))
     assert tuple(model(images).shape) == (2, 2)
 
@@ -293,18 +359,20 @@ def test_torch_peer_trains_the_same_architecture(key):
 
     workload = dataclasses.replace(workloads.by_key(key), image_size=32)
     model = torch_peer.build_model(workloads.peer_spec(workload))
-    assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
+    torch_shapes = [_keras_shape_of_torch(p) for p in model.parameters()]
+    assert torch_shapes == _murajax_weight_shapes(workload)  # layer by layer, in order
     assert model(torch.zeros(2, workload.channels, 32, 32)).shape == (2, 2)
 
 
 @pytest.mark.slow
-def test_torch_densenet169_peer_has_murajax_parameter_count():
+def test_torch_densenet169_peer_has_murajax_weight_shapes():
     pytest.importorskip("torch", reason="torch is the optional `bench` extra")
     from experiments.bench import torch_peer
 
     workload = dataclasses.replace(workloads.by_key("densenet169"), image_size=64)
     model = torch_peer.build_model(workloads.peer_spec(workload))
-    assert sum(p.numel() for p in model.parameters()) == _murajax_params(workload)
+    torch_shapes = [_keras_shape_of_torch(p) for p in model.parameters()]
+    assert torch_shapes == _murajax_weight_shapes(workload)  # layer by layer, in order
 
 
 # --------------------------------------------------------------------------- end to end
