@@ -227,18 +227,34 @@ def test_disk_cache_beside_the_data_by_default(tiny):
     assert os.path.exists(os.path.join(folder, cache.MANIFEST_FILE))
 
 
-def test_entries_are_keyed_by_size_and_resize_not_channels(tiny, tmp_path):
+def test_entries_are_keyed_by_size_and_resize_not_channels(tiny, tmp_path, monkeypatch):
+    """A grayscale and an RGB model share one entry (channels are applied after the cache, as
+    without it); another resize mode gets its own."""
     cfg = dataclasses.replace(tiny, cache="disk", cache_dir=str(tmp_path / "c"))
-    source = data.open_sources(cfg)["train"]
-    one, _ = run_quietly(cache.cached_source, source, cfg)
-    three = cache.cached_source(source, cfg)  # channels are applied after the cache
-    assert one is three
-    crop, _ = run_quietly(cache.cached_source, source, dataclasses.replace(cfg, resize="crop"))
-    assert crop.pixels.path != one.pixels.path
-    names = os.listdir(os.path.dirname(os.path.dirname(one.pixels.path)))
-    assert any(n.endswith("24px-pad") for n in names) and any(
-        n.endswith("24px-crop") for n in names
-    )
+    gray, printed = run_quietly(train_batches, cfg, None, 2, channels=1)
+    assert "murajax: caching 'train'" in printed
+    cache.clear()  # as a new process: only what is on disk is shared
+    monkeypatch.setattr(cache, "write_entry", lambda *a: pytest.fail("built another entry"))
+    rgb, printed = run_quietly(train_batches, cfg, None, 2, channels=3)
+    assert printed == ""
+    assert gray[0]["image"].shape[-1] == 1 and rgb[0]["image"].shape[-1] == 3
+    assert_batches_equal(rgb, train_batches(tiny, None, 2, channels=3))  # as without a cache
+    assert_batches_equal(rgb, [{**b, "image": np.repeat(b["image"], 3, axis=-1)} for b in gray])
+    monkeypatch.undo()
+    crop = dataclasses.replace(cfg, resize="crop")
+    run_quietly(train_batches, crop, None, 1, channels=3)
+    root = os.path.dirname(entry_folder(cfg))
+    assert sorted(os.listdir(root)) == ["train-24px-crop", "train-24px-pad"]
+    assert entry_folder(crop) != entry_folder(cfg)
+
+
+def test_memory_cache_holds_one_entry_for_any_channels(fake_sources):
+    cfg = config(cache="memory", **AUGMENT)
+    gray = train_batches(cfg, fake_sources, 2, channels=1)
+    rgb = train_batches(cfg, fake_sources, 2, channels=3)
+    assert len(cache._MEMORY) == 1
+    assert_batches_equal(rgb, train_batches(config(**AUGMENT), fake_sources, 2, channels=3))
+    assert_batches_equal(rgb, [{**b, "image": np.repeat(b["image"], 3, axis=-1)} for b in gray])
 
 
 def test_study_batches_with_the_cache(tiny):
