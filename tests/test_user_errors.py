@@ -438,19 +438,32 @@ def test_unwritable_folders_are_named(files, tmp_path):
     assert not os.path.exists(tmp_path / "new")  # the check creates nothing
 
 
-def test_evaluate_refuses_a_read_only_workdir_before_any_compute(finished, tmp_path):
+def test_evaluate_refuses_an_unwritable_eval_folder_before_any_compute(
+    finished, tmp_path, monkeypatch
+):
+    """A file where the evaluation's folder must go (`eval`): refused, naming it, before a
+    checkpoint is loaded or an image scored, and nothing in the workdir changes (as root too,
+    where permission bits would not stop the writes)."""
     workdir = str(tmp_path / "run")
     shutil.copytree(finished["workdir"], workdir)
-    os.chmod(workdir, 0o555)
-    os.chmod(os.path.join(workdir, "eval"), 0o555)
-    try:
-        if workdir_lib.unwritable_reason(os.path.join(workdir, "eval", "holdout")) is None:
-            pytest.skip("running as root: chmod 0o555 does not stop root's writes")
-        with pytest.raises(errors.WorkdirError, match="cannot write to .*eval/holdout"):
-            reevaluate.reevaluate(workdir, "holdout", plots=False)
-    finally:
-        os.chmod(os.path.join(workdir, "eval"), 0o755)
-        os.chmod(workdir, 0o755)
+    eval_path = os.path.join(workdir, "eval")
+    shutil.rmtree(eval_path)
+    with open(eval_path, "w") as f:
+        f.write("not a folder")
+    before = (snapshot(workdir), sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)))
+
+    def computes(*args, **kwargs):
+        raise AssertionError("computed before refusing")
+
+    monkeypatch.setattr(reevaluate.inference, "load", computes)
+    monkeypatch.setattr(reevaluate, "predict_images", computes)
+    with pytest.raises(errors.WorkdirError) as error:
+        reevaluate.reevaluate(workdir, "holdout", plots=False)
+    message = str(error.value)
+    assert f"cannot write to {eval_path}/holdout" in message
+    assert f"{eval_path} is a file, not a folder" in message and "\n" not in message
+    after = (snapshot(workdir), sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)))
+    assert after == before
 
 
 def test_predict_input_output_and_checkpoint_mistakes(finished, files, tmp_path, capsys):
