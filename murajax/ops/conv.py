@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from murajax.errors import ConfigError
-from murajax.ops.onednn import onednn_status
+from murajax.ops.onednn import onednn_dtype_status, onednn_status
 from murajax.ops.pool import crop_even, max_pool_2x2, pool_with_argmax, unpool_2x2
 
 CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "onednn", "onednn-direct")
@@ -109,6 +109,40 @@ def _output_shape(x_shape, kernel_shape, strides, pads) -> tuple[int, int, int, 
     return n, out_h, out_w, features
 
 
+# What the custom VJPs below compute off CPU (their `lax.platform_dependent` default= branch, on a
+# GPU or TPU): XLA's convolution and its gradients, one pass at a time.
+
+
+def xla_forward(x, kernel, bias, strides, pads, relu, has_bias):
+    """The forward pass off CPU: `relu?(conv(x, kernel) + bias?)` on XLA."""
+    return _xla_conv(x, kernel, bias if has_bias else None, strides, pads, relu)
+
+
+def xla_input_grad(dy, kernel, x_shape, strides, pads):
+    """The input gradient off CPU, from the output's gradient `dy`."""
+    x = jnp.zeros(x_shape, dy.dtype)
+    _, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, None, strides, pads, False), x)
+    return vjp(dy)[0]
+
+
+def xla_kernel_grad(x, dy, kernel_shape, strides, pads):
+    """(kernel gradient, bias gradient) off CPU, from the output's gradient `dy`."""
+    kernel = jnp.zeros(kernel_shape, x.dtype)
+    _, vjp = jax.vjp(lambda k: _xla_conv(x, k, None, strides, pads, False), kernel)
+    return vjp(dy)[0], jnp.sum(dy, axis=(0, 1, 2))
+
+
+def xla_forward_pooled(x, kernel, bias, strides, pads, has_bias):
+    """(2x2 max-pool of relu(conv + bias?), each window's winning corner) off CPU."""
+    y = _xla_conv(x, kernel, bias if has_bias else None, strides, pads, True)
+    return pool_with_argmax(crop_even(y))
+
+
+def xla_unpool_relu(pooled, g, winner, shape):
+    """The gradient of relu(conv) from its pooling's gradient `g`, off CPU."""
+    return unpool_2x2(jnp.where(pooled > 0, g, jnp.zeros_like(g)), winner, shape)
+
+
 def _forward(x, kernel, bias, strides, pads, relu, has_bias, winograd):
     out = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, pads), x.dtype)
     call = jax.ffi.ffi_call("murajax_onednn_conv_fwd", out)
@@ -118,7 +152,7 @@ def _forward(x, kernel, bias, strides, pads, relu, has_bias, winograd):
         return call(x, kernel, bias, **attributes, has_bias=has_bias, relu=relu)
 
     def xla(x, kernel, bias):
-        return _xla_conv(x, kernel, bias if has_bias else None, strides, pads, relu)
+        return xla_forward(x, kernel, bias, strides, pads, relu, has_bias)
 
     return lax.platform_dependent(x, kernel, bias, cpu=onednn, default=xla)
 
@@ -131,9 +165,7 @@ def _input_grad(dy, kernel, x_shape, strides, pads, winograd):
         return call(dy, kernel, **_attributes(strides, pads, winograd))
 
     def xla(dy, kernel):
-        x = jnp.zeros(x_shape, dy.dtype)
-        _, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, None, strides, pads, False), x)
-        return vjp(dy)[0]
+        return xla_input_grad(dy, kernel, x_shape, strides, pads)
 
     return lax.platform_dependent(dy, kernel, cpu=onednn, default=xla)
 
@@ -149,9 +181,7 @@ def _kernel_grad(x, dy, kernel_shape, strides, pads, has_bias, winograd):
         return call(x, dy, **_attributes(strides, pads, winograd), has_bias=has_bias)
 
     def xla(x, dy):
-        kernel = jnp.zeros(kernel_shape, x.dtype)
-        _, vjp = jax.vjp(lambda k: _xla_conv(x, k, None, strides, pads, False), kernel)
-        return vjp(dy)[0], jnp.sum(dy, axis=(0, 1, 2))
+        return xla_kernel_grad(x, dy, kernel_shape, strides, pads)
 
     return lax.platform_dependent(x, dy, cpu=onednn, default=xla)
 
@@ -199,8 +229,7 @@ def _forward_pooled(x, kernel, bias, strides, pads, has_bias, winograd):
         return call(x, kernel, bias, **_attributes(strides, pads, winograd), has_bias=has_bias)
 
     def xla(x, kernel, bias):
-        y = _xla_conv(x, kernel, bias if has_bias else None, strides, pads, True)
-        return pool_with_argmax(crop_even(y))
+        return xla_forward_pooled(x, kernel, bias, strides, pads, has_bias)
 
     return lax.platform_dependent(x, kernel, bias, cpu=onednn, default=xla)
 
@@ -214,7 +243,7 @@ def _unpool_relu(pooled, g, winner, shape):
         return call(pooled, g, winner)
 
     def xla(pooled, g, winner):
-        return unpool_2x2(jnp.where(pooled > 0, g, jnp.zeros_like(g)), winner, shape)
+        return xla_unpool_relu(pooled, g, winner, shape)
 
     return lax.platform_dependent(pooled, g, winner, cpu=onednn, default=xla)
 
@@ -241,23 +270,63 @@ def _onednn_conv_relu_pool_bwd(strides, pads, has_bias, winograd, residuals, g):
 _onednn_conv_relu_pool.defvjp(_onednn_conv_relu_pool_fwd, _onednn_conv_relu_pool_bwd)
 
 
+def _check_shapes(x, kernel, bias) -> None:
+    """Raises `ValueError` naming the shapes unless NHWC `x`, HWIO `kernel` and `bias` fit."""
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(
+            f"conv2d expects an NHWC input and an HWIO kernel (4-D each), got shapes {x.shape} "
+            f"and {kernel.shape}"
+        )
+    if kernel.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"conv2d: the kernel {kernel.shape} takes {kernel.shape[2]} input channels but the "
+            f"input {x.shape} has {x.shape[3]}"
+        )
+    if bias is not None and jnp.shape(bias) not in ((), (1,), (kernel.shape[3],)):
+        raise ValueError(
+            f"conv2d: bias of shape {jnp.shape(bias)} does not fit the kernel {kernel.shape}: "
+            f"expected ({kernel.shape[3]},) (or a scalar)"
+        )
+
+
 def _prepare(x, kernel, bias, strides, padding):
-    """Integer strides and explicit pads; kernel and bias in `x`'s dtype."""
+    """Checked shapes; integer strides and explicit pads; kernel and bias in `x`'s dtype, the
+    bias one value per output channel."""
+    _check_shapes(x, kernel, bias)
     strides = tuple(int(s) for s in strides)
+    if len(strides) != 2 or min(strides) < 1:
+        raise ValueError(f"conv2d: strides must be two positive integers, got {strides}")
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if bias is not None:
-        bias = bias.astype(x.dtype)
+        bias = jnp.broadcast_to(jnp.asarray(bias, x.dtype), kernel.shape[-1:])
     return kernel.astype(x.dtype), bias, strides, pads
 
 
-def _onednn_winograd(x, kernel, impl) -> bool | None:
+def _onednn_can_run(x, kernel, strides, pads) -> bool:
+    """Whether oneDNN's kernels take this convolution: float32 or bfloat16 (where this CPU runs
+    that dtype; else one warning), no negative padding, and no empty input, kernel or output
+    (XLA gives those their answer: empty outputs, zero gradients)."""
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        return False
+    if min(x.shape + kernel.shape + _output_shape(x.shape, kernel.shape, strides, pads)) < 1:
+        return False
+    problem = onednn_dtype_status(x.dtype.name)
+    if problem is not None:
+        _warn_fallback(problem)
+        return False
+    return True
+
+
+def _onednn_winograd(x, kernel, strides, pads, impl) -> bool | None:
     """None where XLA runs the convolution; else whether oneDNN's kernels may use Winograd."""
-    if not (x.ndim == 4 and kernel.ndim == 4 and x.dtype in _ONEDNN_DTYPES):
+    if x.dtype not in _ONEDNN_DTYPES:
         return None
     resolved = resolve_conv_impl(impl)
-    return None if resolved == "xla" else resolved == "onednn"
+    if resolved == "xla" or not _onednn_can_run(x, kernel, strides, pads):
+        return None
+    return resolved == "onednn"
 
 
 def conv2d(
@@ -277,7 +346,7 @@ def conv2d(
     XLA. Values and gradients equal XLA's up to float rounding.
     """
     kernel, bias, strides, pads = _prepare(x, kernel, bias, strides, padding)
-    winograd = _onednn_winograd(x, kernel, impl)
+    winograd = _onednn_winograd(x, kernel, strides, pads, impl)
     if winograd is None:
         return _xla_conv(x, kernel, bias, strides, pads, relu)
     has_bias = bias is not None
@@ -306,7 +375,7 @@ def conv2d_relu_max_pool(
     step than the same with XLA's pooling). Elsewhere it is the two layers apart.
     """
     kernel, bias, strides, pads = _prepare(x, kernel, bias, strides, padding)
-    winograd = _onednn_winograd(x, kernel, impl)
+    winograd = _onednn_winograd(x, kernel, strides, pads, impl)
     if winograd is None:
         return max_pool_2x2(_xla_conv(x, kernel, bias, strides, pads, True))
     has_bias = bias is not None

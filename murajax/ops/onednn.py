@@ -19,7 +19,11 @@ unless the user has set it) so that they leave the cores to XLA's own passes in 
 
 import ctypes
 import functools
+import hashlib
+import importlib.metadata
 import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,7 +34,10 @@ import jax
 from murajax.compilation_cache import cache_root
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
+SOURCES = (SOURCE, Path(__file__).with_name("winograd.h"))
 LIBRARY_NAME = "_onednn_conv.so"
+BUILD_ID_MARK = b"murajax-onednn-build:"
+PROBE_DTYPES = {"float32": "f32", "bfloat16": "bf16"}
 TARGETS = {
     "murajax_onednn_conv_fwd": "MurajaxOnednnConvFwd",
     "murajax_onednn_conv_bwd_data": "MurajaxOnednnConvBwdData",
@@ -56,49 +63,117 @@ def cache_dir() -> Path:
     return Path(cache_root())
 
 
+def compiler() -> str:
+    """The C++ compiler: `$CXX`, else the one Python was built with, else g++."""
+    return (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++").split()[0]
+
+
+def openmp_flag(cxx: str) -> str:
+    """-fopenmp, asking Clang for GNU OpenMP (libgomp, which oneDNN's wheel runs on) so that a
+    second OpenMP runtime (Clang's libomp) is not loaded beside it."""
+    return "-fopenmp=libgomp" if "clang" in Path(cxx).name else "-fopenmp"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def build_id() -> str:
+    """What the library to load must have been built from: a hash of the sources, the compiler
+    command and the versions of jaxlib (its FFI headers) and oneDNN. A library built from
+    anything else is stale."""
+    digest = hashlib.sha256()
+    for path in SOURCES:
+        digest.update(path.read_bytes())
+    digest.update(" ".join(_compile_flags() + _link_flags()).encode())
+    for distribution in ("jaxlib", "onednn-cpu-gomp"):
+        digest.update(f"{distribution}={_version(distribution)}".encode())
+    return digest.hexdigest()[:20]
+
+
 def library_candidates() -> list[Path]:
     """Where a built extension may live: beside this module (an editable or source install),
-    then in the cache folder (a read-only installation)."""
-    return [Path(__file__).with_name(LIBRARY_NAME), cache_dir() / LIBRARY_NAME]
+    then in the cache folder (a read-only installation), named there by its build id so that
+    environments with other versions can share the cache."""
+    return [Path(__file__).with_name(LIBRARY_NAME), cache_dir() / f"_onednn_conv-{build_id()}.so"]
 
 
-def build_command(output: Path) -> list[str]:
-    """The compiler command line that builds the extension into `output`."""
+def library_build_id(path: Path) -> str | None:
+    """The build id recorded in a built library (read from the file, not loaded), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    found = re.search(re.escape(BUILD_ID_MARK) + rb"([0-9a-z]+)\0", data)
+    return found.group(1).decode() if found else None
+
+
+def _compile_flags() -> list[str]:
     prefix = onednn_prefix()
-    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "g++"
+    cxx = compiler()
     return [
-        *compiler.split()[:1],
+        cxx,
         "-O3",
         "-std=c++17",
-        "-fopenmp",
+        openmp_flag(cxx),
         "-shared",
         "-fPIC",
-        str(SOURCE),
         f"-I{jax.ffi.include_dir()}",
         f"-I{prefix / 'include'}",
+    ]
+
+
+def _link_flags() -> list[str]:
+    prefix = onednn_prefix()
+    return [
         f"-L{prefix / 'lib'}",
         "-ldnnl",
         # RPATH (not RUNPATH) so that libdnnl's own dependencies beside it are found too.
         f"-Wl,--disable-new-dtags,-rpath,{prefix / 'lib'}",
+    ]
+
+
+def build_command(output: Path) -> list[str]:
+    """The compiler command line that builds the extension into `output` (the libraries after
+    the source, so that a linker with --as-needed keeps them)."""
+    return [
+        *_compile_flags(),
+        f'-DMURAJAX_BUILD_ID="{build_id()}"',
+        str(SOURCE),
+        *_link_flags(),
         "-o",
         str(output),
     ]
 
 
-def build(output: Path | None = None) -> Path:
-    """Compiles the extension (atomically: a half-written library is never loaded) and
-    returns its path. Raises `BuildError` saying what is missing."""
+def build_problem() -> str | None:
+    """Why the extension cannot be compiled here (no oneDNN headers or library, no compiler),
+    or None."""
     prefix = onednn_prefix()
     if not (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
-        raise BuildError(
+        return (
             f"oneDNN headers not found under {prefix}/include "
             "(pip install -c constraints.txt onednn-devel-cpu-gomp)"
         )
     if not list((prefix / "lib").glob("libdnnl.so*")):
-        raise BuildError(
+        return (
             f"libdnnl.so not found under {prefix}/lib "
             "(pip install -c constraints.txt onednn-cpu-gomp)"
         )
+    if shutil.which(compiler()) is None:
+        return f"no C++ compiler {compiler()!r} on PATH (set $CXX)"
+    return None
+
+
+def build(output: Path | None = None) -> Path:
+    """Compiles the extension (atomically: a half-written library is never loaded) and
+    returns its path. Raises `BuildError` saying what is missing."""
+    problem = build_problem()
+    if problem:
+        raise BuildError(problem)
     if output is None:
         output = library_candidates()[0]
         if not os.access(output.parent, os.W_OK):
@@ -129,24 +204,101 @@ def _configure_runtime(prefix: Path) -> None:
         os.environ.setdefault("OCL_ICD_FILENAMES", str(runtime))
 
 
+def current_library() -> Path | None:
+    """The first built library whose build id is this installation's, or None."""
+    expected = build_id()
+    return next((p for p in library_candidates() if library_build_id(p) == expected), None)
+
+
+def _find_or_rebuild() -> tuple[Path | None, str | None]:
+    """(the library to load, None), or (None, why there is none). A library built from other
+    sources or versions (a `git pull` without `make`, an upgraded jaxlib) is rebuilt where a
+    compiler and oneDNN's headers exist, saying so on stderr; it is never loaded."""
+    library = current_library()
+    if library is not None:
+        return library, None
+    stale = [p for p in library_candidates() if p.exists()]
+    if not stale:
+        return None, "the oneDNN extension is not built (run `python -m murajax.ops.build`)"
+    problem = build_problem()
+    if problem:
+        return None, (
+            f"{stale[0]} is stale (built from other sources or versions) and cannot be rebuilt "
+            f"here ({problem}); run `python -m murajax.ops.build` where it can"
+        )
+    print(
+        f"murajax: {stale[0]} was built from other sources or versions; rebuilding it "
+        "(about a minute)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return build(), None
+    except BuildError as e:
+        return None, (
+            f"{stale[0]} is stale (built from other sources or versions) and cannot be rebuilt "
+            f"here ({e}); run `python -m murajax.ops.build`"
+        )
+
+
 @functools.cache
+def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the loaded library with its handlers registered, None), or (None, why not)."""
+    if sys.platform != "linux":
+        return None, f"the oneDNN extension is built for Linux only (this is {sys.platform})"
+    try:
+        library, problem = _find_or_rebuild()
+        if library is None:
+            return None, problem
+        _configure_runtime(onednn_prefix())
+        lib = ctypes.CDLL(str(library))
+        problem = _probe(lib, "float32")
+        if problem:
+            return None, f"oneDNN cannot run a convolution here: {problem}"
+        for target, symbol in TARGETS.items():
+            capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+            jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+    except (OSError, AttributeError) as e:  # an unloadable file, a missing symbol
+        return None, f"cannot load the oneDNN extension: {e}"
+    return lib, None
+
+
+def _probe(lib: ctypes.CDLL, dtype: str) -> str | None:
+    message = ctypes.create_string_buffer(512)
+    lib.murajax_onednn_probe.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    if lib.murajax_onednn_probe(PROBE_DTYPES[dtype].encode(), message, len(message)):
+        return None
+    return message.value.decode(errors="replace")
+
+
+def onednn_isa() -> str | None:
+    """The instruction set oneDNN's kernels use here (e.g. "AVX2", "AVX512_CORE_AMX"; lowered by
+    `$ONEDNN_MAX_CPU_ISA`), or None where the extension does not load."""
+    lib, _ = _loaded()
+    if lib is None:
+        return None
+    lib.murajax_onednn_isa.restype = ctypes.c_char_p
+    return lib.murajax_onednn_isa().decode()
+
+
 def onednn_status() -> str | None:
     """Loads and registers the extension once: None when it works, else the reason it does
     not (then murajax uses XLA's convolution)."""
-    if sys.platform != "linux":
-        return f"the oneDNN extension is built for Linux only (this is {sys.platform})"
-    library = next((p for p in library_candidates() if p.exists()), None)
-    if library is None:
-        return "the oneDNN extension is not built (run `python -m murajax.ops.build`)"
-    _configure_runtime(onednn_prefix())
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError as e:
-        return f"cannot load {library}: {e}"
-    message = ctypes.create_string_buffer(512)
-    if not lib.murajax_onednn_probe(message, len(message)):
-        return f"oneDNN cannot run a convolution here: {message.value.decode(errors='replace')}"
-    for target, symbol in TARGETS.items():
-        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
-        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
-    return None
+    return _loaded()[1]
+
+
+@functools.cache
+def onednn_dtype_status(dtype: str) -> str | None:
+    """None when oneDNN runs every convolution primitive murajax uses in `dtype` ("float32" or
+    "bfloat16") on this CPU, else why not (then that dtype uses XLA's convolution). oneDNN 3.2
+    has no bfloat16 convolution without AVX512_BF16-class kernels: on an AVX2-only CPU (or
+    under `ONEDNN_MAX_CPU_ISA=AVX2`) bfloat16 falls back to XLA."""
+    lib, problem = _loaded()
+    if lib is None:
+        return problem
+    if dtype not in PROBE_DTYPES:
+        return f"oneDNN convolutions take float32 or bfloat16, not {dtype}"
+    problem = _probe(lib, dtype)
+    if problem is None:
+        return None
+    return f"oneDNN has no {dtype} convolution for this CPU ({onednn_isa()}): {problem}"

@@ -7,21 +7,29 @@
 //   murajax_onednn_conv_bwd_weights  x (N,H,W,C), dy (N,OH,OW,O)       -> dw (KH,KW,C,O), db (O)
 // and two for a convolution + ReLU followed by 2x2 max-pooling (stride 2):
 //   murajax_onednn_conv_relu_pool_fwd  x, w, b -> pooled (N,OH/2,OW/2,O), winner (same, uint8)
-//                                      the full-size output lives only in a thread buffer
+//                                      the full-size output lives only in a shared buffer
 //   murajax_onednn_unpool_relu_bwd     pooled, g (its gradient), winner -> dy (N,OH,OW,O)
 // in float32 or bfloat16 (every buffer of one call has the same type). Attributes: strides,
 // explicit padding (top, bottom, left, right), and `winograd`: whether a float32 3x3
 // convolution that `UseWinograd` describes may run as Winograd F(2x2, 3x3) (winograd.h) instead
-// of oneDNN's direct convolution. Primitives are built once per shape and kept;
-// each call runs on the calling thread's oneDNN stream with its own scratchpad, so XLA may call
-// handlers concurrently.
+// of oneDNN's direct convolution. Primitives are built once per shape and kept. One call runs
+// at a time (each uses every core), so the handlers share one set of buffers.
+//
+// Every handler checks that its buffers' shapes and dtypes fit together before it touches them
+// (murajax/ops/conv.py checks the same in Python first), and refuses empty arrays (conv.py gives
+// those to XLA). NaN and infinity come out where XLA's convolution, ReLU and pooling put them
+// (`RunLocked`). Failures, an allocation included, are XLA FFI errors, never exceptions through
+// XLA, and leave the buffers usable.
 
+#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <memory>
-#include <new>
 #include <mutex>
+#include <new>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -48,14 +56,22 @@ dnnl::stream& ThreadStream() {
   return stream;
 }
 
-// Buffers, grown as needed. Per thread: slot 0 is the primitives' scratchpad (a user
-// scratchpad, so that one primitive can run on several threads at once), slot 1 holds the
-// weights in the blocked layout the primitive prefers, slot 2 a convolution's output before it
-// is pooled, slot 3 a pooled gradient after the ReLU's mask. Shared (used only while holding
-// `RunningLock`, so that the large ones exist once, not once per XLA thread): the Winograd
-// passes' transformed kernel, inputs and products.
-enum Slot { kScratchpad = 0, kBlockedWeights = 1, kConvOutput = 2, kMaskedGradient = 3 };
-enum SharedSlot { kWinogradKernel = 0, kWinogradInput = 1, kWinogradProduct = 2 };
+// Buffers, grown as needed and shared by all threads: every use holds `RunningLock` (one
+// primitive runs at a time), so each exists once, not once per XLA thread. kScratchpad is the
+// primitives' scratchpad (a user scratchpad), kBlockedWeights the weights in the blocked layout
+// a primitive prefers, kConvOutput a convolution's output before it is pooled, kMaskedGradient a
+// pooled gradient after the ReLU's mask, and the kWinograd* ones the Winograd passes'
+// transformed kernel, inputs and products.
+enum Slot {
+  kScratchpad = 0,
+  kBlockedWeights,
+  kConvOutput,
+  kMaskedGradient,
+  kWinogradKernel,
+  kWinogradInput,
+  kWinogradProduct,
+  kSlots
+};
 
 // Page-aligned, as oneDNN's own buffers are: its AMX kernels' tile loads and stores from a
 // buffer with malloc's 16-byte alignment ran bfloat16 convolutions at half speed.
@@ -64,32 +80,48 @@ struct AlignedBuffer {
   size_t size = 0;
 };
 
+// The most bytes one buffer may hold: `$MURAJAX_ONEDNN_BUFFER_LIMIT` (read once), else no limit.
+// A larger request fails as an allocation failure does ("out of host memory").
+size_t BufferLimit() {
+  static const size_t limit = [] {
+    const char* text = std::getenv("MURAJAX_ONEDNN_BUFFER_LIMIT");
+    if (text == nullptr || *text == '\0') return SIZE_MAX;
+    char* end = nullptr;
+    unsigned long long value = std::strtoull(text, &end, 10);
+    return (end != nullptr && *end == '\0') ? static_cast<size_t>(value) : SIZE_MAX;
+  }();
+  return limit;
+}
+
+// Grows `buffer` to at least `bytes`. On failure it throws std::bad_alloc and leaves the buffer
+// as it was (its old memory and size), so the next, smaller call still works.
 void* Grow(AlignedBuffer& buffer, size_t bytes) {
   constexpr size_t kAlignment = 4096;
   if (buffer.size < bytes) {
+    if (bytes > BufferLimit() || bytes > SIZE_MAX - kAlignment) throw std::bad_alloc();
     size_t size = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    buffer.data.reset(std::aligned_alloc(kAlignment, size));
-    if (buffer.data == nullptr) throw std::bad_alloc();
+    void* data = std::aligned_alloc(kAlignment, size);
+    if (data == nullptr) throw std::bad_alloc();
+    buffer.data.reset(data);
     buffer.size = size;
   }
   return buffer.data.get();
 }
 
-void* ThreadBuffer(Slot slot, size_t bytes) {
-  thread_local AlignedBuffer buffers[4];
+// Only while holding `RunningLock()`.
+void* Buffer(Slot slot, size_t bytes) {
+  static AlignedBuffer buffers[kSlots];
   return Grow(buffers[slot], bytes);
 }
 
-// Only while holding `RunningLock()`.
-float* SharedBuffer(SharedSlot slot, int64_t floats) {
-  static AlignedBuffer buffers[3];
-  return static_cast<float*>(Grow(buffers[slot], static_cast<size_t>(floats) * sizeof(float)));
+float* FloatBuffer(Slot slot, int64_t floats) {
+  return static_cast<float*>(Buffer(slot, static_cast<size_t>(floats) * sizeof(float)));
 }
 
 void AddScratchpad(std::unordered_map<int, memory>& args, const memory::desc& scratchpad) {
   if (scratchpad.get_size() > 0) {
     args.emplace(DNNL_ARG_SCRATCHPAD,
-                 memory(scratchpad, Engine(), ThreadBuffer(kScratchpad, scratchpad.get_size())));
+                 memory(scratchpad, Engine(), Buffer(kScratchpad, scratchpad.get_size())));
   }
 }
 
@@ -213,18 +245,55 @@ memory::data_type DataType(ffi::DataType type) {
   }
 }
 
+// The convolution's output size along one axis (0 or less: no output).
+int64_t OutputSize(int64_t size, int64_t kernel, int64_t stride, int64_t pad_lo, int64_t pad_hi) {
+  return (size + pad_lo + pad_hi - kernel) / stride + 1;
+}
+
+std::string DimsText(ffi::AnyBuffer::Dimensions dims) {
+  std::string text = "(";
+  for (size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + (dims.size() == 1 ? ",)" : ")");
+}
+
+bool SameDims(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+ffi::Error Invalid(const std::string& what) {
+  return ffi::Error::InvalidArgument("murajax oneDNN convolution: " + what);
+}
+
 // Geometry from NHWC input dims, HWIO kernel dims and NHWC output dims (oneDNN's logical order
-// is NCHW / OIHW whatever the memory layout).
+// is NCHW / OIHW whatever the memory layout), after checking that they fit together: these
+// handlers read and write exactly the sizes the dims give, so a call that murajax/ops/conv.py
+// would not make is an error here, never a read out of bounds. Empty arrays are refused (conv.py
+// gives them to XLA).
 ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions w,
                         ffi::AnyBuffer::Dimensions y, ffi::DataType type, int64_t stride_h,
                         int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                         int64_t pad_right, bool has_bias, bool relu, bool winograd,
                         Geometry& g) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
-    return ffi::Error::InvalidArgument("murajax oneDNN convolution: NHWC x HWIO only");
+    return Invalid("NHWC x HWIO only, got " + DimsText(x) + " x " + DimsText(w));
   }
   if (DataType(type) == memory::data_type::undef) {
-    return ffi::Error::InvalidArgument("murajax oneDNN convolution: float32 or bfloat16 only");
+    return Invalid("float32 or bfloat16 only");
+  }
+  if (stride_h < 1 || stride_w < 1 || pad_top < 0 || pad_bottom < 0 || pad_left < 0 ||
+      pad_right < 0) {
+    return Invalid("strides must be positive and padding not negative");
+  }
+  for (auto dims : {x, w, y}) {
+    for (int64_t d : dims) {
+      if (d < 1) return Invalid("empty array " + DimsText(dims) + " (XLA handles those)");
+    }
+  }
+  int64_t out_h = OutputSize(x[1], w[0], stride_h, pad_top, pad_bottom);
+  int64_t out_w = OutputSize(x[2], w[1], stride_w, pad_left, pad_right);
+  if (w[2] != x[3] || y[0] != x[0] || y[1] != out_h || y[2] != out_w || y[3] != w[3]) {
+    return Invalid("input " + DimsText(x) + ", kernel " + DimsText(w) + " and output " +
+                   DimsText(y) + " do not fit together");
   }
   g.src = {x[0], x[3], x[1], x[2]};
   g.wei = {w[3], w[2], w[0], w[1]};
@@ -238,6 +307,101 @@ ffi::Error MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions
   g.relu = relu;
   g.winograd = winograd;
   return ffi::Error::Success();
+}
+
+// An error unless every buffer has `type`.
+ffi::Error CheckTypes(ffi::DataType type, std::initializer_list<ffi::DataType> others) {
+  for (ffi::DataType other : others) {
+    if (other != type) return Invalid("every array of one call must have the same dtype");
+  }
+  return ffi::Error::Success();
+}
+
+// An error unless a bias given (`has_bias`) has one element per output channel of `g`.
+ffi::Error CheckBias(const Geometry& g, bool has_bias, const ffi::AnyBuffer& b) {
+  if (has_bias && (static_cast<int64_t>(b.element_count()) != g.wei[0] ||
+                   DataType(b.element_type()) != g.type)) {
+    return Invalid("bias " + DimsText(b.dimensions()) + " must be (" + std::to_string(g.wei[0]) +
+                   ",) in the input's dtype");
+  }
+  return ffi::Error::Success();
+}
+
+int64_t Count(const memory::dims& dims) {
+  int64_t count = 1;
+  for (int64_t d : dims) count *= d;
+  return count;
+}
+
+// Whether all `count` float32 or bfloat16 values at `data` are finite (no NaN or infinity).
+bool AllFinite(const void* data, int64_t count, memory::data_type type) {
+  int bad = 0;
+  if (type == memory::data_type::f32) {
+    const uint32_t* bits = static_cast<const uint32_t*>(data);
+#pragma omp parallel for simd reduction(| : bad) if (count > (int64_t{1} << 16))
+    for (int64_t i = 0; i < count; ++i) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+  } else {
+    const uint16_t* bits = static_cast<const uint16_t*>(data);
+#pragma omp parallel for simd reduction(| : bad) if (count > (int64_t{1} << 16))
+    for (int64_t i = 0; i < count; ++i) bad |= (bits[i] & 0x7f80u) == 0x7f80u;
+  }
+  return bad == 0;
+}
+
+bool IsNan(uint32_t bits) { return (bits & 0x7fffffffu) > 0x7f800000u; }
+bool IsNanBf16(uint16_t bits) { return (bits & 0x7fffu) > 0x7f80u; }
+
+// max(y, 0) in place as XLA computes it: NaN stays NaN (oneDNN's fused ReLU makes it 0), and
+// negative values (-0 and -infinity included) become +0.
+void ReluKeepingNan(void* data, int64_t count, memory::data_type type) {
+  if (type == memory::data_type::f32) {
+    uint32_t* bits = static_cast<uint32_t*>(data);
+#pragma omp parallel for simd if (count > (int64_t{1} << 16))
+    for (int64_t i = 0; i < count; ++i) {
+      if ((bits[i] & 0x80000000u) && !IsNan(bits[i])) bits[i] = 0;
+    }
+  } else {
+    uint16_t* bits = static_cast<uint16_t*>(data);
+#pragma omp parallel for simd if (count > (int64_t{1} << 16))
+    for (int64_t i = 0; i < count; ++i) {
+      if ((bits[i] & 0x8000u) && !IsNanBf16(bits[i])) bits[i] = 0;
+    }
+  }
+}
+
+// Sets to NaN each pooled value of the NHWC `pooled` (n, h / 2, w / 2, c) whose 2x2 window of
+// the NHWC `full` (n, h, w, c) holds a NaN: XLA's max propagates NaN, oneDNN's pooling skips it.
+// (The window's winner no longer matters: the ReLU's gradient is 0 where the maximum is NaN.)
+void MarkNanWindows(const void* full, void* pooled, const memory::dims& src,
+                    memory::data_type type) {
+  const int64_t n = src[0], c = src[1], h = src[2], w = src[3], ph = h / 2, pw = w / 2;
+  const bool f32 = type == memory::data_type::f32;
+  auto nan_at = [&](int64_t index) {
+    return f32 ? IsNan(static_cast<const uint32_t*>(full)[index])
+               : IsNanBf16(static_cast<const uint16_t*>(full)[index]);
+  };
+#pragma omp parallel for collapse(2)
+  for (int64_t image = 0; image < n; ++image) {
+    for (int64_t row = 0; row < ph; ++row) {
+      for (int64_t col = 0; col < pw; ++col) {
+        for (int64_t channel = 0; channel < c; ++channel) {
+          bool nan = false;
+          for (int64_t dy = 0; dy < 2; ++dy) {
+            for (int64_t dx = 0; dx < 2; ++dx) {
+              nan |= nan_at(((image * h + 2 * row + dy) * w + 2 * col + dx) * c + channel);
+            }
+          }
+          if (!nan) continue;
+          int64_t at = ((image * ph + row) * pw + col) * c + channel;
+          if (f32) {
+            static_cast<uint32_t*>(pooled)[at] = 0x7fc00000u;
+          } else {
+            static_cast<uint16_t*>(pooled)[at] = 0x7fc0u;
+          }
+        }
+      }
+    }
+  }
 }
 
 // One primitive at a time: each already uses every core, and XLA may call two independent
@@ -327,9 +491,9 @@ void RunWinograd(const Geometry& g, Pass pass, const std::unordered_map<int, voi
   // The forward and input-gradient passes are the same algorithm from `in_c` to `out_c`
   // channels; the kernel-gradient pass sums its products over the chunks.
   const int64_t in_c = input_gradient ? o : c, out_c = input_gradient ? c : o;
-  float* u = SharedBuffer(kWinogradKernel, (pass == Pass::kBackwardWeights ? 2 : 1) * e * c * o);
-  float* v = SharedBuffer(kWinogradInput, e * chunk * image_tiles * in_c);
-  float* m = SharedBuffer(kWinogradProduct, e * chunk * image_tiles * out_c);
+  float* u = FloatBuffer(kWinogradKernel, (pass == Pass::kBackwardWeights ? 2 : 1) * e * c * o);
+  float* v = FloatBuffer(kWinogradInput, e * chunk * image_tiles * in_c);
+  float* m = FloatBuffer(kWinogradProduct, e * chunk * image_tiles * out_c);
   if (pass != Pass::kBackwardWeights) {
     winograd::TransformKernel(arg(DNNL_ARG_WEIGHTS), u, c, o, input_gradient);
   }
@@ -365,69 +529,118 @@ void RunWinograd(const Geometry& g, Pass pass, const std::unordered_map<int, voi
   }
 }
 
-ffi::Error Run(const Geometry& g, Pass pass, std::unordered_map<int, void*> args) {
-  std::lock_guard<std::mutex> lock(RunningLock());
+// oneDNN's direct convolution for one pass (throws dnnl::error or std::bad_alloc).
+void RunDirect(const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args) {
+  const Cached& cached = Lookup(g, pass);
+  std::unordered_map<int, memory> memories;
+  auto src = memory::desc(g.src, g.type, tag::nhwc);
+  auto wei = memory::desc(g.wei, g.type, tag::hwio);
+  auto dst = memory::desc(g.dst, g.type, tag::nhwc);
+  auto bias = memory::desc(g.bias, g.type, tag::a);
+  memory user_weights;
+  for (auto& [arg, pointer] : args) {
+    const memory::desc* md = nullptr;
+    switch (arg) {
+      case DNNL_ARG_SRC:
+      case DNNL_ARG_DIFF_SRC:
+        md = &src;
+        break;
+      case DNNL_ARG_WEIGHTS:
+      case DNNL_ARG_DIFF_WEIGHTS:
+        md = &wei;
+        break;
+      case DNNL_ARG_DST:
+      case DNNL_ARG_DIFF_DST:
+        md = &dst;
+        break;
+      default:
+        md = &bias;
+    }
+    bool weights = arg == DNNL_ARG_WEIGHTS || arg == DNNL_ARG_DIFF_WEIGHTS;
+    if (weights && cached.reorder_weights) {
+      user_weights = memory(wei, Engine(), pointer);
+      void* blocked = Buffer(kBlockedWeights, cached.weights.get_size());
+      memories.emplace(arg, memory(cached.weights, Engine(), blocked));
+    } else {
+      memories.emplace(arg, memory(*md, Engine(), pointer));
+    }
+  }
+  size_t scratch_bytes = cached.scratchpad.get_size();
+  if (scratch_bytes > 0) {
+    memories.emplace(DNNL_ARG_SCRATCHPAD,
+                     memory(cached.scratchpad, Engine(), Buffer(kScratchpad, scratch_bytes)));
+  }
+  dnnl::stream& stream = ThreadStream();
+  bool into_user_layout = pass == Pass::kBackwardWeights;
+  int weights_arg = into_user_layout ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
+  if (cached.reorder_weights && !into_user_layout) {
+    cached.reorder.execute(stream, user_weights, memories.at(weights_arg));
+  }
+  cached.primitive.execute(stream, memories);
+  if (cached.reorder_weights && into_user_layout) {
+    cached.reorder.execute(stream, memories.at(weights_arg), user_weights);
+  }
+  stream.wait();
+}
+
+// The arrays a pass reads, and how many elements each has.
+std::vector<std::pair<const void*, int64_t>> PassInputs(
+    const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args) {
+  auto at = [&](int key) { return static_cast<const void*>(args.at(key)); };
+  if (pass == Pass::kForward) {
+    std::vector<std::pair<const void*, int64_t>> inputs = {
+        {at(DNNL_ARG_SRC), Count(g.src)}, {at(DNNL_ARG_WEIGHTS), Count(g.wei)}};
+    if (args.count(DNNL_ARG_BIAS)) inputs.emplace_back(at(DNNL_ARG_BIAS), Count(g.bias));
+    return inputs;
+  }
+  if (pass == Pass::kBackwardData) {
+    return {{at(DNNL_ARG_DIFF_DST), Count(g.dst)}, {at(DNNL_ARG_WEIGHTS), Count(g.wei)}};
+  }
+  return {{at(DNNL_ARG_SRC), Count(g.src)}, {at(DNNL_ARG_DIFF_DST), Count(g.dst)}};
+}
+
+bool PassInputsFinite(const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args) {
+  for (const auto& [data, count] : PassInputs(g, pass, args)) {
+    if (!AllFinite(data, count, g.type)) return false;
+  }
+  return true;
+}
+
+// One pass of the convolution `g`, while holding `RunningLock`. Winograd and the fused ReLU are
+// exact for finite inputs only: Winograd's transforms subtract inputs (infinity - infinity is
+// NaN where XLA's sum is infinite) and spread a non-finite value over its 4x4 tile, and oneDNN's
+// ReLU turns NaN into 0. Where a pass's inputs hold NaN or infinity (checked only when it would
+// use either), it runs oneDNN's direct convolution and XLA's ReLU instead, so that non-finite
+// values come out exactly where XLA puts them. `inputs_finite`, when given, says which it was.
+ffi::Error RunLocked(const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args,
+                     bool* inputs_finite = nullptr) {
   try {
-    if (UseWinograd(g)) {
+    const bool winograd = UseWinograd(g), fused_relu = pass == Pass::kForward && g.relu;
+    const bool finite = !(winograd || fused_relu) || PassInputsFinite(g, pass, args);
+    if (inputs_finite != nullptr) *inputs_finite = finite;
+    if (winograd && finite) {
       RunWinograd(g, pass, args);
-      return ffi::Error::Success();
+    } else if (fused_relu && !finite) {
+      Geometry linear = g;
+      linear.relu = false;
+      RunDirect(linear, pass, args);
+      ReluKeepingNan(args.at(DNNL_ARG_DST), Count(g.dst), g.type);
+    } else {
+      RunDirect(g, pass, args);
     }
-    const Cached& cached = Lookup(g, pass);
-    std::unordered_map<int, memory> memories;
-    auto src = memory::desc(g.src, g.type, tag::nhwc);
-    auto wei = memory::desc(g.wei, g.type, tag::hwio);
-    auto dst = memory::desc(g.dst, g.type, tag::nhwc);
-    auto bias = memory::desc(g.bias, g.type, tag::a);
-    memory user_weights;
-    for (auto& [arg, pointer] : args) {
-      const memory::desc* md = nullptr;
-      switch (arg) {
-        case DNNL_ARG_SRC:
-        case DNNL_ARG_DIFF_SRC:
-          md = &src;
-          break;
-        case DNNL_ARG_WEIGHTS:
-        case DNNL_ARG_DIFF_WEIGHTS:
-          md = &wei;
-          break;
-        case DNNL_ARG_DST:
-        case DNNL_ARG_DIFF_DST:
-          md = &dst;
-          break;
-        default:
-          md = &bias;
-      }
-      bool weights = arg == DNNL_ARG_WEIGHTS || arg == DNNL_ARG_DIFF_WEIGHTS;
-      if (weights && cached.reorder_weights) {
-        user_weights = memory(wei, Engine(), pointer);
-        void* blocked = ThreadBuffer(kBlockedWeights, cached.weights.get_size());
-        memories.emplace(arg, memory(cached.weights, Engine(), blocked));
-      } else {
-        memories.emplace(arg, memory(*md, Engine(), pointer));
-      }
-    }
-    size_t scratch_bytes = cached.scratchpad.get_size();
-    if (scratch_bytes > 0) {
-      memories.emplace(DNNL_ARG_SCRATCHPAD,
-                       memory(cached.scratchpad, Engine(), ThreadBuffer(kScratchpad, scratch_bytes)));
-    }
-    dnnl::stream& stream = ThreadStream();
-    bool into_user_layout = pass == Pass::kBackwardWeights;
-    int weights_arg = into_user_layout ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
-    if (cached.reorder_weights && !into_user_layout) {
-      cached.reorder.execute(stream, user_weights, memories.at(weights_arg));
-    }
-    cached.primitive.execute(stream, memories);
-    if (cached.reorder_weights && into_user_layout) {
-      cached.reorder.execute(stream, memories.at(weights_arg), user_weights);
-    }
-    stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("murajax oneDNN convolution: ") + e.what());
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("murajax oneDNN convolution: out of host memory");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("murajax oneDNN convolution: ") + e.what());
   }
   return ffi::Error::Success();
+}
+
+ffi::Error Run(const Geometry& g, Pass pass, const std::unordered_map<int, void*>& args) {
+  std::lock_guard<std::mutex> lock(RunningLock());
+  return RunLocked(g, pass, args);
 }
 
 // 2x2 max-pooling, stride 2, of an NHWC array (an odd last row or column is dropped), with
@@ -492,9 +705,9 @@ const CachedPool& LookupPool(const PoolGeometry& p) {
 
 // Forward: pools `full` into `pooled` and `winner`. Backward: spreads the pooled gradient `g`,
 // masked by the ReLU (`pooled` > 0), into `full` at each window's `winner`, zero elsewhere.
-ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner,
-                   size_t winner_bytes, const void* g = nullptr) {
-  std::lock_guard<std::mutex> lock(RunningLock());
+// While holding `RunningLock`.
+ffi::Error RunPoolLocked(const PoolGeometry& p, void* full, void* pooled, void* winner,
+                         size_t winner_bytes, const void* g = nullptr) {
   try {
     const CachedPool& cached = LookupPool(p);
     if (cached.workspace.get_size() > winner_bytes) {
@@ -511,7 +724,7 @@ ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner
       AddScratchpad(args, cached.forward_scratchpad);
       cached.forward.execute(stream, args);
     } else {
-      memory masked(pooled_md, Engine(), ThreadBuffer(kMaskedGradient, pooled_md.get_size()));
+      memory masked(pooled_md, Engine(), Buffer(kMaskedGradient, pooled_md.get_size()));
       std::unordered_map<int, memory> relu_args = {
           {DNNL_ARG_DST, memory(pooled_md, Engine(), pooled)},
           {DNNL_ARG_DIFF_DST, memory(pooled_md, Engine(), const_cast<void*>(g))},
@@ -529,6 +742,8 @@ ffi::Error RunPool(const PoolGeometry& p, void* full, void* pooled, void* winner
     return ffi::Error::Internal(std::string("murajax oneDNN pooling: ") + e.what());
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("murajax oneDNN pooling: out of host memory");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("murajax oneDNN pooling: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -538,9 +753,13 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                        int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                        bool winograd, bool has_bias, bool relu) {
   Geometry g;
-  ffi::Error error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), x.element_type(),
-                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
-                        relu, winograd, g);
+  ffi::Error error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
+                                  x.element_type(), stride_h, stride_w, pad_top, pad_bottom,
+                                  pad_left, pad_right, has_bias, relu, winograd, g);
+  if (error.failure()) return error;
+  error = CheckTypes(x.element_type(), {w.element_type(), y->element_type()});
+  if (error.failure()) return error;
+  error = CheckBias(g, has_bias, b);
   if (error.failure()) return error;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_WEIGHTS, w.untyped_data()},
@@ -554,9 +773,11 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi
                             int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                             bool winograd) {
   Geometry g;
-  ffi::Error error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), dy.element_type(),
-                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, false,
-                        false, winograd, g);
+  ffi::Error error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(),
+                                  dy.element_type(), stride_h, stride_w, pad_top, pad_bottom,
+                                  pad_left, pad_right, false, false, winograd, g);
+  if (error.failure()) return error;
+  error = CheckTypes(dy.element_type(), {w.element_type(), dx->element_type()});
   if (error.failure()) return error;
   return Run(g, Pass::kBackwardData,
              {{DNNL_ARG_DIFF_DST, dy.untyped_data()},
@@ -570,9 +791,13 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                                bool winograd, bool has_bias) {
   Geometry g;
-  ffi::Error error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(),
-                        stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, has_bias,
-                        false, winograd, g);
+  ffi::Error error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
+                                  x.element_type(), stride_h, stride_w, pad_top, pad_bottom,
+                                  pad_left, pad_right, has_bias, false, winograd, g);
+  if (error.failure()) return error;
+  error = CheckTypes(x.element_type(), {dy.element_type(), dw->element_type()});
+  if (error.failure()) return error;
+  error = CheckBias(g, has_bias, *db);
   if (error.failure()) return error;
   std::unordered_map<int, void*> args = {{DNNL_ARG_SRC, x.untyped_data()},
                                          {DNNL_ARG_DIFF_DST, dy.untyped_data()},
@@ -581,12 +806,24 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   return Run(g, Pass::kBackwardWeights, args);
 }
 
-// The convolution's output size along one axis.
-int64_t OutputSize(int64_t size, int64_t kernel, int64_t stride, int64_t pad_lo, int64_t pad_hi) {
-  return (size + pad_lo + pad_hi - kernel) / stride + 1;
-}
-
 size_t ElementBytes(ffi::DataType type) { return type == ffi::DataType::BF16 ? 2 : 4; }
+
+// An error unless `pooled` and `winner` are the 2x2 pooling (stride 2, an odd last row or column
+// dropped) of an NHWC array `full`, `winner` in uint8, all of them non-empty.
+ffi::Error CheckPooled(ffi::AnyBuffer::Dimensions full, ffi::AnyBuffer::Dimensions pooled,
+                       const ffi::AnyBuffer& winner) {
+  if (full.size() != 4 || pooled.size() != 4 || full[0] != pooled[0] || full[3] != pooled[3] ||
+      full[1] / 2 != pooled[1] || full[2] / 2 != pooled[2] ||
+      !SameDims(pooled, winner.dimensions()) || winner.element_type() != ffi::DataType::U8) {
+    return Invalid("pooled " + DimsText(pooled) + " and uint8 winner " +
+                   DimsText(winner.dimensions()) + " do not fit the 2x2 pooling of " +
+                   DimsText(full));
+  }
+  for (int64_t d : pooled) {
+    if (d < 1) return Invalid("empty array " + DimsText(pooled) + " (XLA handles those)");
+  }
+  return ffi::Error::Success();
+}
 
 ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                                ffi::Result<ffi::AnyBuffer> pooled,
@@ -597,7 +834,7 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   if (xd.size() != 4 || wd.size() != 4) {
-    return ffi::Error::InvalidArgument("murajax oneDNN convolution: NHWC x HWIO only");
+    return Invalid("NHWC x HWIO only, got " + DimsText(xd) + " x " + DimsText(wd));
   }
   std::vector<int64_t> yd = {xd[0], OutputSize(xd[1], wd[0], stride_h, pad_top, pad_bottom),
                              OutputSize(xd[2], wd[1], stride_w, pad_left, pad_right), wd[3]};
@@ -605,9 +842,18 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
   ffi::Error error = MakeGeometry(xd, wd, yd, x.element_type(), stride_h, stride_w, pad_top,
                                   pad_bottom, pad_left, pad_right, has_bias, true, winograd, g);
   if (error.failure()) return error;
+  error = CheckTypes(x.element_type(), {w.element_type(), pooled->element_type()});
+  if (error.failure()) return error;
+  error = CheckBias(g, has_bias, b);
+  if (error.failure()) return error;
+  error = CheckPooled(yd, pooled->dimensions(), *winner);
+  if (error.failure()) return error;
+  // The full-size output lives in a shared buffer: hold the lock from the convolution until
+  // the pooling has read it.
+  std::lock_guard<std::mutex> lock(RunningLock());
   void* y = nullptr;
   try {
-    y = ThreadBuffer(kConvOutput, yd[0] * yd[1] * yd[2] * yd[3] * ElementBytes(x.element_type()));
+    y = Buffer(kConvOutput, Count(g.dst) * ElementBytes(x.element_type()));
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal("murajax oneDNN convolution: out of host memory");
   }
@@ -615,27 +861,38 @@ ffi::Error ConvReluPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffe
                                          {DNNL_ARG_WEIGHTS, w.untyped_data()},
                                          {DNNL_ARG_DST, y}};
   if (has_bias) args[DNNL_ARG_BIAS] = b.untyped_data();
-  error = Run(g, Pass::kForward, args);
+  bool finite = true;
+  error = RunLocked(g, Pass::kForward, args, &finite);
   if (error.failure()) return error;
   auto pd = pooled->dimensions();
   PoolGeometry p{g.dst, {pd[0], pd[3], pd[1], pd[2]}, g.type};
-  return RunPool(p, y, pooled->untyped_data(), winner->untyped_data(), winner->size_bytes());
+  error = RunPoolLocked(p, y, pooled->untyped_data(), winner->untyped_data(),
+                        winner->size_bytes());
+  if (error.failure() || finite) return error;
+  MarkNanWindows(y, pooled->untyped_data(), g.dst, g.type);
+  return ffi::Error::Success();
 }
 
 ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyBuffer winner,
                               ffi::Result<ffi::AnyBuffer> dy) {
   auto pd = pooled.dimensions();
   auto yd = dy->dimensions();
-  if (pd.size() != 4 || yd.size() != 4) {
-    return ffi::Error::InvalidArgument("murajax oneDNN pooling: NHWC only");
-  }
   memory::data_type type = DataType(g.element_type());
   if (type == memory::data_type::undef) {
-    return ffi::Error::InvalidArgument("murajax oneDNN pooling: float32 or bfloat16 only");
+    return Invalid("float32 or bfloat16 only");
+  }
+  ffi::Error error = CheckTypes(g.element_type(), {pooled.element_type(), dy->element_type()});
+  if (error.failure()) return error;
+  error = CheckPooled(yd, pd, winner);
+  if (error.failure()) return error;
+  if (!SameDims(pd, g.dimensions())) {
+    return Invalid("the pooled gradient " + DimsText(g.dimensions()) + " must match " +
+                   DimsText(pd));
   }
   PoolGeometry p{{yd[0], yd[3], yd[1], yd[2]}, {pd[0], pd[3], pd[1], pd[2]}, type};
-  return RunPool(p, dy->untyped_data(), pooled.untyped_data(), winner.untyped_data(),
-                 winner.size_bytes(), g.untyped_data());
+  std::lock_guard<std::mutex> lock(RunningLock());
+  return RunPoolLocked(p, dy->untyped_data(), pooled.untyped_data(), winner.untyped_data(),
+                       winner.size_bytes(), g.untyped_data());
 }
 
 }  // namespace
@@ -696,32 +953,133 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnUnpoolReluBwd, UnpoolReluBackward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
-// 1 if a oneDNN CPU engine can be created and runs a tiny convolution, else 0 (with the reason
-// in `message`). Python calls it once before registering the handlers.
-extern "C" int murajax_onednn_probe(char* message, int size) {
+// Which sources, compiler flags, jaxlib and oneDNN the library was built from (murajax/ops/
+// onednn.py passes it and reads it back from the file before loading it, to refuse a stale one).
+#ifndef MURAJAX_BUILD_ID
+#define MURAJAX_BUILD_ID "unknown"
+#endif
+extern "C" __attribute__((used, visibility("default"))) const char murajax_onednn_build_id[] =
+    "murajax-onednn-build:" MURAJAX_BUILD_ID;
+
+// The instruction set oneDNN's kernels use here (the CPU's, or less under ONEDNN_MAX_CPU_ISA).
+extern "C" const char* murajax_onednn_isa() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41:
+      return "SSE41";
+    case dnnl::cpu_isa::avx:
+      return "AVX";
+    case dnnl::cpu_isa::avx2:
+      return "AVX2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "AVX2_VNNI";
+    case dnnl::cpu_isa::avx2_vnni_2:
+      return "AVX2_VNNI_2";
+    case dnnl::cpu_isa::avx512_core:
+      return "AVX512_CORE";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "AVX512_CORE_VNNI";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "AVX512_CORE_BF16";
+    case dnnl::cpu_isa::avx512_core_fp16:
+      return "AVX512_CORE_FP16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "AVX512_CORE_AMX";
+    case dnnl::cpu_isa::avx512_core_amx_fp16:
+      return "AVX512_CORE_AMX_FP16";
+    default:
+      return "the x86-64 baseline";
+  }
+}
+
+namespace {
+
+// Runs each of the five handlers' primitives once on a tiny problem of `type` and checks the
+// forward values; the error says which failed.
+ffi::Error Probe(memory::data_type type) {
+  const int64_t n = 1, size = 4, channels = 2;
+  Geometry g;
+  g.src = {n, channels, size, size};
+  g.wei = {channels, channels, 3, 3};
+  g.dst = {n, channels, size, size};
+  g.bias = {channels};
+  g.strides = {1, 1};
+  g.pad_l = {1, 1};
+  g.pad_r = {1, 1};
+  g.type = type;
+  g.has_bias = true;
+  g.relu = true;
+  const size_t bytes = type == memory::data_type::f32 ? 4 : 2;
+  auto ones = [&](int64_t count) {
+    std::vector<uint8_t> data(count * bytes);
+    for (int64_t i = 0; i < count; ++i) {
+      if (bytes == 4) {
+        reinterpret_cast<float*>(data.data())[i] = 1.f;
+      } else {
+        reinterpret_cast<uint16_t*>(data.data())[i] = 0x3f80;  // 1.0 in bfloat16
+      }
+    }
+    return data;
+  };
+  auto x = ones(Count(g.src)), w = ones(Count(g.wei)), b = ones(channels), y = ones(Count(g.dst));
+  auto dx = ones(Count(g.src)), dw = ones(Count(g.wei)), db = ones(channels);
+  ffi::Error error = Run(g, Pass::kForward,
+                         {{DNNL_ARG_SRC, x.data()},
+                          {DNNL_ARG_WEIGHTS, w.data()},
+                          {DNNL_ARG_BIAS, b.data()},
+                          {DNNL_ARG_DST, y.data()}});
+  if (error.failure()) return error;
+  // NHWC: pixel (1, 1) sees 9 inputs of 2 channels (18, + 1 bias), the corner pixel 4 (8 + 1).
+  float centre, corner;
+  if (bytes == 4) {
+    centre = reinterpret_cast<float*>(y.data())[(1 * size + 1) * channels];
+    corner = reinterpret_cast<float*>(y.data())[0];
+  } else {
+    auto widen = [](uint16_t h) {
+      uint32_t bits = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    };
+    centre = widen(reinterpret_cast<uint16_t*>(y.data())[(1 * size + 1) * channels]);
+    corner = widen(reinterpret_cast<uint16_t*>(y.data())[0]);
+  }
+  if (centre != 19.f || corner != 9.f) {
+    return ffi::Error::Internal("a test convolution gave " + std::to_string(centre) + " and " +
+                                std::to_string(corner) + ", expected 19 and 9");
+  }
+  g.relu = false;
+  error = Run(g, Pass::kBackwardData,
+              {{DNNL_ARG_DIFF_DST, y.data()}, {DNNL_ARG_WEIGHTS, w.data()},
+               {DNNL_ARG_DIFF_SRC, dx.data()}});
+  if (error.failure()) return error;
+  error = Run(g, Pass::kBackwardWeights,
+              {{DNNL_ARG_SRC, x.data()}, {DNNL_ARG_DIFF_DST, y.data()},
+               {DNNL_ARG_DIFF_WEIGHTS, dw.data()}, {DNNL_ARG_DIFF_BIAS, db.data()}});
+  if (error.failure()) return error;
+  PoolGeometry p{g.dst, {n, channels, size / 2, size / 2}, type};
+  auto pooled = ones(Count(p.dst)), gradient = ones(Count(p.dst));
+  std::vector<uint8_t> winner(Count(p.dst));
+  std::lock_guard<std::mutex> lock(RunningLock());
+  error = RunPoolLocked(p, y.data(), pooled.data(), winner.data(), winner.size());
+  if (error.failure()) return error;
+  return RunPoolLocked(p, dx.data(), pooled.data(), winner.data(), winner.size(),
+                       gradient.data());
+}
+
+}  // namespace
+
+// 1 if oneDNN runs every primitive murajax uses in `type` ("f32" or "bf16") here, else 0 with
+// the reason in `message`. Python calls it once per dtype before using that dtype.
+extern "C" int murajax_onednn_probe(const char* type, char* message, int size) {
   try {
-    Geometry g;
-    g.src = {1, 1, 4, 4};
-    g.wei = {1, 1, 3, 3};
-    g.dst = {1, 1, 4, 4};
-    g.bias = {1};
-    g.strides = {1, 1};
-    g.pad_l = {1, 1};
-    g.pad_r = {1, 1};
-    g.type = memory::data_type::f32;
-    g.has_bias = false;
-    g.relu = false;
-    std::vector<float> x(16, 1.f), w(9, 1.f), y(16, 0.f);
-    ffi::Error error = Run(g, Pass::kForward,
-                           {{DNNL_ARG_SRC, x.data()}, {DNNL_ARG_WEIGHTS, w.data()},
-                            {DNNL_ARG_DST, y.data()}});
-    if (error.failure()) {
-      std::snprintf(message, size, "%s", error.message().c_str());
+    std::string name = type;
+    if (name != "f32" && name != "bf16") {
+      std::snprintf(message, size, "unknown dtype %s (f32 or bf16)", type);
       return 0;
     }
-    if (y[5] != 9.f || y[0] != 4.f) {
-      std::snprintf(message, size, "a test convolution gave %g and %g, expected 9 and 4", y[5],
-                    y[0]);
+    ffi::Error error = Probe(name == "f32" ? memory::data_type::f32 : memory::data_type::bf16);
+    if (error.failure()) {
+      std::snprintf(message, size, "%s", error.message().c_str());
       return 0;
     }
   } catch (const std::exception& e) {

@@ -27,9 +27,10 @@ namespace winograd {
 
 constexpr int kElements = 16;  // a 4x4 transformed tile
 
-// Vector code for the machine it runs on: GCC builds each transform for AVX-512, AVX2 and
-// the x86-64 baseline and picks one when the library loads.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Vector code for the machine it runs on: GCC (and Clang 14 or newer) builds each transform for
+// AVX-512, AVX2 and the x86-64 baseline and picks one when the library loads.
+#if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__)) || \
+                             (defined(__clang__) && __clang_major__ >= 14))
 #define MURAJAX_WINOGRAD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MURAJAX_WINOGRAD_CLONES
@@ -123,6 +124,8 @@ inline void TransformOutput(const float* m, const float* bias, bool relu, float*
   const int64_t plane = n_size * rows * cols * o_size;
   const std::vector<float> zeros(o_size, 0.f);
   const float* b = bias ? bias : zeros.data();
+  // max(value, floor) keeps a NaN value (std::max returns its first argument unless the second
+  // is larger), as XLA's ReLU does.
   const float floor = relu ? 0.f : -__builtin_inff();
 #pragma omp parallel for collapse(2)
   for (int64_t n = 0; n < n_size; ++n) {
@@ -142,10 +145,10 @@ inline void TransformOutput(const float* m, const float* bias, bool relu, float*
             top[j] = p[j][o] + p[4 + j][o] + p[8 + j][o];
             bottom[j] = p[4 + j][o] - p[8 + j][o] - p[12 + j][o];
           }
-          y00[o] = std::max(floor, top[0] + top[1] + top[2] + b[o]);
-          y01[o] = std::max(floor, top[1] - top[2] - top[3] + b[o]);
-          y10[o] = std::max(floor, bottom[0] + bottom[1] + bottom[2] + b[o]);
-          y11[o] = std::max(floor, bottom[1] - bottom[2] - bottom[3] + b[o]);
+          y00[o] = std::max(top[0] + top[1] + top[2] + b[o], floor);
+          y01[o] = std::max(top[1] - top[2] - top[3] + b[o], floor);
+          y10[o] = std::max(bottom[0] + bottom[1] + bottom[2] + b[o], floor);
+          y11[o] = std::max(bottom[1] - bottom[2] - bottom[3] + b[o], floor);
         }
       }
     }
@@ -227,12 +230,15 @@ inline void Add(const float* addend, float* sum, int64_t count) {
 // same order on every call (each thread sums a fixed share; the shares are added in order).
 MURAJAX_WINOGRAD_CLONES
 inline void SumPixels(const float* dy, float* sum, int64_t pixels, int64_t o_size) {
-  std::vector<std::vector<float>> partials;
-#pragma omp parallel
+  // Allocated before the parallel region: an exception must not leave an OpenMP region.
+  const int threads = std::max(1, omp_get_max_threads());
+  std::vector<float> partials(static_cast<size_t>(threads) * o_size, 0.f);
+  int used = 1;
+#pragma omp parallel num_threads(threads)
   {
 #pragma omp single
-    partials.assign(omp_get_num_threads(), std::vector<float>(o_size, 0.f));
-    float* partial = partials[omp_get_thread_num()].data();
+    used = omp_get_num_threads();
+    float* partial = partials.data() + static_cast<size_t>(omp_get_thread_num()) * o_size;
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < pixels; ++p) {
 #pragma omp simd
@@ -240,8 +246,8 @@ inline void SumPixels(const float* dy, float* sum, int64_t pixels, int64_t o_siz
     }
   }
   std::fill(sum, sum + o_size, 0.f);
-  for (const auto& partial : partials) {
-    for (int64_t o = 0; o < o_size; ++o) sum[o] += partial[o];
+  for (int t = 0; t < used; ++t) {
+    for (int64_t o = 0; o < o_size; ++o) sum[o] += partials[static_cast<size_t>(t) * o_size + o];
   }
 }
 
