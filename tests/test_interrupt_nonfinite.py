@@ -579,3 +579,30 @@ def test_a_diverged_sweep_run_is_named(tmp_path):
 
     with pytest.raises(errors.TrainingDiverged, match=rf"^run {sweep.runs[0].name}: training"):
         sweep_lib.run_sweep(sweep, str(tmp_path), train_fn=diverge, log=lambda line: None)
+
+
+@pytest.mark.parametrize("signalled", [True, False], ids=["signalled", "not-signalled"])
+def test_processes_agree_at_the_final_step_between_agreement_steps(signalled):
+    """`decide(final=True)` (the run's last step, 15 here, not a multiple of sync_every=10) is
+    an agreement too: process 1, signalled at step 12, and process 0 both stop for SIGTERM at
+    step 15, or both carry on (None) when no process was signalled."""
+    store = _FakeKeyValueStore(processes=2)
+    decisions: dict[int, list[tuple[int, int | None]]] = {0: [], 1: []}
+
+    def run(process: int) -> None:
+        agreement = interrupt.Agreement(store, process, session=2, sync_every=10)
+        for step in range(1, 16):
+            signum = signal.SIGTERM if signalled and process == 1 and step >= 12 else None
+            decided = agreement.decide(step, signum, final=step == 15)
+            if decided is not None or step in (10, 15):
+                decisions[process].append((step, decided))
+
+    threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a process waits at a barrier"
+    final = signal.SIGTERM if signalled else None
+    assert decisions == {p: [(10, None), (15, final)] for p in (0, 1)}
+    assert store.calls == 4  # steps 10 and 15, one key per process each
