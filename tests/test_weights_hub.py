@@ -54,6 +54,11 @@ class Route:
     delay_s: float = 0.0
     declared_length: int | None = None  # Content-Length; None: len(body)
     stall: threading.Event | None = None
+    endless: bool = False  # no Content-Length, `body` again and again (up to ENDLESS_LIMIT)
+
+
+ENDLESS_LIMIT = 64 << 20
+"""What an `endless` route sends at most, so that a client without a cap ends too."""
 
 
 class Server:
@@ -74,6 +79,12 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
+                if route.endless:
+                    self.end_headers()
+                    with contextlib.suppress(OSError):  # the client stops reading
+                        for _ in range(ENDLESS_LIMIT // len(route.body)):
+                            self.wfile.write(route.body)
+                    return
                 length = len(route.body) if route.declared_length is None else route.declared_length
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
@@ -158,11 +169,11 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def served(server, cache, vgg_bytes, monkeypatch) -> Server:
-    """The server holds the VGG16 file, the module expects its hash, the URL points there."""
+    """The server holds the VGG16 file, the module expects its hash and size, the URL points
+    there."""
     server.routes[NAME] = Route(vgg_bytes)
-    monkeypatch.setitem(
-        weights_hub.IMAGENET_FILES, "vgg16", dataclasses.replace(VGG16, file_hash=md5(vgg_bytes))
-    )
+    entry = dataclasses.replace(VGG16, file_hash=md5(vgg_bytes), size=len(vgg_bytes))
+    monkeypatch.setitem(weights_hub.IMAGENET_FILES, "vgg16", entry)
     monkeypatch.setenv(weights_hub.URL_ENV_VAR, server.url)
     return server
 
@@ -395,7 +406,9 @@ FETCH_SCRIPT = """
 import dataclasses, os, sys, time
 from murajax.models import weights_hub
 entry = weights_hub.IMAGENET_FILES["vgg16"]
-weights_hub.IMAGENET_FILES["vgg16"] = dataclasses.replace(entry, file_hash=sys.argv[1])
+weights_hub.IMAGENET_FILES["vgg16"] = dataclasses.replace(
+    entry, file_hash=sys.argv[1], size=int(sys.argv[3])
+)
 print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
@@ -409,7 +422,7 @@ def test_concurrent_processes_share_one_download(served, cache, vgg_bytes, tmp_p
     served.routes[NAME] = Route(vgg_bytes, chunks=8, delay_s=0.1)
     go = tmp_path / "go"
     env = subprocess_env(cache, served.url)
-    args = [sys.executable, "-c", FETCH_SCRIPT, md5(vgg_bytes), str(go)]
+    args = [sys.executable, "-c", FETCH_SCRIPT, md5(vgg_bytes), str(go), str(len(vgg_bytes))]
     procs = [
         subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -443,7 +456,7 @@ def test_a_killed_download_leaves_nothing_that_looks_complete(
     go = tmp_path / "go"
     go.touch()
     env = subprocess_env(cache, served.url)
-    args = [sys.executable, "-c", FETCH_SCRIPT, md5(vgg_bytes), str(go)]
+    args = [sys.executable, "-c", FETCH_SCRIPT, md5(vgg_bytes), str(go), str(len(vgg_bytes))]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -463,6 +476,120 @@ def test_a_killed_download_leaves_nothing_that_looks_complete(
     assert weights_hub.resolve_weights("vgg16", "imagenet") == str(cache / NAME)
     assert (cache / NAME).read_bytes() == vgg_bytes
     assert leftovers(cache) == []
+
+
+def test_a_server_without_content_length_is_stopped_at_the_files_size(server, cache, monkeypatch):
+    """A mirror that sends bytes without end and no Content-Length: the download stops just
+    past the file's known size, in one line, and nothing of it is kept."""
+    entry = dataclasses.replace(VGG16, file_hash=md5(b"x"), size=1 << 20)
+    monkeypatch.setitem(weights_hub.IMAGENET_FILES, "vgg16", entry)
+    monkeypatch.setenv(weights_hub.URL_ENV_VAR, server.url)
+    server.routes[NAME] = Route(os.urandom(64 << 10), endless=True)
+    written: list[int] = []
+    real_stream = weights_hub._stream
+
+    def stream(url, out, *args):  # how much reached the disk
+        result = real_stream(url, out, *args)
+        written.append(out.tell())
+        return result
+
+    monkeypatch.setattr(weights_hub, "_stream", stream)
+    with pytest.raises(WeightsError) as error:
+        weights_hub.resolve_weights("vgg16", "imagenet")
+    assert_one_line(
+        str(error.value),
+        f"the server at {server.url}{NAME} sent more than the 1048576 bytes of the ImageNet"
+        " weights of vgg16: the download was stopped and not kept",
+        f"place it at {cache / NAME}",
+    )
+    assert written == [(1 << 20) + 1]
+    assert leftovers(cache) == [] and not (cache / NAME).exists()
+
+
+def test_a_content_length_over_the_files_size_is_refused_before_reading(served, cache, vgg_bytes):
+    served.routes[NAME] = Route(vgg_bytes + b"more")
+    with pytest.raises(WeightsError) as error:
+        weights_hub.resolve_weights("vgg16", "imagenet")
+    assert_one_line(
+        str(error.value),
+        f"the server at {served.url}{NAME} announces {len(vgg_bytes) + 4} bytes for the"
+        f" ImageNet weights of vgg16, which are {len(vgg_bytes)} bytes, so nothing was downloaded",
+    )
+    assert leftovers(cache) == [] and not (cache / NAME).exists()
+
+
+def test_waiting_for_another_processs_download_times_out_in_one_line_naming_it(
+    served, cache, vgg_bytes, tmp_path, monkeypatch
+):
+    """A process that downloads (held up by its server) holds the lock: a second fetch waits
+    at most $MURAJAX_DOWNLOAD_LOCK_TIMEOUT, then names the lock file and the holder."""
+    stall = threading.Event()
+    served.routes[NAME] = Route(vgg_bytes, chunks=4, stall=stall)
+    go = tmp_path / "go"
+    go.touch()
+    env = subprocess_env(cache, served.url)
+    args = [sys.executable, "-c", FETCH_SCRIPT, md5(vgg_bytes), str(go), str(len(vgg_bytes))]
+    holder = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    outcome: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            weights_hub.resolve_weights("vgg16", "imagenet")
+        except BaseException as e:  # noqa: BLE001  (checked below)
+            outcome.append(e)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size for p in cache.glob(".*.part")):  # it is downloading
+            assert time.monotonic() < deadline and holder.poll() is None, holder.stderr.read()
+            time.sleep(0.05)
+        monkeypatch.setenv("MURAJAX_DOWNLOAD_LOCK_TIMEOUT", "0.5")
+        start = time.monotonic()
+        thread = threading.Thread(target=second, daemon=True)  # a regression would hang
+        thread.start()
+        thread.join(30)
+        waited = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait(10)
+        stall.set()
+    assert not thread.is_alive() and 0.5 <= waited < 10
+    (error,) = outcome
+    assert isinstance(error, WeightsError)
+    assert_one_line(
+        str(error),
+        f"waited 0.5 s for the lock {cache / ('.' + NAME + '.lock')}, held by pid {holder.pid} on ",
+        "that downloads the ImageNet weights of vgg16",
+        "set $MURAJAX_DOWNLOAD_LOCK_TIMEOUT to wait longer",
+    )
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_lock_timeout_that_is_not_seconds_is_one_line(cache, monkeypatch, value):
+    monkeypatch.setenv("MURAJAX_DOWNLOAD_LOCK_TIMEOUT", value)
+    with pytest.raises(WeightsError) as error:
+        weights_hub.resolve_weights("vgg16", "imagenet")
+    assert str(error.value) == (
+        f"$MURAJAX_DOWNLOAD_LOCK_TIMEOUT={value} is not a number of seconds (expected e.g. 600)"
+    )
+
+
+def test_a_stale_part_is_removed_and_a_live_downloads_part_left_alone(served, cache, vgg_bytes):
+    """After a download, parts untouched for STALE_PART_S (their process died) are removed;
+    a part written a moment ago belongs to a download still running (another host, or a file
+    system without locks) and stays."""
+    cache.mkdir(parents=True)
+    live, dead = cache / f".{NAME}.live.part", cache / f".{NAME}.dead.part"
+    live.write_bytes(b"still arriving")
+    dead.write_bytes(b"left by a killed process")
+    an_hour_ago = time.time() - weights_hub.STALE_PART_S - 60
+    os.utime(dead, (an_hour_ago, an_hour_ago))
+    assert weights_hub.resolve_weights("vgg16", "imagenet") == str(cache / NAME)
+    assert (cache / NAME).read_bytes() == vgg_bytes
+    assert leftovers(cache) == [live.name]
+    assert live.read_bytes() == b"still arriving"
 
 
 # --------------------------------------------------------------------------- configs and programs

@@ -14,19 +14,24 @@ cluster's own server), with the standard library's `urllib` (which honours `$htt
 and `$no_proxy`). The download goes to a temporary file in the same folder, is checked
 against the hash (md5 for these files: Keras's rule picks sha256 only for 64-digit hashes)
 and only then renamed into place with `os.replace`, so an interrupted or damaged download
-never leaves a file that looks complete. Processes that fetch the same file at once wait for
-each other on a lock file where the file system has locks (`fcntl.flock`), and are safe
-without it: each writes its own temporary file and the rename is atomic.
+never leaves a file that looks complete. No more than the file's known size is read, so a
+server that sends more (without a Content-Length, or with a larger one) cannot fill the disk.
+Processes that fetch the same file at once wait for each other on a lock file where the
+file system has locks (`fcntl.flock`), at most `$MURAJAX_DOWNLOAD_LOCK_TIMEOUT` seconds
+(default `LOCK_TIMEOUT_S`), and are safe without it: each writes its own temporary file and
+the rename is atomic.
 
 A download that fails (offline, a refused connection, an HTTP error, a short or damaged
-file) raises one `WeightsError` line naming the URL, what went wrong and where to place the
-file by hand.
+file, a server that sends more than the file's size) raises one `WeightsError` line naming
+the URL, what went wrong and where to place the file by hand; so does a lock that another
+process holds for longer than the timeout (naming the lock file and that process).
 """
 
 import contextlib
 import dataclasses
 import hashlib
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -58,6 +63,14 @@ TIMEOUT_S = 60.0
 PROGRESS_MIN_BYTES = 1 << 20
 """Files at least this large show a tqdm progress bar (on a terminal)."""
 
+LOCK_TIMEOUT_ENV_VAR = "MURAJAX_DOWNLOAD_LOCK_TIMEOUT"
+"""Seconds to wait for another process's download of the same file (`LOCK_TIMEOUT_S` unset)."""
+
+LOCK_TIMEOUT_S = 600.0
+"""How long a process waits, by default, for another one that downloads the same file."""
+
+_LOCK_POLL_S = 0.1
+
 STALE_PART_S = 3600.0
 """A temporary download untouched for this long belongs to a process that died: removed."""
 
@@ -71,6 +84,7 @@ class WeightsFile:
     model: str  # the murajax model whose backbone it fills
     url: str
     file_hash: str  # md5 (32 hex digits) or sha256 (64), as Keras's `file_hash` argument
+    size: int  # bytes: no download reads more
 
     @property
     def file_name(self) -> str:
@@ -79,19 +93,22 @@ class WeightsFile:
 
 
 # From keras/src/applications/vgg16.py and densenet.py (Keras 3.x): WEIGHTS_PATH_NO_TOP,
-# DENSENET169_WEIGHT_PATH_NO_TOP and the `file_hash` of their `get_file` calls.
+# DENSENET169_WEIGHT_PATH_NO_TOP and the `file_hash` of their `get_file` calls; the sizes are
+# the files' (Keras's download progress prints them: 58889256/58889256, 51877672/51877672).
 IMAGENET_FILES: dict[str, WeightsFile] = {
     "vgg16": WeightsFile(
         model="vgg16",
         url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
         file_hash="6d6bbae143d832006294945121d1f1fc",
+        size=58_889_256,
     ),
     "densenet169": WeightsFile(
         model="densenet169",
         url="https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
         "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5",
         file_hash="b8c4d4c20dd625c148057b9ff1c1176b",
+        size=51_877_672,
     ),
 }
 """Models whose `model.weights` may be "imagenet", and the backbone file each gets."""
@@ -194,10 +211,52 @@ def _size_text(size: int | None) -> str:
 # --------------------------------------------------------------------------- downloading
 
 
+def lock_timeout_s() -> float:
+    """Seconds to wait for another process's download: `$MURAJAX_DOWNLOAD_LOCK_TIMEOUT`, or
+    `LOCK_TIMEOUT_S`. A value that is not a number of seconds is a one-line `WeightsError`."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV_VAR, "").strip()
+    if not text:
+        return LOCK_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise WeightsError(
+            f"${LOCK_TIMEOUT_ENV_VAR}={text} is not a number of seconds (expected e.g. 600)"
+        )
+    return seconds
+
+
+def _lock_holder(handle: Any) -> str:
+    """Who holds a lock file, as its holder wrote it ('pid 123 on host'), or 'unknown'."""
+    handle.seek(0)
+    text = handle.read(200).decode("utf8", "replace").strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _acquire(handle: Any, deadline: float) -> bool:
+    """Takes an exclusive `flock` on the open file `handle`, trying again until the
+    `time.monotonic()` `deadline` while another process holds it (then `TimeoutError`).
+    False where the file system has no locks (e.g. an NFS mount without lockd)."""
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:  # held by another process
+            if time.monotonic() >= deadline:
+                raise TimeoutError(handle.name) from None
+            time.sleep(_LOCK_POLL_S)
+        except OSError:
+            return False
+
+
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def _file_lock(path: str, timeout_s: float, what: str) -> Iterator[None]:
     """Holds an exclusive `flock` on `path` (created if needed) where the file system has
-    locks; elsewhere (no `fcntl`, a file system without locks) it holds nothing."""
+    locks, and writes 'pid N on HOST' into it; elsewhere (no `fcntl`, a file system without
+    locks) it holds nothing. Waits at most `timeout_s` for another holder, then raises a
+    one-line `WeightsError` naming `path`, the holder and `what` it was waited for."""
     if fcntl is None:
         yield
         return
@@ -208,13 +267,25 @@ def _file_lock(path: str) -> Iterator[None]:
         return
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # e.g. an NFS mount without lockd
+            locked = _acquire(handle, time.monotonic() + timeout_s)
+        except TimeoutError:
+            raise WeightsError(
+                f"waited {timeout_s:g} s for the lock {path}, held by {_lock_holder(handle)},"
+                f" that downloads {what}: wait for it to finish or stop it, or set"
+                f" ${LOCK_TIMEOUT_ENV_VAR} to wait longer"
+            ) from None
+        if not locked:
             yield
             return
         try:
+            with contextlib.suppress(OSError):
+                handle.truncate(0)
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                handle.flush()
             yield
         finally:
+            with contextlib.suppress(OSError):
+                handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -248,11 +319,14 @@ def _progress(total: int | None, name: str) -> Any:
 def _stream(url: str, out: Any, entry: WeightsFile, path: str) -> tuple[int, int | None]:
     """Copies `url`'s body into the open file `out`; returns (bytes read, Content-Length).
 
-    Says on stderr what it downloads once the server has answered (so a failure to connect
-    is the error's line alone)."""
+    Reads at most `entry.size + 1` bytes (one more tells a longer body) and nothing when the
+    Content-Length is over `entry.size`. Says on stderr what it downloads once the server has
+    answered (so a failure to connect is the error's line alone)."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
+        if total is not None and total > entry.size:
+            return 0, total
         print(
             f"[murajax] downloading the ImageNet weights of {entry.model} from {url}"
             f" ({_size_text(total)}) to {path}",
@@ -261,7 +335,7 @@ def _stream(url: str, out: Any, entry: WeightsFile, path: str) -> tuple[int, int
         )
         received = 0
         with _progress(total, entry.file_name) as bar:
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read(min(_CHUNK, entry.size + 1 - received)):
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
@@ -295,6 +369,16 @@ def download(entry: WeightsFile, url: str, path: str) -> None:
                 raise WeightsError(
                     f"cannot download {what} from {url} ({_reason(e)}): {by_hand(entry, path)}"
                 ) from None
+        if total is not None and total > entry.size:
+            raise WeightsError(
+                f"the server at {url} announces {total} bytes for {what}, which are"
+                f" {entry.size} bytes, so nothing was downloaded: {by_hand(entry, path)}"
+            )
+        if received > entry.size:
+            raise WeightsError(
+                f"the server at {url} sent more than the {entry.size} bytes of {what}: the"
+                f" download was stopped and not kept: {by_hand(entry, path)}"
+            )
         if total is not None and received != total:
             raise WeightsError(
                 f"the download of {what} from {url} stopped after {received} of {total} bytes"
@@ -312,7 +396,8 @@ def download(entry: WeightsFile, url: str, path: str) -> None:
 
 def fetch(entry: WeightsFile) -> str:
     """The local path of `entry`: the cached file if its hash is right (no network), else
-    downloaded once into the cache (see `download`). Raises `WeightsError` on failure."""
+    downloaded once into the cache (see `download`), waiting at most `lock_timeout_s()` for
+    another process that downloads it. Raises `WeightsError` on failure."""
     path = cached_path(entry)
     expected = entry.file_hash.lower()
     if cached_digest(path, entry.file_hash) == expected:
@@ -320,7 +405,8 @@ def fetch(entry: WeightsFile) -> str:
     folder = os.path.dirname(path)
     with contextlib.suppress(OSError):  # if it cannot be created, `download` says why
         os.makedirs(folder, exist_ok=True)
-    with _file_lock(os.path.join(folder, f".{entry.file_name}.lock")):
+    lock = os.path.join(folder, f".{entry.file_name}.lock")
+    with _file_lock(lock, lock_timeout_s(), f"the ImageNet weights of {entry.model}"):
         found = cached_digest(path, entry.file_hash)  # another process may have fetched it
         if found == expected:
             return path
