@@ -17,14 +17,19 @@ kernel, bias for convolutions and dense layers; gamma, beta, moving_mean, moving
 BatchNorm (Flax's scale, bias, and the "batch_stats" mean, var). Kernel layouts are the same
 in both (H, W, in, out), so values are copied as they are.
 
-Only h5py reads the file; nothing is unpickled.
+Only h5py reads the file; nothing is unpickled. `load_keras_weights` compares every
+dataset's shape and dtype (which h5py gives without reading) with the model before it reads
+any values, so a small file that declares a huge dataset is refused without allocating it;
+datasets whose bytes live elsewhere (HDF5 external storage, virtual datasets) and soft or
+external links are refused too, so a weights file never makes murajax read another file.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import h5py
@@ -65,11 +70,12 @@ _LIST_LIMIT = 8
 
 @dataclasses.dataclass(frozen=True)
 class KerasLayer:
-    """One layer of a legacy Keras `.h5` file that holds weights."""
+    """One layer of a legacy Keras `.h5` file that holds weights: its values are numpy
+    arrays (`read_keras_h5`) or the file's unread h5py datasets (`open_keras_h5`)."""
 
     name: str
     weight_names: tuple[str, ...]
-    values: tuple[np.ndarray, ...]
+    values: tuple[np.ndarray | h5py.Dataset, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +109,55 @@ def read_attribute_list(group: h5py.Group, name: str) -> list[str]:
     return values
 
 
-def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
-    """The layers that hold weights in a legacy Keras `.h5` weights file, in file order.
+def _hard_link_target(group: h5py.Group, name: str, path: str) -> Any:
+    """The object `name` (a path below `group`, '/' nesting groups) through hard links only.
+
+    Raises `WeightsError` for a soft or external link on the way (it could lead anywhere,
+    another file included) and `KeyError` for a name that is not there."""
+    node = group
+    for part in (p for p in name.split("/") if p):
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise KeyError(f"{name} is not in the file")
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise WeightsError(
+                f"{path}: {node.name.rstrip('/')}/{part} is {kind}; murajax reads weights only"
+                " from datasets stored in the file itself"
+            )
+        node = node[part]
+    return node
+
+
+def _checked_dataset(group: h5py.Group, name: str, path: str) -> h5py.Dataset:
+    """The dataset `name` below `group`, unread; refuses (`WeightsError`) links, external
+    storage and virtual datasets, whose bytes come from other files."""
+    dataset = _hard_link_target(group, name, path)
+    if not isinstance(dataset, h5py.Dataset):
+        raise KeyError(f"{name} is not a dataset")
+    where = f"{path}: dataset {dataset.name}"
+    if dataset.external:
+        raise WeightsError(
+            f"{where} keeps its values in external files ({dataset.external[0][0]}, ...);"
+            " murajax reads weights only from datasets stored in the file itself"
+        )
+    if dataset.is_virtual:
+        raise WeightsError(
+            f"{where} is a virtual dataset (its values come from other datasets or files);"
+            " murajax reads weights only from datasets stored in the file itself"
+        )
+    return dataset
+
+
+@contextlib.contextmanager
+def open_keras_h5(path: str | os.PathLike) -> Iterator[list[KerasLayer]]:
+    """The layers that hold weights in a legacy Keras `.h5` weights file, in file order, with
+    their values as the file's h5py datasets: shapes and dtypes known, nothing read yet
+    (valid inside the `with` block, which keeps the file open).
 
     Also reads a whole-model `.h5` (its "model_weights" group). Raises FileNotFoundError for a
-    missing path and `WeightsError` for a file that is not a legacy Keras weights file.
+    missing path and `WeightsError` for a file that is not a legacy Keras weights file or whose
+    datasets are links, external storage or virtual (see `_checked_dataset`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -120,7 +170,9 @@ def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
     except OSError as e:
         raise WeightsError(f"{path} is not an HDF5 file ({_first_line(e)})") from None
     with f:
-        root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+        root = f
+        if "layer_names" not in f.attrs and "model_weights" in f:
+            root = _hard_link_target(f, "model_weights", path)
         layer_names = read_attribute_list(root, "layer_names")
         if not layer_names:
             raise WeightsError(
@@ -131,17 +183,49 @@ def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
         layers = []
         for name in layer_names:
             try:
-                group = root[name]
+                group = _hard_link_target(root, name, path)
+                if not isinstance(group, h5py.Group):
+                    raise KeyError(f"{name} is not a group")
                 weight_names = tuple(read_attribute_list(group, "weight_names"))
-                values = tuple(np.asarray(group[w][()]) for w in weight_names)
-            except (OSError, KeyError, ValueError) as e:  # listed but absent, or damaged
+                datasets = tuple(_checked_dataset(group, w, path) for w in weight_names)
+            except WeightsError:
+                raise
+            except (OSError, KeyError, ValueError, TypeError) as e:  # listed but absent, damaged
                 raise WeightsError(
                     f"{path} is damaged: layer {name} cannot be read ({_first_line(e)});"
                     " download the weights file again"
                 ) from None
             if weight_names:
-                layers.append(KerasLayer(name, weight_names, values))
-    return layers
+                layers.append(KerasLayer(name, weight_names, datasets))
+        yield layers
+
+
+def read_dataset(dataset: np.ndarray | h5py.Dataset, path: str) -> np.ndarray:
+    """The values of a dataset of the file `path` (an array comes back as it is); a dataset
+    that cannot be read (damaged, an unavailable filter) is a one-line `WeightsError`."""
+    try:
+        return np.asarray(dataset[()])
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(
+            f"{path} is damaged: dataset {dataset.name} cannot be read ({_first_line(e)});"
+            " download the weights file again"
+        ) from None
+
+
+def read_keras_h5(path: str | os.PathLike) -> list[KerasLayer]:
+    """The layers that hold weights in a legacy Keras `.h5` weights file, in file order, with
+    every value read (all of the file's weights in memory: `load_keras_weights` checks shapes
+    against a model first, and reads only what fits).
+
+    Raises as `open_keras_h5` does.
+    """
+    with open_keras_h5(path) as layers:
+        return [
+            dataclasses.replace(
+                layer, values=tuple(read_dataset(v, os.fspath(path)) for v in layer.values)
+            )
+            for layer in layers
+        ]
 
 
 def _first_line(error: Exception) -> str:
@@ -233,9 +317,10 @@ def _shape_text(shape: Shape) -> str:
 
 def match_layer(
     layer: KerasLayer, spec: LayerSpec
-) -> tuple[list[tuple[ExpectedWeight, np.ndarray]], list[str]]:
+) -> tuple[list[tuple[ExpectedWeight, Any]], list[str]]:
     """Pairs a Keras layer's weights with the Flax variables of `spec`: by name when every
-    weight name says its role, else by Keras's order. Returns (pairs, problems)."""
+    weight name says its role, else by Keras's order. Returns (pairs, problems); a weight of
+    another shape, or not of floats, is a problem. Reads no values (only shapes and dtypes)."""
     name = flax_layer_name(layer.name)
     roles = [weight_role(w) for w in layer.weight_names]
     if None in roles and len(roles) == len(spec):
@@ -251,6 +336,8 @@ def match_layer(
                 f"shape mismatch {name}/{role} {_shape_text(value.shape)} in the file vs"
                 f" {_shape_text(target.shape)} in the model"
             )
+        elif value.dtype.kind != "f":
+            problems.append(f"{name}/{role} holds {value.dtype} values, the model expects floats")
         else:
             pairs.append((target, value))
     return pairs, problems
@@ -262,8 +349,9 @@ def keras_layers_to_variables(
     """Flax variables for the layers of `specs` from a file's `layers`; (variables, ignored).
 
     `ignored` lists the file's ImageNet top layers (`KERAS_TOP_LAYERS`). Anything else that
-    does not fit (missing layers, unexpected layers, weights that differ in number or shape)
-    raises one `WeightsError` that lists all of it.
+    does not fit (missing layers, unexpected layers, weights that differ in number, shape or
+    dtype) raises one `WeightsError` that lists all of it, before any value is read (the
+    `layers` of `open_keras_h5` hold unread datasets).
     """
     tops = set(KERAS_TOP_LAYERS.get(name, ()))
     by_name = {flax_layer_name(layer.name): layer for layer in layers}
@@ -280,19 +368,21 @@ def keras_layers_to_variables(
         problems.append(f"missing layers {_listing(missing)}")
     if unexpected:
         problems.append(f"unexpected layers {_listing(unexpected)}")
-    variables: Variables = {}
+    matched = []
     for layer_name, spec in specs.items():
         if layer_name not in by_name:
             continue
         pairs, layer_problems = match_layer(by_name[layer_name], spec)
         problems += layer_problems
-        for target, value in pairs:
-            collection = variables.setdefault(target.collection, {})
-            collection.setdefault(layer_name, {})[target.flax_name] = jnp.asarray(
-                value, jnp.float32
-            )
+        matched += [(layer_name, target, value) for target, value in pairs]
     if problems:
         raise WeightsError(f"{name} weights from {source}: " + "; ".join(problems))
+    variables: Variables = {}  # read only now, when every shape is known to fit
+    for layer_name, target, value in matched:
+        collection = variables.setdefault(target.collection, {})
+        collection.setdefault(layer_name, {})[target.flax_name] = jnp.asarray(
+            read_dataset(value, source), jnp.float32
+        )
     return variables, ignored
 
 
@@ -314,8 +404,8 @@ def load_keras_weights(name: str, path: str | os.PathLike) -> Variables:
     """
     path = weights_hub.resolve_weights(name, path)
     specs = layer_specs(backbone_shapes(name))
-    layers = read_keras_h5(path)
-    variables, ignored = keras_layers_to_variables(name, layers, specs, path)
+    with open_keras_h5(path) as layers:  # shapes and dtypes are checked before any read
+        variables, ignored = keras_layers_to_variables(name, layers, specs, path)
     if ignored:
         log.info("%s weights from %s: ignored the top layers %s", name, path, ", ".join(ignored))
     return variables
