@@ -4,17 +4,19 @@
         [--heatmaps=DIR] [--checkpoint=best|latest|STEP]
 
 A study is the images of one folder: `--input` folders are walked recursively (as MURA's
-`XR_WRIST/patient00001/study1_positive/`), files given directly are grouped by their
-parent folder; several inputs are separated by commas, and shell patterns (`dir/*.png`)
-are expanded. Images are converted to 8-bit grayscale as the `mura` dataset builder does
-and preprocessed exactly as evaluation does. Columns: `study` (the folder), `n_images`,
-`prob` (the study's abnormality probability: the images' mean, or `eval.aggregation`; a
-"multiview" model scores all images of the study at once),
-`pred` (1 = abnormal, at the config's threshold), `label` ('normal' / 'abnormal') and
-`body_part` (XR_ELBOW ... where the path names one). Files that cannot be read (not
-images, truncated, junk such as `._image1.png`) are named on stderr and skipped; the
-command fails only if nothing could be scored. `--heatmaps=DIR` writes a Grad-CAM overlay
-per image, `<name>_gradcam.png`, in the inputs' folder structure under DIR. The work is
+`XR_WRIST/patient00001/study1_positive/`, following folders that are symbolic links, each
+real folder once), files given directly are grouped by their parent folder; several inputs
+are separated by commas, and shell patterns (`dir/*.png`) are expanded. The `--output` CSV
+and the `--heatmaps` folder are never read as inputs, also inside an input folder. Images
+are converted to 8-bit grayscale as the `mura` dataset builder does and preprocessed exactly
+as evaluation does. Columns: `study` (the folder), `n_images`, `prob` (the study's
+abnormality probability: the images' mean, or `eval.aggregation`; a "multiview" model
+scores all images of the study at once), `pred` (1 = abnormal, at the config's threshold),
+`label` ('normal' / 'abnormal') and `body_part` (XR_ELBOW ... where the path names one).
+Files that cannot be read (not images, truncated, junk such as `._image1.png`, images over
+67 Mpx) are named on stderr and skipped; the command fails only if nothing could be scored.
+`--heatmaps=DIR` writes a Grad-CAM overlay per image, `<file name>_gradcam.png`
+(`image1.png_gradcam.png`), in the inputs' folder structure under DIR. The work is
 `murajax.predict.predict`.
 """
 

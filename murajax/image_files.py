@@ -4,16 +4,18 @@
     prepare_batch(config, model, grays) -> float32 (N, S, S, C)   as the eval pipeline does
     model_view(config, gray) -> uint8 (S, S)               the square the model sees
     heatmap_to_original(heatmap, shape, size, mode)        an (S, S) map back onto (H, W)
-    collect_studies(inputs) -> {study folder: [files]}     a study = the images of one folder
+    collect_studies(inputs, skip) -> {study folder: [files]}   a study = the images of one folder
     body_part_of(path) -> 'XR_WRIST' | ''
 
-Used by `murajax.predict`; reads files, writes none.
+Used by `murajax.predict`; reads files, writes none. An image is opened lazily (Pillow reads
+its header) and refused before decoding if it has more than `MAX_IMAGE_PIXELS` pixels, so
+neither a huge non-image nor a small file that declares a huge image costs memory.
 """
 
 import glob
-import io
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -32,25 +34,55 @@ class InputError(WorkdirError):
 
 
 class UnreadableImage(ValueError):
-    """A file that is not an image Pillow can decode fully (junk, truncated, another format)."""
+    """A file that is not an image Pillow can decode fully (junk, truncated, another format,
+    more than `MAX_IMAGE_PIXELS` pixels)."""
+
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Images with more pixels (67 Mpx; MURA's are under 0.3 Mpx) are refused before decoding."""
 
 
 # --------------------------------------------------------------------------- image files
+
+
+def gray_of(image: Image.Image) -> np.ndarray:
+    """A decoded image as uint8 (H, W) grayscale, as the `mura` builder's `image_to_grayscale`
+    converts it; 16-bit (and 32-bit `I`) images by their high byte, clipped to [0, 255],
+    computed in the image's own integer type (no int64 copy of a large image)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        high = np.asarray(image) >> 8
+        return np.clip(high, 0, 255, out=high).astype(np.uint8)
+    return image_to_grayscale(image)
+
+
+def _check_size(image: Image.Image) -> None:
+    """Raises `UnreadableImage` for an image of more than `MAX_IMAGE_PIXELS` pixels."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UnreadableImage(
+            f"image of {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} that murajax"
+            " reads (image_files.MAX_IMAGE_PIXELS)"
+        )
 
 
 def read_gray(path: str) -> np.ndarray:
     """Reads an image file as uint8 (H, W) grayscale, converted as the `mura` builder does
     (colour to ITU-R 601-2 luma, alpha dropped, 16-bit to 8 by the high byte).
 
-    Raises `UnreadableImage` for anything Pillow cannot decode fully: not an image, a
-    truncated file, AppleDouble junk (`._image1.png`), an unsupported mode.
+    Pillow identifies the file from its first bytes and the size from its header; nothing
+    more is read before the size is checked. Raises `UnreadableImage` for anything Pillow
+    cannot decode fully (not an image, a truncated file, AppleDouble junk such as
+    `._image1.png`, an unsupported mode) and for images over `MAX_IMAGE_PIXELS`.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decodes fully, so a truncated file fails here
-            gray = image_to_grayscale(image)
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the check below says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # lazy: reads the header only
+                _check_size(image)
+                image.load()  # decodes fully, so a truncated file fails here
+                gray = gray_of(image)
+    except UnreadableImage:
+        raise
     except UnidentifiedImageError:
         raise UnreadableImage("not an image") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
@@ -114,24 +146,41 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
-def collect_studies(inputs: Iterable[str]) -> dict[str, list[str]]:
+def _is_within(path: str, places: Iterable[str]) -> bool:
+    """Whether the real path `path` is one of `places` (real paths) or lies inside one."""
+    return any(path == place or path.startswith(place.rstrip(os.sep) + os.sep) for place in places)
+
+
+def collect_studies(inputs: Iterable[str], skip: Iterable[str] = ()) -> dict[str, list[str]]:
     """Groups the files of `inputs` into studies: {study folder: [file paths]}.
 
     A folder is walked recursively and every folder that holds files is one study (MURA's
     `XR_WRIST/patient00001/study1_positive/`); files given directly are grouped by their
     parent folder. Every regular file is listed (junk is sorted out when it fails to
-    read); hidden folders are walked too. Studies and files come back sorted.
+    read); hidden folders are walked too, and folders that are symbolic links are followed,
+    each real folder once (a link to a folder already walked, such as a parent, adds
+    nothing). The folders and files of `skip` (a command's own outputs) are left out
+    wherever they lie. Studies and files come back sorted.
     """
+    skipped = {os.path.realpath(p) for p in skip}
+    walked: set[str] = set()
     studies: dict[str, set[str]] = {}
     for item in expand_inputs(inputs):
         if os.path.isdir(item):
-            for folder, subfolders, files in os.walk(item):
+            for folder, subfolders, files in os.walk(item, followlinks=True):
+                real = os.path.realpath(folder)
+                if real in walked or _is_within(real, skipped):
+                    subfolders.clear()  # a loop, a second path to a folder, or an output
+                    continue
+                walked.add(real)
                 subfolders.sort()
                 for name in files:
                     path = os.path.join(folder, name)
-                    if os.path.isfile(path):
+                    if os.path.isfile(path) and not _is_within(os.path.realpath(path), skipped):
                         studies.setdefault(os.path.normpath(folder), set()).add(path)
         elif os.path.isfile(item):
+            if _is_within(os.path.realpath(item), skipped):
+                continue
             folder = os.path.normpath(os.path.dirname(item) or ".")
             studies.setdefault(folder, set()).add(item)
         else:

@@ -7,7 +7,9 @@ evaluation does and scored, and a study's probability is its images' mean (or
 Columns: `study`, `n_images`, `prob`, `pred` (1 = abnormal at the config's threshold), `label`
 ('normal' / 'abnormal') and `body_part`. Files that cannot be read are warned about and
 skipped; with `heatmaps_dir`, a Grad-CAM overlay per image is written in the inputs' folder
-structure (`<name>_gradcam.png`).
+structure (`<file name>_gradcam.png`: `image1.png_gradcam.png`, so that `image1.png` and
+`image1.jpg` have their own). The CSV and the heatmaps folder are never read as inputs, also
+where they lie inside an input folder.
 """
 
 import csv
@@ -68,10 +70,10 @@ def _pad(images: np.ndarray, size: int) -> np.ndarray:
 
 def heatmap_path(path: str, root: str, heatmaps_dir: str) -> str:
     """Where the overlay of image `path` goes: its path below `root`, under `heatmaps_dir`,
-    with `_gradcam.png` in place of the extension."""
+    with `_gradcam.png` after its whole name (`image1.png_gradcam.png`, so that each file of
+    a folder has its own, `image1.jpg`'s included)."""
     relative = os.path.relpath(os.path.abspath(path), root)
-    stem, _ = os.path.splitext(relative)
-    return os.path.join(heatmaps_dir, stem + HEATMAP_SUFFIX)
+    return os.path.join(heatmaps_dir, relative + HEATMAP_SUFFIX)
 
 
 def score_images(
@@ -242,10 +244,13 @@ def predict(
 
     Returns the rows. Raises `image_files.InputError` for inputs that hold no file or of which
     no image could be scored, and `WorkdirError` for an `output` or `heatmaps_dir` that
-    cannot be written (both before the checkpoint is loaded, where they can be told).
+    cannot be written (both before the checkpoint is loaded, where they can be told). The
+    `output` and `heatmaps_dir` are left out of the inputs (a previous run's heatmaps inside
+    an input folder are not scored).
     """
     check_outputs(output, heatmaps_dir)
-    studies = image_files.collect_studies(inputs)
+    outputs = [output] + ([heatmaps_dir] if heatmaps_dir is not None else [])
+    studies = image_files.collect_studies(inputs, skip=outputs)
     paths = [path for files in studies.values() for path in files]
     if not paths:
         raise image_files.InputError(

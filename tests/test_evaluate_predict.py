@@ -177,10 +177,32 @@ def test_predict_scores_studies_like_evaluation(workdir, tmp_path):
         for n in names
     )
     assert len(written) == 5
-    assert "other/case7/image1_gradcam.png" in written
-    assert "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image2_gradcam.png" in written
-    with Image.open(os.path.join(heatmaps, "other/case7/image1_gradcam.png")) as overlay:
+    assert "other/case7/image1.png_gradcam.png" in written
+    assert "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image2.png_gradcam.png" in written
+    with Image.open(os.path.join(heatmaps, "other/case7/image1.png_gradcam.png")) as overlay:
         assert overlay.mode == "RGB" and overlay.size == (gray.shape[1], gray.shape[0])
+
+
+def test_predict_keeps_its_outputs_out_of_its_inputs_and_names_each_heatmap(workdir, tmp_path):
+    """The CSV and the heatmaps folder inside the input folder: a second run scores exactly
+    what the first did (not the first run's overlays); image1.png and image1.jpg each get
+    their own overlay."""
+    gray = np.full((12, 10), 200, np.uint8)
+    _png(tmp_path / "in" / "study1" / "image1.png", gray)
+    Image.fromarray(gray).save(tmp_path / "in" / "study1" / "image1.jpg")
+    output, heatmaps = str(tmp_path / "in" / "p.csv"), str(tmp_path / "in" / "heat")
+    runs = [
+        predict.predict(
+            workdir, [str(tmp_path / "in")], output, heatmaps_dir=heatmaps, warn=pytest.fail
+        )
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert [(r["study"], r["n_images"]) for r in runs[0]] == [(str(tmp_path / "in" / "study1"), 2)]
+    assert sorted(os.listdir(os.path.join(heatmaps, "study1"))) == [
+        "image1.jpg_gradcam.png",
+        "image1.png_gradcam.png",
+    ]
 
 
 def test_predict_groups_given_files_by_folder(workdir, tmp_path):

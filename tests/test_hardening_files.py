@@ -1,18 +1,24 @@
 """Files murajax reads, crafted to hurt: Keras `.h5` files that declare huge datasets or keep
-their bytes elsewhere (issue 19, 8)."""
+their bytes elsewhere, images that are huge or not images, symlinked and self-nesting input
+trees (issue 19, 8 and 10)."""
 
 import os
+import struct
 import subprocess
 import sys
 import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
-from murajax import errors
+from murajax import errors, image_files, predict
 from murajax.models import keras_weights
+from tfds_mura.mura.mura_dataset_builder import image_to_grayscale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUGE = (1 << 31,)  # 2^31 float32 values: 8 GiB once read
@@ -196,3 +202,135 @@ def test_weights_that_are_not_floats_are_refused(tmp_path, vgg_spec):
     path = legacy_file(tmp_path / "ints.h5", weights)
     with pytest.raises(errors.WeightsError, match=f"{LAYER}/kernel holds int32 values"):
         keras_weights.load_keras_weights("vgg16", path)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _peak_bytes(function, *args) -> tuple[object, int]:
+    """`function(*args)` and the peak of Python's (and numpy's) allocations during it."""
+    tracemalloc.start()
+    try:
+        result = function(*args)
+    except Exception as e:  # noqa: BLE001  (returned to the test)
+        result = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, peak
+
+
+def test_a_large_file_that_is_no_image_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "scan.png"
+    with open(path, "wb") as f:  # 64 MiB of zeros, sparse on disk
+        f.truncate(64 << 20)
+    error, peak = _peak_bytes(image_files.read_gray, str(path))
+    assert isinstance(error, image_files.UnreadableImage) and str(error) == "not an image"
+    assert peak < 4 << 20, peak
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 16) -> bytes:
+    """A grayscale PNG that declares width x height pixels and holds one row of them."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    row = b"\x00" + bytes(width * bit_depth // 8)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_of_more_pixels_than_the_cap_is_skipped_with_a_warning_naming_it(tmp_path):
+    """A 100 Mpx 16-bit PNG (would take 200 MB decoded, 1.8 GB through int64 maths) is
+    refused from its header, before any pixel is decoded."""
+    path = tmp_path / "study1" / "image1.png"
+    path.parent.mkdir()
+    path.write_bytes(png_header_only(10_000, 10_000))
+    with pytest.raises(image_files.UnreadableImage, match="image of 10000x10000 pixels"):
+        image_files.read_gray(str(path))
+    warnings: list[str] = []
+    assert list(predict.read_all([str(path)], warnings.append)) == []
+    assert warnings == [
+        f"skipped {path}: image of 10000x10000 pixels, more than the"
+        f" {image_files.MAX_IMAGE_PIXELS} that murajax reads (image_files.MAX_IMAGE_PIXELS)"
+    ]
+
+
+def test_sixteen_bit_images_are_converted_in_their_own_integer_type(tmp_path):
+    """A 4 Mpx 16-bit PNG (8 MB of pixels): the conversion's allocations stay within three
+    times that (int64 maths took ten)."""
+    rows = (np.arange(2000, dtype=np.uint32) * 32).astype(np.uint16)
+    values = np.repeat(rows[:, None], 2000, axis=1)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(values).save(path)  # mode I;16, compresses to a few KB
+    gray, peak = _peak_bytes(image_files.read_gray, str(path))
+    np.testing.assert_array_equal(gray, (values >> 8).astype(np.uint8))
+    assert peak < 3 * values.nbytes, (peak, values.nbytes)
+
+
+SIXTEEN_BIT = [0, 1, 255, 256, 4095, 32768, 65280, 65535]
+THIRTY_TWO_BIT = [-(1 << 20), -7, 0, 255, 256, 65535, 65536, 1 << 20]  # mode I: clipped
+
+
+@pytest.mark.parametrize(
+    "mode, values, dtype",
+    [("I;16", SIXTEEN_BIT, "<u2"), ("I;16B", SIXTEEN_BIT, ">u2"), ("I", THIRTY_TWO_BIT, "<i4")],
+)
+def test_sixteen_bit_conversion_is_the_dataset_builders(mode, values, dtype):
+    """The same 8-bit values as the `mura` builder's conversion, negatives and values over
+    65535 (mode I) included."""
+    array = np.array([values], dtype)
+    image = Image.frombytes(mode, (len(values), 1), array.tobytes())
+    expected = image_to_grayscale(image)
+    np.testing.assert_array_equal(expected[0], np.clip(np.array(values) >> 8, 0, 255))
+    np.testing.assert_array_equal(image_files.gray_of(image), expected)
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 5), 90, np.uint8)).save(path)
+
+
+def test_symlinked_study_folders_are_followed_and_a_loop_is_walked_once(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "XR_WRIST"
+    _image(elsewhere / "patient1" / "study1_positive" / "image1.png")
+    inputs = tmp_path / "in"
+    _image(inputs / "XR_HAND" / "patient2" / "study1_negative" / "image1.png")
+    (inputs / "XR_WRIST").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "patient1" / "back_to_the_top").symlink_to(inputs, target_is_directory=True)
+    studies = image_files.collect_studies([str(inputs)])
+    assert {os.path.relpath(s, inputs): len(f) for s, f in studies.items()} == {
+        "XR_HAND/patient2/study1_negative": 1,
+        "XR_WRIST/patient1/study1_positive": 1,
+    }
+
+
+def test_heatmaps_of_files_that_differ_only_in_extension_have_their_own_names(tmp_path):
+    root, heat = str(tmp_path / "in"), str(tmp_path / "heat")
+    names = {
+        predict.heatmap_path(os.path.join(root, "s1", name), root, heat)
+        for name in ("image1.png", "image1.jpg", "image1")
+    }
+    assert names == {
+        os.path.join(heat, "s1", "image1.png_gradcam.png"),
+        os.path.join(heat, "s1", "image1.jpg_gradcam.png"),
+        os.path.join(heat, "s1", "image1_gradcam.png"),
+    }
+
+
+def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
+    inputs = tmp_path / "in"
+    _image(inputs / "study1" / "image1.png")
+    _image(inputs / "heat" / "study1" / "image1.png_gradcam.png")  # a previous run's
+    (inputs / "predictions.csv").write_text("study,n_images\n")
+    given = [str(inputs), str(inputs / "heat" / "study1" / "image1.png_gradcam.png")]
+    skip = [str(inputs / "heat"), str(inputs / "predictions.csv")]
+    assert image_files.collect_studies(given, skip=skip) == {
+        str(inputs / "study1"): [str(inputs / "study1" / "image1.png")]
+    }
