@@ -8,7 +8,9 @@ pre-trained models, 2.3.4 optimisers) the page has the command that runs it, wha
 varies, the table of its runs' study kappa and AUROC with confidence intervals (from the
 sweep's summary, `murajax.report.sweep.summarise`, which also rewrites `W/sweep.md`), its ROC
 overlay (`W/sweep_roc.png`, copied beside the page), the machine and the date. A folder
-is matched to its experiment by the config named in its `sweep.json` (or by `name=W`). An
+is matched to its experiment by the config named in its `sweep.json` (or by `name=W`);
+that config must be one of murajax's own (`experiments/configs/`), since config files are
+Python that runs: a sweep.json that names any other file is refused in one line. An
 experiment without a folder, or whose runs did not run, says so instead of a table (5.4
 also says whether ImageNet's weights files are in the cache). Between the markers
 

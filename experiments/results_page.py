@@ -10,6 +10,9 @@ ROC overlay (`W/sweep_roc.png`, copied beside the page), the machine and the dat
 (or by `name=W`). An experiment without a folder, or whose runs did not run, says so instead
 of a table (5.4 also says whether ImageNet's weights files are in the cache). `write_page`
 keeps what a person wrote between each pair of interpretation markers.
+
+Config files are Python that runs: the page runs only the project's own sweep configs
+(`CONFIGS_DIR`), and refuses a sweep.json that names any other file (`sweep_config`).
 """
 
 import dataclasses
@@ -92,6 +95,12 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 )
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 
+CONFIGS_DIR = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
+"""The project's sweep configs (`experiments/configs/`): the only config files the page runs."""
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(CONFIGS_DIR))
+"""The folder that specs such as `experiments/configs/baseline.py` are relative to."""
+
 _MARKER = re.compile(
     r"<!-- interpretation:(?P<name>[\w.-]+) -->\n"
     r"(?P<text>.*?)\n?<!-- /interpretation:(?P=name) -->",
@@ -111,10 +120,44 @@ def experiment_of(spec: str | None) -> str | None:
     return name if name in BY_NAME else None
 
 
+def project_config(spec: str) -> str | None:
+    """`spec` (`path.py[:arg]`) with its path made the real path of one of the project's
+    configs (a file in `CONFIGS_DIR`), the path read from the current folder or else from
+    `PROJECT_ROOT`; None if it names any other file."""
+    path, arg = config_files.split_spec(spec)
+    for base in (os.getcwd(), PROJECT_ROOT):
+        real = os.path.realpath(os.path.join(base, path))  # an absolute path stays itself
+        if os.path.dirname(real) == CONFIGS_DIR and os.path.isfile(real):
+            return real if arg is None else f"{real}:{arg}"
+    return None
+
+
+def sweep_config(folder: str) -> str | None:
+    """The config spec that `folder`'s sweep.json names, as written; None without one.
+
+    Raises a one-line `ConfigError` naming the sweep.json and the file if that is not one of
+    the project's configs (`project_config`): config files are Python that runs, and a
+    sweep folder may come from anywhere.
+    """
+    spec = workdir_lib.read_sweep_state(folder).get("config")
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or project_config(spec) is None:
+        where = os.path.join(folder, workdir_lib.SWEEP_STATE_FILE)
+        named = config_files.split_spec(spec)[0] if isinstance(spec, str) else repr(spec)
+        raise errors.ConfigError(
+            f"{where} names the config {named}, which is not one of murajax's sweep configs"
+            f" in {CONFIGS_DIR}: the results page runs only those (config files are Python"
+            " that runs)"
+        )
+    return spec
+
+
 def assign_folders(entries: Sequence[str]) -> dict[str, str]:
     """`{experiment: folder}` from `--sweeps` entries: `W` (matched by its sweep.json) or
-    `name=W`. Raises `ConfigError` for an unknown name, a folder that cannot be matched, or
-    two folders for one experiment."""
+    `name=W`. Raises `ConfigError` for an unknown name, a folder that cannot be matched, a
+    sweep.json that names a config other than the project's (`sweep_config`), or two
+    folders for one experiment."""
     assigned: dict[str, str] = {}
     for entry in (e.strip() for e in entries):
         if not entry:
@@ -122,12 +165,13 @@ def assign_folders(entries: Sequence[str]) -> dict[str, str]:
         name, sep, folder = entry.partition("=")
         if sep and name in BY_NAME:
             experiment = name
+            sweep_config(folder)  # refused here, before anything is written
         elif sep and not os.path.exists(entry):
             valid = ", ".join(BY_NAME)
             raise errors.ConfigError(f"--sweeps: unknown experiment {name!r} (known: {valid})")
         else:
             folder = entry
-            experiment = experiment_of(workdir_lib.read_sweep_state(folder).get("config"))
+            experiment = experiment_of(sweep_config(folder))
             if experiment is None:
                 raise errors.ConfigError(
                     f"--sweeps: {folder} has no sweep.json naming one of the thesis's configs;"
@@ -177,11 +221,13 @@ def runs_finished(folder: str, names: Sequence[str]) -> str | None:
 
 def missing_imagenet_files(spec: str | None) -> list[str]:
     """The ImageNet weights files that `spec`'s runs name ("imagenet") and that are not in
-    murajax's cache (where a run would download them); reads the sweep without jax."""
-    if not spec:
+    murajax's cache (where a run would download them); reads the sweep without jax. Only
+    the project's configs are run (`project_config`); for any other file, nothing."""
+    loadable = project_config(spec) if spec else None
+    if loadable is None:
         return []
     try:
-        loaded = sweep_lib.load_sweep(spec)
+        loaded = sweep_lib.load_sweep(loadable)
     except (errors.ConfigError, FileNotFoundError, OSError):
         return []
     needed = {
@@ -212,7 +258,7 @@ def section_body(
         return ["Not run: no sweep folder was given for this experiment (`--sweeps`)."], None
     if not os.path.isdir(folder):
         return [f"Not run: the sweep folder `{folder}` does not exist."], None
-    spec = workdir_lib.read_sweep_state(folder).get("config")
+    spec = sweep_config(folder)
     runs = sweep_report.discover_runs(folder)
     if not runs:
         return [f"Not run: `{folder}` holds no sweep (no sweep.json, no run folder)."], spec

@@ -1,11 +1,13 @@
 """Files murajax reads, crafted to hurt: Keras `.h5` files that declare huge datasets or keep
 their bytes elsewhere, images that are huge or not images, symlinked and self-nesting input
-trees (issue 19, 8 and 10)."""
+trees, and sweep folders that name a config file outside the project (issue 19, 8-11)."""
 
+import json
 import os
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 import tracemalloc
 import zlib
@@ -16,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from murajax import errors, image_files, predict
+from experiments import results_page
+from murajax import errors, image_files, predict, sweep
 from murajax.models import keras_weights
 from tfds_mura.mura.mura_dataset_builder import image_to_grayscale
 
@@ -334,3 +337,77 @@ def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
     assert image_files.collect_studies(given, skip=skip) == {
         str(inputs / "study1"): [str(inputs / "study1" / "image1.png")]
     }
+
+
+# --------------------------------------------------------------------------- results page
+
+
+EVIL_CONFIG = """
+import pathlib
+pathlib.Path({marker!r}).touch()  # what any code in a config file could do
+from experiments.configs.pretrained import get_config, get_sweep
+"""
+
+
+@pytest.fixture
+def foreign_sweep(tmp_path) -> tuple[str, Path, Path]:
+    """A sweep folder whose sweep.json names a config file outside the project (a copy of
+    pretrained.py that, when run, leaves a marker file): (folder, that file, the marker)."""
+    marker = tmp_path / "config_ran"
+    config = tmp_path / "elsewhere" / "pretrained.py"
+    config.parent.mkdir()
+    config.write_text(textwrap.dedent(EVIL_CONFIG.format(marker=str(marker))))
+    folder = str(tmp_path / "sweep")
+    spec = os.path.join(ROOT, "experiments/configs/pretrained.py")
+    sweep.write_state(folder, str(config), sweep.load_sweep(spec).runs, {})
+    return folder, config, marker
+
+
+def test_the_results_page_runs_no_config_from_outside_the_project(foreign_sweep, tmp_path):
+    folder, config, marker = foreign_sweep
+    refusal = (
+        f"{folder}/sweep.json names the config {config}, which is not one of murajax's sweep"
+        f" configs in {results_page.CONFIGS_DIR}: the results page runs only those (config"
+        " files are Python that runs)"
+    )
+    for entries in ([folder], [f"pretrained={folder}"]):
+        with pytest.raises(errors.ConfigError) as error:
+            results_page.assign_folders(entries)
+        assert str(error.value) == refusal
+    with pytest.raises(errors.ConfigError, match="not one of murajax's sweep configs"):
+        results_page.write_page({"pretrained": folder}, str(tmp_path / "page.md"))
+    assert results_page.missing_imagenet_files(str(config)) == []
+    assert not marker.exists()
+    assert not (tmp_path / "page.md").exists()
+
+
+def test_the_command_refuses_a_foreign_config_in_one_line(foreign_sweep, tmp_path):
+    folder, _, marker = foreign_sweep
+    output = tmp_path / "page.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.results", f"--sweeps={folder}", f"--output={output}"],
+        cwd=ROOT,
+        env={**os.environ, "MURAJAX_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder}/sweep.json names"), lines
+    assert not marker.exists() and not output.exists()
+
+
+def test_the_projects_configs_are_found_from_any_folder(tmp_path, monkeypatch):
+    own = os.path.join(results_page.CONFIGS_DIR, "baseline.py")
+    monkeypatch.chdir(tmp_path)
+    assert results_page.project_config("experiments/configs/baseline.py:smoke") == f"{own}:smoke"
+    assert results_page.project_config(own) == own
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)  # another checkout's file
+    (tmp_path / "experiments" / "configs" / "baseline.py").write_text("raise SystemExit")
+    assert results_page.project_config("experiments/configs/baseline.py") == own
+    assert results_page.project_config(str(tmp_path / "experiments/configs/baseline.py")) is None
+    state = tmp_path / "sweep" / "sweep.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"config": "experiments/configs/baseline.py:smoke"}))
+    assert results_page.sweep_config(str(state.parent)) == "experiments/configs/baseline.py:smoke"
