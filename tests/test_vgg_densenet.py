@@ -23,7 +23,7 @@ import tfds_mura  # noqa: F401  (registers mura_synthetic)
 from experiments.configs import densenet169 as densenet169_config
 from experiments.configs import vgg16 as vgg16_config
 from murajax import config as config_lib
-from murajax import models, optim, steps, train, validation
+from murajax import inference, models, optim, steps, train, validation
 from murajax.config import ModelConfig
 from murajax.models import WeightsError, keras_weights
 from murajax.models.densenet import DenseNet
@@ -394,7 +394,7 @@ def run_smoke(module, data_dir: str, workdir: str) -> dict:
 
 
 def test_vgg16_smoke_config_trains_from_a_weights_file_and_reruns_without_it(
-    data_dir, tmp_path, vgg_file
+    data_dir, tmp_path, vgg_file, vgg_backbone
 ):
     """`vgg16.py:smoke` from a Keras file; the finished run is evaluated again after the file
     is gone (a resumed run takes its weights from its checkpoint, not from model.weights)."""
@@ -405,10 +405,27 @@ def test_vgg16_smoke_config_trains_from_a_weights_file_and_reruns_without_it(
     config.model.weights = str(weights)
     workdir = str(tmp_path / "vgg16")
     first = train.train_and_evaluate(config, workdir)
+    assert_trained_from(workdir, vgg_backbone["params"], config)
     weights.unlink()
     again = train.train_and_evaluate(config, workdir)
     np.testing.assert_equal(again["validation"]["study"], first["validation"]["study"])
     assert first["validation"]["step"] == 3
+
+
+def assert_trained_from(workdir: str, backbone: dict, config: config_lib.Config) -> None:
+    """The run's last checkpoint holds `backbone` (the weights file's values) moved by at most
+    its steps' Adam updates (each under a few learning rates per weight): a run that ignored
+    the file starts from an init that differs by about the file's own scale (0.05)."""
+    state = inference.load(workdir, checkpoint="latest").states[0]
+    bound = 3 * config.train.steps * config.optim.learning_rate  # 9e-4, against 0.05
+    moved = 0.0
+    for layer, weights in backbone.items():
+        for name, start in weights.items():
+            trained = np.asarray(state.params[layer][name])
+            distance = float(np.max(np.abs(trained - start)))
+            assert distance <= bound, (layer, name, distance)
+            moved = max(moved, distance)
+    assert moved > 0  # and it trained
 
 
 @pytest.mark.slow  # 2-3 minutes on 2 cores; DenseNet-169's step and weights: the tests above
