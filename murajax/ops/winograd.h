@@ -21,7 +21,13 @@
 #include <cstdint>
 #include <vector>
 
+#ifdef _OPENMP
 #include <omp.h>
+#else  // built without an OpenMP runtime (Clang, see murajax/ops/onednn.py): one thread
+inline int omp_get_max_threads() { return 1; }
+inline int omp_get_num_threads() { return 1; }
+inline int omp_get_thread_num() { return 0; }
+#endif
 
 namespace winograd {
 
