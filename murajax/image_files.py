@@ -46,12 +46,9 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def gray_of(image: Image.Image) -> np.ndarray:
-    """A decoded image as uint8 (H, W) grayscale, as the `mura` builder's `image_to_grayscale`
-    converts it; 16-bit (and 32-bit `I`) images by their high byte, clipped to [0, 255],
-    computed in the image's own integer type (no int64 copy of a large image)."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        high = np.asarray(image) >> 8
-        return np.clip(high, 0, 255, out=high).astype(np.uint8)
+    """A decoded image as uint8 (H, W) grayscale: the `mura` builder's `image_to_grayscale`
+    (16-bit and 32-bit `I` images by their high byte, clipped to [0, 255], in the image's own
+    integer type, with no int64 copy of a large image)."""
     return image_to_grayscale(image)
 
 
