@@ -9,10 +9,12 @@ legacy HDF5 layout that Keras's ImageNet files use (see `murajax.models.keras_we
     /<layer>/<weight name>      one float32 dataset per weight
 
 so that `load_keras_weights(name, path)` returns the same variables, and `model.weights=path`
-starts a run from them. Layers are in the order of `variables["params"]` (a fresh `init`'s
-is the model's own); within a layer, weights are in Keras's order (kernel, bias; or gamma,
-beta, moving_mean, moving_variance). Names use Flax's layer names ("conv1_conv", as Keras 3
-names DenseNet's stem), which the loader matches directly.
+starts a run from them, and Keras's own `model.load_weights(path)` loads them into the Keras
+model. Layers are in the order the model calls them (`layer_call_order`), which is the Keras
+model's layer order that its loader matches by position; within a layer, weights are in
+Keras's order (kernel, bias; or gamma, beta, moving_mean, moving_variance). Names use Flax's
+layer names ("conv1_conv", as Keras 3 names DenseNet's stem), which the loader matches
+directly.
 
 `write_legacy_h5(path, layers, style=...)` is the lower-level writer: any list of layers,
 with weight names as Keras 1, 2 or 3 wrote them (the tests use it for files of each kind).
@@ -28,7 +30,7 @@ import h5py
 import numpy as np
 
 from murajax import files
-from murajax.models.keras_weights import backbone_shapes, layer_specs
+from murajax.models.keras_weights import backbone_shapes, layer_call_order, layer_specs
 
 LegacyLayer = tuple[str, Sequence[tuple[str, Any]]]
 """(layer name, [(Keras role, value), ...]); roles: kernel, bias, gamma, beta, moving_mean,
@@ -86,6 +88,9 @@ def backbone_layers(name: str, variables: Mapping[str, Any]) -> list[LegacyLayer
     params = variables.get("params", {})
     stats = variables.get("batch_stats", {})
     present = list(params) + [layer for layer in stats if layer not in params]
+    # Keras's loader matches a file's layers to the model's by position: the model's call order.
+    order = {layer: i for i, layer in enumerate(layer_call_order(name))}
+    present.sort(key=lambda layer: order.get(layer, len(order)))
     problems = []
     missing = [layer for layer in specs if layer not in present]
     unexpected = [layer for layer in present if layer not in specs]

@@ -32,6 +32,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
@@ -299,6 +300,26 @@ def backbone_shapes(name: str) -> Variables:
     model = registry.create(name, num_classes=None)
     x = jax.ShapeDtypeStruct((1, 32, 32, spec.channels), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
+
+def layer_call_order(name: str) -> list[str]:
+    """The names of `create(name, num_classes=None)`'s submodules in the order its forward pass
+    first calls them (traced, without FLOPs): the order of a Keras model's layers, by which
+    Keras's own `.h5` loader matches a file's layers. (A variables dict has lost that order:
+    pytrees sort their keys.)"""
+    spec = registry.resolve(ModelConfig(name=name))
+    model = registry.create(name, num_classes=None)
+    order: dict[str, None] = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and context.module.name is not None:
+            order.setdefault(context.module.name, None)
+        return next_fun(*args, **kwargs)
+
+    x = jax.ShapeDtypeStruct((1, 32, 32, spec.channels), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    return list(order)
 
 
 # --------------------------------------------------------------------------- matching
