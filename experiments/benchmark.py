@@ -27,14 +27,25 @@ rounds) after a compile step and a warm-up step; each row also keeps every turn'
 Progress goes to stderr, the tables to stdout, and with `--json=FILE`
 `{"machine", "matmul_gflops", "train_step", "input_pipeline", "settings", "data_parallel"}`
 to FILE (rewritten after every row, so an interrupted run keeps what it measured).
+
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP kill every measurement process at once (each in a process
+group of its own; they also die with the benchmark if it is killed: `runner.spawn`), mark
+FILE's settings `"interrupted": "SIGTERM"` (its rows are those measured so far), print one
+line and exit with status 128 + the signal.
 """
 
 import dataclasses
+import json
+import os
+import signal
+import sys
+import time
 
 from absl import app, flags, logging
 
 from experiments import cli
-from experiments.bench import suite, workloads
+from experiments.bench import runner, suite, workloads
+from murajax import files
 
 # Each flag is the `suite.Settings` field of the same name.
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
@@ -86,15 +97,52 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("steps", 30, "Timed steps per data-parallel setting.")
 
 
+def mark_interrupted(path: str, signum: int, since: float) -> bool:
+    """Records in the benchmark's JSON file `path`, if this run wrote it (modified at or
+    after `since`, a `time.time()`), that a signal stopped the run: `settings.interrupted` =
+    the signal's name; rewritten at once (`files.replacing`). Returns whether it did."""
+    try:
+        if os.path.getmtime(path) < since:
+            return False  # an earlier run's file: this one measured nothing yet
+        with open(path) as f:
+            figures = json.load(f)
+    except (OSError, ValueError):
+        return False
+    figures.setdefault("settings", {})["interrupted"] = signal.Signals(signum).name
+    with files.replacing(path) as part, open(part, "w") as f:
+        json.dump(figures, f, indent=2)
+    return True
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # TFDS and XLA log every open at INFO
     fields = dataclasses.fields(suite.Settings)
     settings = suite.Settings(**{f.name: flags.FLAGS[f.name].value for f in fields})
+    started = time.time()
     try:
-        suite.run(settings)
+        with runner.stopping_on_signals():
+            suite.run(settings)
     except suite.SettingsError as e:
         cli.fail(str(e))
+    except Exception:
+        if runner.stop_signal() is None:
+            raise  # a bug: its traceback
+        # else a measurement that a signal ended (`runner.Interrupted`, or a process killed)
+    signum = runner.stop_signal()
+    if signum is not None:
+        if not settings.json:
+            where = "nothing was saved (no --json)"
+        elif mark_interrupted(settings.json, signum, started):
+            where = f"the figures measured so far are in {settings.json}"
+        else:
+            where = f"nothing was measured yet, {settings.json} not written"
+        print(
+            f"[benchmark] interrupted by {signal.Signals(signum).name}: its measurement"
+            f" processes were stopped; {where}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

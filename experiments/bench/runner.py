@@ -11,8 +11,15 @@ included: `experiments/__init__.py` sets the YNN flag before jax is imported), s
 frameworks share a thread pool: murajax's in `python -m experiments.bench.worker JOB`, as
 murajax's programs run, the peers' in `python experiments/bench/peer.py JOB`, which imports
 nothing of murajax (nor its malloc settings).
+
+The measurement processes die with the benchmark. Each starts in a process group of its own
+(`spawn`), with `PR_SET_PDEATHSIG` on Linux, so that it is killed if the benchmark is
+(SIGKILL included). Within `stopping_on_signals()`, SIGTERM, SIGINT or SIGHUP kill every
+measurement process's group at once and make the measurement in flight raise `Interrupted`
+(never a half-written file: the handler itself raises nothing).
 """
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -22,13 +29,14 @@ import math
 import os
 import platform
 import queue
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from experiments.bench import peer, workloads
@@ -55,9 +63,132 @@ class WorkerError(RuntimeError):
     """A measurement process failed; the message is its last line of error output."""
 
 
+class Interrupted(Exception):
+    """A signal stopped the benchmark (`stopping_on_signals`); its measurement processes have
+    been killed. `exit_status` is what a shell expects (128 + the signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
 def log(message: str) -> None:
     """A progress line on stderr."""
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- child processes
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# Run by `python -I -S -c` before the measurement's own command (which it `exec`s, keeping
+# the pid and the setting): the kernel sends SIGKILL to it when the benchmark dies.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)  # the benchmark died before the setting took\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+_live: set[subprocess.Popen] = set()  # the measurement processes running now
+_stop_signal: int | None = None  # the signal that stopped the benchmark, if one did
+
+
+def dying_with_parent(command: Sequence[str]) -> list[str]:
+    """`command` started so that it is killed when this process dies (Linux:
+    `PR_SET_PDEATHSIG`, set by a small Python launcher that then `exec`s it); unchanged
+    elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    launcher = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid())]
+    return launcher + list(command)
+
+
+def spawn(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
+    """Starts a measurement process: in a process group of its own (so that ending it ends
+    whatever it started), killed if the benchmark dies (`dying_with_parent`), and known to
+    `stopping_on_signals`. Raises `Interrupted` if the benchmark is stopping."""
+    stop_requested()
+    process = subprocess.Popen(dying_with_parent(command), process_group=0, **popen_kwargs)
+    _live.add(process)
+    if _stop_signal is not None:  # (a signal between the check and here)
+        end(process)
+        stop_requested()
+    return process
+
+
+def end(process: subprocess.Popen) -> None:
+    """Kills `process`'s group (it and whatever it started, if still running) and reaps it."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    _live.discard(process)
+
+
+def stop_signal() -> int | None:
+    """The signal that stopped the benchmark (`stopping_on_signals`), or None."""
+    return _stop_signal
+
+
+def stop_requested() -> None:
+    """Raises `Interrupted` once a signal has stopped the benchmark."""
+    if _stop_signal is not None:
+        raise Interrupted(_stop_signal)
+
+
+def _child_pids() -> list[int]:
+    """This process's children (Linux's /proc; [] elsewhere): also those started without
+    `spawn`, such as the data-parallel table's."""
+    me, children = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # fields after "(comm)"
+                children.append(int(name))
+    return children
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """The handler of `STOP_SIGNALS`: records the signal and kills every measurement
+    process (its whole group) and any other child; raises nothing, so that no file is left
+    half-written: the measurement waiting on a killed process raises `Interrupted`."""
+    del frame
+    global _stop_signal
+    if _stop_signal is None:
+        _stop_signal = signum
+    for process in list(_live):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for pid in _child_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """Within it, SIGTERM, SIGINT and SIGHUP stop the benchmark (`_stop`; `stop_signal()`
+    says which); the previous handlers are back afterwards."""
+    global _stop_signal
+    _stop_signal = None
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------- measurements
 
 
 def _command(job: dict[str, Any]) -> list[str]:
@@ -74,20 +205,25 @@ def _last_error_line(stderr: str, returncode: int | None) -> str:
 
 
 def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = None) -> Any:
-    """Runs `job` in a process of its own (`_command`) and returns its result.
+    """Runs `job` in a process of its own (`_command`, `spawn`) and returns its result.
 
-    Raises `WorkerError` (with the process's last error line) if it fails or times out.
+    Raises `WorkerError` (with the process's last error line) if it fails or times out,
+    `Interrupted` if a signal stopped the benchmark meanwhile.
     """
     env = {**os.environ, **QUIET_ENV, **(env or {})}
+    process = spawn(
+        _command(job), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        result = subprocess.run(
-            _command(job), env=env, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        raise WorkerError(f"timed out after {timeout:.0f} s") from e
-    lines = [x for x in result.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
-    if result.returncode != 0 or not lines:
-        raise WorkerError(_last_error_line(result.stderr, result.returncode))
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"timed out after {timeout:.0f} s") from None
+    finally:
+        end(process)
+    stop_requested()  # killed by the handler: not a failure of the measurement
+    lines = [x for x in stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+    if process.returncode != 0 or not lines:
+        raise WorkerError(_last_error_line(stderr, process.returncode))
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
@@ -96,20 +232,25 @@ class TurnTaker:
     with `turns`): making one starts the process; `wait_ready` returns once it has compiled
     and warmed up; each `stretch` times a few steps; `finish` ends it and returns its row. Its
     stderr goes to a temporary file (a pipe could fill and stall it); its stdout is read by a
-    thread, line by line. A failure kills it and raises `WorkerError`."""
+    thread, line by line. A failure kills it and raises `WorkerError` (`Interrupted` when a
+    signal stopped the benchmark)."""
 
     def __init__(self, job: dict[str, Any], timeout: float = TIMEOUT_S) -> None:
         self.timeout = timeout
         self._stderr = tempfile.TemporaryFile("w+")
-        self._process = subprocess.Popen(
-            _command({**job, "turns": True}),
-            env={**os.environ, **QUIET_ENV},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            bufsize=1,
-        )
+        try:
+            self._process = spawn(
+                _command({**job, "turns": True}),
+                env={**os.environ, **QUIET_ENV},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                text=True,
+                bufsize=1,
+            )
+        except BaseException:
+            self._stderr.close()
+            raise
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -118,12 +259,14 @@ class TurnTaker:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)  # end of output
 
-    def _fail(self, why: str) -> WorkerError:
-        self._process.kill()
-        self._process.wait()
+    def _fail(self, why: str) -> WorkerError | Interrupted:
+        """Ends the process; the error to raise: `Interrupted` if a signal killed it."""
+        end(self._process)
         self._stderr.seek(0)
         error = _last_error_line(self._stderr.read(), self._process.returncode)
         self._stderr.close()
+        if _stop_signal is not None:
+            return Interrupted(_stop_signal)
         return WorkerError(f"{why}: {error}" if why else error)
 
     def _expect(self, prefix: str) -> str:
@@ -161,14 +304,13 @@ class TurnTaker:
         self._process.stdin.close()
         result = json.loads(self._expect(RESULT_PREFIX))
         self._process.wait(timeout=self.timeout)
+        end(self._process)
         self._stderr.close()
         return result
 
     def kill(self) -> None:
-        """Stops the process (after a failure elsewhere)."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        """Stops the process (after a failure elsewhere, or a signal)."""
+        end(self._process)
         self._stderr.close()
 
 
