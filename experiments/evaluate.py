@@ -3,9 +3,10 @@
     python -m experiments.evaluate --workdir=W [--split=validation|holdout]
         [--checkpoint=best|latest|STEP] [--ensemble=K]
 
-Reads `W/config.json`, restores the checkpoint(s) read-only (a run may still be training
-beside it) and writes `W/eval/<split>/` (metrics.json, predictions.csv,
-image_predictions.csv, plots) like the end of training does. `--ensemble=K` averages the
+Reads `W/config.json`, restores the checkpoint(s) read-only and writes `W/eval/<split>/`
+(metrics.json, predictions.csv, image_predictions.csv, plots) like the end of training does,
+holding W's lock (a run still training in W is named in one `error:` line: evaluate once it
+is done). `--ensemble=K` averages the
 image probabilities of the K checkpoints with the best holdout kappa (the MURA paper's final
 model is an ensemble of 5; a run keeps its `train.keep_best` best checkpoints, 5 by default,
 besides the `train.keep_checkpoints` latest). Prints one summary line. The work is

@@ -6,7 +6,10 @@
 (`python -m` runs `experiments/__init__.py` first, which sets fast XLA:CPU flags.)
 `--config.SECTION.FIELD=VALUE` changes one field of the file's config (parsed by the field's
 type: `murajax.config_files`). Rerunning on the same workdir resumes from its newest
-checkpoint; a finished run is only evaluated again.
+checkpoint; a finished run is only evaluated again. While it runs, it holds the workdir's
+lock: a second command writing the same workdir is refused in one line naming this one
+(`murajax.workdir_lock`). A non-empty folder that is not a murajax workdir is refused with
+nothing written.
 
 SIGTERM or SIGINT (Ctrl-C) finishes the step in flight, saves a checkpoint at it, prints
 one line saying how to resume and exits with status 143 or 130 (a second signal exits at
@@ -41,8 +44,10 @@ def main(argv: list[str]) -> None:
     from murajax import workdir as workdir_lib
 
     config = cli.loaded(lambda spec: config_files.load_config(spec, overrides), _CONFIG.value)
-    # An unwritable workdir fails before any compute (this creates nothing).
+    # An unwritable workdir, or someone else's folder, fails before any compute (this
+    # creates nothing; `train_and_evaluate` checks again once it holds the workdir's lock).
     workdir_lib.check_writable(_WORKDIR.value, f"--workdir={_WORKDIR.value}")
+    workdir_lib.check_may_write(_WORKDIR.value, f"--workdir={_WORKDIR.value}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cli.enable_compilation_cache()  # a rerun or resume loads its compiled steps
     if _COORDINATOR.value:

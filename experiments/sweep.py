@@ -13,8 +13,12 @@ Run i trains in `W/<its name>/` (e.g. `W/data.image_size=64/`), a normal workdir
 evaluated again, an interrupted one continues from its newest checkpoint. The summary,
 `W/sweep.csv`, `W/sweep.md` and `W/sweep_roc.png`, is of the validation split (or the first
 split the runs evaluated; `--split` to choose; `murajax.report.sweep`) and is printed at the
-end.
+end. W must be new, empty or a sweep's folder; while a sweep writes it (training or the
+summary), another command on W is refused in one line (`murajax.workdir_lock`).
 """
+
+import contextlib
+import os
 
 from absl import flags, logging
 
@@ -54,14 +58,19 @@ def main(argv: list[str]) -> None:
     # Here, not at the top: murajax imports jax (seconds), and --help is fast.
     from murajax import sweep as sweep_lib
     from murajax import workdir as workdir_lib
+    from murajax import workdir_lock
     from murajax.report import sweep as sweep_report
 
     workdir = _WORKDIR.value
     if not _DRY_RUN.value:
         # An unwritable workdir fails before any compute (this creates nothing).
         workdir_lib.check_writable(workdir, f"--workdir={workdir}")
+        # Someone else's folder too, before the lock below writes its file there.
+        workdir_lib.check_may_write(workdir, f"--workdir={workdir}", sweep=True)
     if _SUMMARY_ONLY.value:
-        print_summary(sweep_report.summarise(workdir, split=_SPLIT.value))
+        # (a folder that does not exist holds no sweep: `summarise` says so, creating nothing)
+        with workdir_lock.holding(workdir) if os.path.isdir(workdir) else contextlib.nullcontext():
+            print_summary(sweep_report.summarise(workdir, split=_SPLIT.value))
         return
     if not _CONFIG.value:
         cli.fail("--config=path.py[:arg] is required (unless --summary_only)")
@@ -78,9 +87,12 @@ def main(argv: list[str]) -> None:
                 print(f"    {field} = {value!r}")
         return
     cli.enable_compilation_cache()  # runs of one shape, and a resumed sweep, compile once
-    sweep_lib.run_sweep(sweep, workdir, only=only)
+    sweep_lib.run_sweep(sweep, workdir, only=only)  # (holds W's lock while it trains)
     runs_info = [{"name": r.name, "overrides": r.overrides} for r in sweep.runs]
-    summary = sweep_report.write_summary(workdir, runs_info, spec=sweep.spec, split=_SPLIT.value)
+    with workdir_lock.holding(workdir):
+        summary = sweep_report.write_summary(
+            workdir, runs_info, spec=sweep.spec, split=_SPLIT.value
+        )
     print_summary(summary)
 
 

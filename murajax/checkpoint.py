@@ -12,7 +12,9 @@ is saved again). `restore_latest` removes such leftovers with a note, and when t
 checkpoint cannot be read (a file truncated, deleted or garbled afterwards) it falls back to
 the one before, and so on, moving each unreadable one to `checkpoints_unreadable/` with one
 warning line (the resumed run then saves those steps afresh); if none can be restored it
-raises `CheckpointError`, moving nothing.
+raises `CheckpointError`, moving nothing. Only the workdir's one writer does any of this (it
+holds the workdir's lock, `murajax.workdir_lock`), so a save still in flight in another run
+is never taken for a torn one, nor deleted by this run's retention.
 """
 
 import json

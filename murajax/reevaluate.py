@@ -1,16 +1,17 @@
 """Re-evaluating a trained workdir's checkpoints without training (`experiments.evaluate`).
 
-`reevaluate(workdir, split, checkpoint, ensemble)` restores the checkpoint(s) read-only (a
-run may still be training beside it) and writes `eval/<split>/` (metrics.json,
-predictions.csv, image_predictions.csv, plots) as the end of training does. An ensemble's
-image probability is the mean of its members' (one pass over the data; the MURA paper's
-final model averages the 5 checkpoints with the best holdout kappa).
+`reevaluate(workdir, split, checkpoint, ensemble)` restores the checkpoint(s) read-only and
+writes `eval/<split>/` (metrics.json, predictions.csv, image_predictions.csv, plots) as the
+end of training does, holding the workdir's lock (`murajax.workdir_lock`): while a run
+trains in the workdir (and will write the same files at its end) it is refused at once. An
+ensemble's image probability is the mean of its members' (one pass over the data; the MURA
+paper's final model averages the 5 checkpoints with the best holdout kappa).
 """
 
 import os
 from typing import Any
 
-from murajax import evaluation, inference, steps
+from murajax import evaluation, inference, steps, workdir_lock
 from murajax import workdir as workdir_lib
 from murajax.errors import WorkdirError
 from murajax.metrics import EvalState
@@ -45,12 +46,23 @@ def reevaluate(
     Returns the `metrics.json` body, which also records `steps` (the checkpoints used, best
     first; `step` is the first of them), `checkpoint`, `ensemble` and, where the request
     could not be met exactly, `note`. With `eval.threshold_method='youden'` the threshold
-    is chosen on the holdout predictions of the same checkpoint(s).
+    is chosen on the holdout predictions of the same checkpoint(s). Holds the workdir's lock
+    throughout (`WorkdirInUse` if a run is training there); a folder that is not a murajax
+    workdir is refused before anything is written (`workdir.read_config`).
     """
     check_split(split)
     out = workdir_lib.eval_dir(workdir, split)
-    if os.path.isdir(workdir):  # (one that does not exist is named by `inference.load`)
+    if os.path.isdir(workdir):  # (one that does not exist is named by `read_config`)
         workdir_lib.check_writable(out, f"{out} (the evaluation's folder in --workdir={workdir})")
+    workdir_lib.read_config(workdir)  # a missing or someone else's folder: before the lock
+    with workdir_lock.holding(workdir):
+        return _reevaluate(workdir, split, checkpoint, ensemble, plots=plots)
+
+
+def _reevaluate(
+    workdir: str, split: str, checkpoint: str, ensemble: int, *, plots: bool
+) -> dict[str, Any]:
+    """`reevaluate` once the workdir is checked and locked."""
     loaded = inference.load(workdir, checkpoint, ensemble)
     if loaded.note:
         print(f"[murajax] note: {loaded.note}")

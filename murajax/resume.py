@@ -118,7 +118,8 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 def check_and_write_config(config: Config, workdir: str) -> None:
-    """Writes `config` to `workdir/config.json`, after checking it against the one there.
+    """Writes `config` to `workdir/config.json` (at once, `workdir.write_text`), after
+    checking it against the one there.
 
     With a checkpoint to resume from, a change outside `ALLOWED` raises `ConfigError` (one
     line naming the fields) and leaves the workdir alone; allowed changes are listed in one
@@ -144,5 +145,4 @@ def check_and_write_config(config: Config, workdir: str) -> None:
                 f"[murajax] config differs from {path} in: {', '.join(changed)};"
                 " no checkpoint to resume, updating it"
             )
-    with open(path, "w") as f:
-        f.write(text + "\n")
+    workdir_lib.write_text(path, text + "\n")  # at once: a killed run leaves the old one

@@ -14,7 +14,8 @@ same as `--config.a.b=v` on the command line, which validates the result), train
 evaluated again, an interrupted one resumes from its newest checkpoint. `sweep.json` (the
 config, the runs and their overrides, seconds trained) is written before training, so that
 the summary (`murajax.report.sweep`: sweep.csv, sweep.md, sweep_roc.png) can always be
-rebuilt.
+rebuilt. The sweep folder must be new, empty or a sweep's (`workdir.check_may_write`), and
+the sweep holds its lock (`murajax.workdir_lock`) throughout, each run its own workdir's.
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from murajax import config_files, errors, models, train, validation
+from murajax import config_files, errors, models, train, validation, workdir_lock
 from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
 from murajax.config_files import SweepError, format_value
@@ -226,17 +227,34 @@ def run_sweep(
     Each run is `train_fn(config, <workdir>/<name>)`, `train.train_and_evaluate` by default,
     which resumes a run from its newest checkpoint and only evaluates a finished one; before
     any of them trains, every run is checked to run on this machine and its starting weights
-    are fetched. Seconds spent training (not re-evaluating a finished run) add up per run in
-    `sweep.json`. A run that raises stops the sweep (rerun it to resume). Returns the runs
-    that ran.
+    are fetched. A folder that is not a sweep's is refused (`WorkdirError`, nothing
+    written), and one that another command is writing (`WorkdirInUse`). Seconds spent
+    training (not re-evaluating a finished run) add up per run in `sweep.json`. A run that
+    raises stops the sweep (rerun it to resume). Returns the runs that ran.
     """
     selected = select_runs(sweep.runs, only)
+    what = f"--workdir={workdir}"
+    workdir_lib.check_may_write(workdir, what, sweep=True)  # before the lock writes a file
     if train_fn is None:
         for run in selected:  # every run's batch fits the devices, before any compute
             validation.check_runnable(run.config)
         for run in selected:
             check_start_weights(workdir, run)
         train_fn = train.train_and_evaluate
+    with workdir_lock.holding(workdir):
+        workdir_lib.check_may_write(workdir, what, sweep=True)  # no one else writes it now
+        _train_runs(sweep, workdir, selected, train_fn, log)
+    return selected
+
+
+def _train_runs(
+    sweep: Sweep,
+    workdir: str,
+    selected: Sequence[Run],
+    train_fn: TrainFn,
+    log: Callable[[str], None],
+) -> None:
+    """`run_sweep`'s loop, with the sweep folder locked: `sweep.json`, then each run."""
     wall_s = dict(workdir_lib.read_sweep_state(workdir).get("wall_s", {}))
     write_state(workdir, sweep.spec, sweep.runs, wall_s)
     for index, run in enumerate(selected, start=1):
@@ -251,4 +269,3 @@ def run_sweep(
         if status != "finished":
             wall_s[run.name] = wall_s.get(run.name, 0.0) + time.perf_counter() - start
             write_state(workdir, sweep.spec, sweep.runs, wall_s)
-    return selected

@@ -34,6 +34,7 @@ from murajax import (
     resume,
     steps,
     validation,
+    workdir_lock,
     writers,
 )
 from murajax import workdir as workdir_lib
@@ -78,21 +79,28 @@ def train_and_evaluate(config: Config, workdir: str, model: nn.Module | None = N
     `train=`); otherwise `config.model` names one. Returns the final `metrics.json` bodies
     by split.
 
-    A config that changed since the workdir's checkpoints were saved must pass
-    `murajax.resume` (else `ConfigError`). SIGTERM and SIGINT stop training after the step
-    in flight, save a checkpoint at it and raise `errors.TrainingInterrupted`; calling again
-    resumes from there (`murajax.interrupt`; the previous handlers are back on return). A
-    non-finite step raises `errors.TrainingDiverged` as `train.on_nonfinite` says, keeping
-    the last good checkpoint the newest.
+    The workdir must be new, empty or a murajax workdir (`workdir.check_may_write`: someone
+    else's folder is refused, `WorkdirError`, with nothing written), and no other command
+    may be writing it: its lock (`murajax.workdir_lock`) is held from before anything is
+    written until the end (`WorkdirInUse` names the holder). A config that changed since
+    the workdir's checkpoints were saved must pass `murajax.resume` (else `ConfigError`).
+    SIGTERM and SIGINT stop training after the step in flight, save a checkpoint at it and
+    raise `errors.TrainingInterrupted`; calling again resumes from there
+    (`murajax.interrupt`; the previous handlers are back on return). A non-finite step
+    raises `errors.TrainingDiverged` as `train.on_nonfinite` says, keeping the last good
+    checkpoint the newest.
     """
     validation.check_runnable(config)
-    os.makedirs(workdir, exist_ok=True)
-    _write_config(config, workdir)
-    signals = interrupt.StopSignals(
-        process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    with signals:
-        return _train_and_evaluate(config, workdir, model, signals)
+    what = f"--workdir={workdir}"
+    workdir_lib.check_may_write(workdir, what)  # before the lock: it would write a file
+    with workdir_lock.holding(workdir):
+        workdir_lib.check_may_write(workdir, what)  # again, now that no one else writes it
+        _write_config(config, workdir)
+        signals = interrupt.StopSignals(
+            process_index=jax.process_index(), process_count=jax.process_count()
+        )
+        with signals:
+            return _train_and_evaluate(config, workdir, model, signals)
 
 
 def _train_and_evaluate(
@@ -132,7 +140,8 @@ def _train_and_evaluate(
     if resumed is not None:
         state, latest = resumed
         print(f"[murajax] resumed from {workdir}/checkpoints/{latest}")
-    writers.truncate_after(workdir, int(state.step))  # a killed run's later rows come again
+    if process_index == 0:  # a killed run's later rows come again
+        writers.truncate_after(workdir, int(state.step))
     start = int(state.step)
     carry = _loop_carry(manager, start)
 

@@ -2,7 +2,9 @@
 
 Every file and folder a run or a sweep writes is named here, once:
 
-    W/config.json                   the resolved config (`read_config`)
+    W/.lock                         held by the command writing W (`murajax.workdir_lock`)
+    W/config.json                   the resolved config (`read_config`); what marks W as a
+                                    murajax run workdir (`is_run_config`)
     W/metrics.jsonl                 one JSON row per log step or evaluation (`murajax.writers`)
     W/tensorboard/                  TensorBoard event files
     W/checkpoints/<step>/           orbax checkpoints (`checkpoint_steps`; `murajax.checkpoint`)
@@ -13,11 +15,15 @@ Every file and folder a run or a sweep writes is named here, once:
     S/sweep.json, sweep.csv, sweep.md, sweep_roc.png, S/<run name>/   a sweep of run workdirs
 
 JSON goes through one cleaner, `json_safe`: NaN and infinities become null, so every JSON
-file a workdir holds is standard JSON. Which checkpoint(s) 'best', 'latest', a step or an
+file a workdir holds is standard JSON. Files are rewritten whole (`write_json`, `write_text`:
+a temporary file beside them, renamed over them), so a reader or a killed writer never
+leaves half of one. A folder that is not empty and is not a murajax workdir (or sweep folder)
+is never written into (`check_may_write`). Which checkpoint(s) 'best', 'latest', a step or an
 ensemble of K mean is decided by `select_steps`, from the metrics saved with each checkpoint
 (`murajax.checkpoint` reads them; this module reads no orbax files).
 
-Imports nothing from murajax but `config` and `errors`, so that any module may import it.
+Imports nothing from murajax but `config`, `errors` and `files`, so that any module may import
+it.
 """
 
 import csv
@@ -30,11 +36,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from murajax import config as config_lib
+from murajax import files
 from murajax.config import Config
 from murajax.errors import WorkdirError
 
 # --------------------------------------------------------------------------- layout
 
+LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 METRICS_LOG = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -123,12 +131,18 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def write_json(path: str, value: Any) -> str:
-    """Writes `json_safe(value)` to `path` (indented, one final newline); returns `path`."""
-    with open(path, "w") as f:
-        json.dump(json_safe(value), f, indent=2, allow_nan=False)
-        f.write("\n")
+def write_text(path: str, text: str) -> str:
+    """Replaces `path` with `text` at once (`files.replacing`: a reader sees the old file or
+    the new one, and a writer killed half-way leaves the old one); returns `path`."""
+    with files.replacing(path) as part, open(part, "w") as f:
+        f.write(text)
     return path
+
+
+def write_json(path: str, value: Any) -> str:
+    """Writes `json_safe(value)` to `path` (indented, one final newline) at once
+    (`write_text`); returns `path`."""
+    return write_text(path, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
 
 def read_config(workdir: str) -> Config:
@@ -145,7 +159,113 @@ def read_config(workdir: str) -> Config:
         values = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         raise WorkdirError(f"{path} is not readable JSON: {str(e).splitlines()[0]}") from None
+    if not is_run_config(values):
+        raise WorkdirError(
+            f"{path} is not a murajax config ({_keys(values)}): is {workdir} a murajax workdir?"
+        )
     return config_lib.check_fields(config_lib.from_dict(values))
+
+
+# --------------------------------------------------------------------------- whose folder
+
+RUN_CONFIG_SECTIONS = ("data", "model", "train")
+"""Sections every murajax `config.json` has (`dataclasses.asdict(Config)`)."""
+
+
+def is_run_config(values: Any) -> bool:
+    """Whether JSON `values` is a murajax run's `config.json`: an object whose keys are all
+    `Config` fields, with the `RUN_CONFIG_SECTIONS` as objects (an older murajax's config,
+    which lacks newer fields, counts; someone else's `config.json` does not)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return (
+        isinstance(values, dict)
+        and set(values) <= fields
+        and all(isinstance(values.get(name), dict) for name in RUN_CONFIG_SECTIONS)
+    )
+
+
+def _keys(values: Any) -> str:
+    if not isinstance(values, dict):
+        return f"a JSON {type(values).__name__}, not an object"
+    shown = sorted(values)[:6]
+    more = ", ..." if len(values) > len(shown) else ""
+    return f"keys {', '.join(shown) or '(none)'}{more}"
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Whether a folder entry is murajax's own and says nothing about whose folder it is:
+    the lock file, or a temporary file of a write that never finished (`files.replacing`)."""
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(files.PART_SUFFIX))
+
+
+def contents(folder: str) -> list[str]:
+    """The entries of `folder` but `is_bookkeeping` ones, sorted; [] if it does not exist."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder) if not is_bookkeeping(name))
+
+
+def run_workdir_refusal(folder: str) -> str | None:
+    """Why a run may not write into `folder`, or None: it does not exist, is empty (but for
+    `is_bookkeeping` entries) or holds a murajax `config.json` (`is_run_config`)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        return "it is a file, not a folder"
+    if not contents(folder):
+        return None
+    path = config_path(folder)
+    if not os.path.isfile(path):
+        return f"it has no {CONFIG_FILE} ({_listing_of(contents(folder))})"
+    try:
+        values = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"its {CONFIG_FILE} is not readable JSON: {str(e).splitlines()[0]}"
+    if not is_run_config(values):
+        return f"its {CONFIG_FILE} is not a murajax config ({_keys(values)})"
+    return None
+
+
+def is_sweep_state(values: Any) -> bool:
+    """Whether JSON `values` is a murajax `sweep.json` (`murajax.sweep.write_state`)."""
+    return isinstance(values, dict) and isinstance(values.get("runs"), list)
+
+
+def sweep_folder_refusal(folder: str) -> str | None:
+    """Why a sweep may not write into `folder`, or None: it does not exist, is empty (but for
+    `is_bookkeeping` entries), holds a murajax `sweep.json`, or run workdirs (an older sweep's
+    folder, or runs put together by hand)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        return "it is a file, not a folder"
+    names = contents(folder)
+    if not names:
+        return None
+    try:
+        if is_sweep_state(read_json(os.path.join(folder, SWEEP_STATE_FILE))):
+            return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"its {SWEEP_STATE_FILE} is not readable JSON: {str(e).splitlines()[0]}"
+    runs = [n for n in names if os.path.isfile(config_path(os.path.join(folder, n)))]
+    if any(run_workdir_refusal(os.path.join(folder, n)) is None for n in runs):
+        return None
+    return f"it has no {SWEEP_STATE_FILE} and no run workdir ({_listing_of(names)})"
+
+
+def _listing_of(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return f"it holds {shown}{', ...' if len(names) > limit else ''}"
+
+
+def check_may_write(folder: str, what: str, *, sweep: bool = False) -> None:
+    """Raises `WorkdirError` (one line, nothing touched) if `folder` is not empty and not a
+    murajax run workdir (`run_workdir_refusal`), or with `sweep` not a sweep folder
+    (`sweep_folder_refusal`): murajax never writes into someone else's folder. `what` names
+    it for the user (e.g. `--workdir=W`)."""
+    reason = sweep_folder_refusal(folder) if sweep else run_workdir_refusal(folder)
+    if reason is not None:
+        kind = "sweep folder" if sweep else "workdir"
+        raise WorkdirError(
+            f"{what} is not empty and is not a murajax {kind}: {reason}; nothing was written"
+            f" there: use a new or empty folder"
+        )
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
