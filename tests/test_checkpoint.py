@@ -220,6 +220,33 @@ def test_fallback_goes_back_as_far_as_it_must(tmp_path, capsys):
     assert _save_steps(workdir, [3, 4]) == [1, 2, 3, 4]
 
 
+def test_a_step_set_aside_again_keeps_the_earlier_one(tmp_path, capsys):
+    """`_set_aside` when `checkpoints_unreadable/<step>` exists (the step broke, was saved
+    again and broke again): the new one goes to `<step>.1`, then `<step>.2`, and nothing set
+    aside before is overwritten or merged into."""
+    workdir = str(tmp_path)
+    aside = os.path.join(workdir, workdir_lib.UNREADABLE_DIR)
+    for earlier in ("3", "3.1"):
+        os.makedirs(os.path.join(aside, earlier))
+        with open(os.path.join(aside, earlier, "earlier.txt"), "w") as f:
+            f.write(earlier)
+    _save_steps(workdir, [2, 3])
+    _truncate(_largest_array_file(_step_dir(workdir, 3)))
+    capsys.readouterr()
+    (_, step), _ = _restore_latest(workdir)
+    assert step == 2
+    moved = os.path.join(aside, "3.2")
+    assert f"moved to {moved}, falling back to checkpoint 2" in capsys.readouterr().out
+    assert sorted(os.listdir(moved)) == sorted(os.listdir(_step_dir(workdir, 2)))
+    for earlier in ("3", "3.1"):
+        assert os.listdir(os.path.join(aside, earlier)) == ["earlier.txt"]
+        with open(os.path.join(aside, earlier, "earlier.txt")) as f:
+            assert f.read() == earlier
+    _save_steps(workdir, [3])
+    assert ckpt._set_aside(workdir_lib.checkpoints_dir(workdir), 3) == os.path.join(aside, "3.3")
+    assert sorted(os.listdir(aside)) == ["3", "3.1", "3.2", "3.3"]
+
+
 def test_no_restorable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
     workdir = str(tmp_path)
     _save_steps(workdir, [1, 2])

@@ -446,6 +446,54 @@ def test_skip_mode_counts_skipped_steps_and_stops_after_max_skipped(data_dir, tm
     assert all((r["loss"] is None) == (r["skipped"] == 1) for r in rows)
 
 
+class _Flaky(nn.Module):
+    """`_Tiny` whose training logits are NaN at about a third of the steps, drawn from the
+    step's dropout key (`fold_in(key, step)`): the same steps are bad however the run is
+    cut, and evaluation (train=False) is always finite."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        logits = _Tiny()(x, train)
+        if train:
+            bad = jax.random.uniform(self.make_rng("dropout")) < 0.35
+            logits = jnp.where(bad, jnp.nan, logits)
+        return logits
+
+
+def test_skip_mode_resumed_after_an_interruption_ends_as_an_uninterrupted_run(
+    data_dir, tmp_path, monkeypatch
+):
+    """`train.on_nonfinite='skip'` across a resume: a run stopped by a signal at step 10, in
+    the middle of a log window with skipped steps, and resumed, ends with the rows and the
+    state of a run never stopped (the window's steps and the count of bad steps in a row
+    travel in the checkpoint)."""
+    config = trivial_config(
+        data_dir, steps=24, eval_every=12, checkpoint_every=100, on_nonfinite="skip"
+    )
+    config.train.max_skipped = 100
+    config.eval.splits = ()  # the rows and the checkpoints are what is compared
+    config.eval.bootstrap_samples = 10
+    monkeypatch.setattr(train, "_write_report", lambda *args, **kwargs: None)
+    reference, stopped = str(tmp_path / "reference"), str(tmp_path / "stopped")
+    train.train_and_evaluate(config, reference, model=_Flaky())
+    with monkeypatch.context() as signalled:  # what SIGTERM at step 10 makes `stop_at` say
+        signalled.setattr(
+            interrupt.StopSignals,
+            "stop_at",
+            lambda self, step, final=False: signal.SIGTERM if step == 10 else None,
+        )
+        with pytest.raises(errors.TrainingInterrupted) as caught:
+            train.train_and_evaluate(config, stopped, model=_Flaky())
+    assert caught.value.step == 10 and _checkpoint_steps(stopped) == [10]
+    assert [r["step"] for r in writers.read_metrics(stopped)] == [4, 8]
+    train.train_and_evaluate(config, stopped, model=_Flaky())
+    rows = _rows(reference)
+    assert _rows(stopped) == rows
+    skipped = {r["step"]: r["skipped"] for r in rows if r["split"] == "train"}
+    assert skipped[12] > 0 and 0 < sum(skipped.values()) < 24  # bad steps across the cut
+    chex.assert_trees_all_equal(_saved_state(stopped, 24), _saved_state(reference, 24))
+
+
 def test_evaluating_non_finite_probabilities_is_one_line():
     config = trivial_config("/unused")
     predictions = EvalState.create(
