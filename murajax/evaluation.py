@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from murajax import data, metrics
+from murajax import data, files, metrics
 from murajax import workdir as workdir_lib
 from murajax.config import Config
 from murajax.data import ModelInputs
@@ -301,7 +301,7 @@ def evaluate_and_write(
 
 def write_study_predictions(path: str, studies: Mapping[str, np.ndarray]) -> None:
     """One row per study: study_id, body_part, label, prob, pred, n_images (1 = abnormal)."""
-    with open(path, "w", newline="") as f:
+    with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["study_id", "body_part", "label", "prob", "pred", "n_images"])
         for i in range(len(studies["study_id"])):
@@ -320,7 +320,7 @@ def write_study_predictions(path: str, studies: Mapping[str, np.ndarray]) -> Non
 def write_image_predictions(path: str, predictions: Predictions) -> None:
     """One row per image: image_path, study_id, body_part, label, prob (1 = abnormal)."""
     state = EvalState.from_dict(predictions)
-    with open(path, "w", newline="") as f:
+    with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["image_path", "study_id", "body_part", "label", "prob"])
         for i in range(len(state)):

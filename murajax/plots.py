@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from sklearn import calibration as sk_calibration
 from sklearn import metrics as skm
 
+from murajax import files
+
 # Cohen's kappa of the MURA paper's DenseNet-169 on its (hidden) test set, Rajpurkar et al.
 # 2017, "MURA: Large Dataset for Abnormality Detection in Musculoskeletal Radiographs",
 # Table 2 (model row). A reference only: that test set is not the data evaluated here.
@@ -34,7 +36,8 @@ DPI = 100
 
 def _save(figure: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    with files.replacing(path) as part:
+        figure.savefig(part, format="png", dpi=DPI, bbox_inches="tight")
     return path
 
 

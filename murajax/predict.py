@@ -23,6 +23,7 @@ import numpy as np
 from murajax import evaluation, heatmaps, image_files, inference, reevaluate, steps
 from murajax import workdir as workdir_lib
 from murajax.errors import WorkdirError
+from murajax.files import replacing
 from tfds_mura.features import LABEL_NAMES
 
 CSV_COLUMNS = ("study", "n_images", "prob", "pred", "label", "body_part")
@@ -202,7 +203,7 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         out.writeheader()
         for row in rows:

@@ -480,6 +480,4 @@ def write_report(
     contents = [s.splitlines()[0].removeprefix("## ") for s in sections[1:]]
     sections[0] += "\n\nContents: " + " · ".join(contents) + "\n"
     path = os.path.join(workdir, workdir_lib.REPORT_FILE)
-    with open(path, "w") as f:
-        f.write("\n".join(s.rstrip() + "\n" for s in sections))
-    return path
+    return workdir_lib.write_text(path, "\n".join(s.rstrip() + "\n" for s in sections))

@@ -20,8 +20,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from murajax import files, writers
 from murajax import workdir as workdir_lib
-from murajax import writers
 from murajax.config_files import SweepError, format_value
 from murajax.report.markdown import duration, format_score, table
 
@@ -189,7 +189,7 @@ def _csv_cell(value: Any) -> str:
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
     """`rows` as CSV (the columns of the first row); None is an empty cell."""
     columns = list(rows[0]) if rows else ["name", *METRIC_COLUMNS]
-    with open(path, "w", newline="") as f:
+    with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(columns)
         for row in rows:
@@ -285,8 +285,7 @@ def write_summary(
     if curves:
         lines += [f"![ROC curves of the runs]({workdir_lib.SWEEP_ROC})", ""]
     md_path = os.path.join(workdir, workdir_lib.SWEEP_MD)
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines))
+    workdir_lib.write_text(md_path, "\n".join(lines))
     return {
         "split": split,
         "rows": rows,
