@@ -415,6 +415,59 @@ def test_workdir_files_are_replaced_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["config.json", "metrics.json"]  # no leftovers
 
 
+def test_predictions_reports_and_plots_are_replaced_whole(tmp_path):
+    """The evaluation's CSVs, the sweep summary, predict's CSV and the plots are written beside
+    and renamed over the old file too: a writer that fails half-way leaves the old one."""
+    import numpy as np
+
+    from murajax import evaluation, plots, predict
+    from murajax.report import sweep as sweep_report
+
+    studies = {
+        "study_id": np.array(["s1"]),
+        "body_part": np.array([0]),
+        "label": np.array([1]),
+        "prob": np.array([0.75]),
+        "pred": np.array([1]),
+        "n_images": np.array([2]),
+    }
+    bad = {**studies, "label": np.array(["not a number"])}
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("cannot be written")
+
+    good_rows = [{"name": "a", "kappa": 0.5}]
+    bad_rows = [{"name": "a", "kappa": 0.5}, {"name": "b", "kappa": Unprintable()}]
+    writers_and_values = [
+        (evaluation.write_study_predictions, studies, bad),
+        (sweep_report.write_csv, good_rows, bad_rows),
+        (
+            predict.write_csv,
+            [{"study": "s", "body_part": "XR_HAND", "prob": 0.5, "pred": 1, "n_images": 1}],
+            [{"study": "s", "body_part": "XR_HAND", "prob": "x", "pred": 1, "n_images": 1}],
+        ),
+    ]
+    for write, good, broken in writers_and_values:
+        path = str(tmp_path / f"{write.__module__}.csv")
+        write(path, good)
+        before = open(path).read()
+        with pytest.raises((TypeError, ValueError)):
+            write(path, broken)
+        assert open(path).read() == before, write.__module__
+    figure_path = str(tmp_path / "roc.png")
+    from matplotlib.figure import Figure
+
+    plots._save(Figure(), figure_path)
+    before = open(figure_path, "rb").read()
+    broken = Figure()
+    broken.savefig = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.raises(OSError, match="disk full"):
+        plots._save(broken, figure_path)
+    assert open(figure_path, "rb").read() == before
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".part")]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory) -> str:
     """A finished 16-step run: rows every 4 steps, checkpoints (and holdout rows) at 8, 16."""
