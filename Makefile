@@ -13,7 +13,7 @@ ONEDNN_LIB := murajax/ops/_onednn_conv.so
 # `make test` leaves out tests marked slow (minutes on a 2-core CPU); `make test-all` runs them.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install install-dev demo test test-all lint format clean
+.PHONY: install install-dev demo test test-all hardening lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: lint
 
 test-all: lint
 	$(VENV)/bin/pytest
+
+# Bad inputs tried as a user gives them, each in a fresh process (tests/hardening_check.py;
+# minutes on 2 cores; not part of `make test`). HARDENING_ARGS='--only=5_*' runs some.
+hardening: install-dev
+	$(PY) tests/hardening_check.py $(HARDENING_ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache
