@@ -304,7 +304,7 @@ def _prepare(x, kernel, bias, strides, padding):
     return kernel.astype(x.dtype), bias, strides, pads
 
 
-def _onednn_can_run(x, kernel, strides, pads) -> bool:
+def _onednn_can_run(x, kernel, strides, pads, pooled: bool = False) -> bool:
     """Whether oneDNN's kernels take this convolution: float32 or bfloat16 (where this CPU runs
     that dtype; else one warning), no negative padding, and no empty input, kernel or output
     (XLA gives those their answer: empty outputs, zero gradients)."""
@@ -312,6 +312,8 @@ def _onednn_can_run(x, kernel, strides, pads) -> bool:
         return False
     if min(x.shape + kernel.shape + _output_shape(x.shape, kernel.shape, strides, pads)) < 1:
         return False
+    if pooled and min(_output_shape(x.shape, kernel.shape, strides, pads)[1:3]) < 2:
+        return False  # an empty pooled output
     problem = onednn_dtype_status(x.dtype.name)
     if problem is not None:
         _warn_fallback(problem)
@@ -319,12 +321,27 @@ def _onednn_can_run(x, kernel, strides, pads) -> bool:
     return True
 
 
-def _onednn_winograd(x, kernel, strides, pads, impl) -> bool | None:
+def _unstride_pointwise(x, kernel, strides, pads):
+    """A strided 1x1 convolution without padding as a stride-1 one on the rows and columns it
+    reads (a strided slice, whose gradient XLA pads back with zeros). oneDNN 3.2's AVX2 kernel
+    gradient of strided 1x1 convolutions (`jit_1x1:avx2`) gives wrong values, or never returns;
+    this keeps every CPU off that kernel. Other convolutions pass through unchanged."""
+    if kernel.shape[:2] != (1, 1) or strides == (1, 1) or any(p for pad in pads for p in pad):
+        return x, strides
+    _, out_h, out_w, _ = _output_shape(x.shape, kernel.shape, strides, pads)
+    if min(out_h, out_w) < 1:
+        return x, strides
+    rows = slice(0, (out_h - 1) * strides[0] + 1, strides[0])
+    columns = slice(0, (out_w - 1) * strides[1] + 1, strides[1])
+    return x[:, rows, columns, :], (1, 1)
+
+
+def _onednn_winograd(x, kernel, strides, pads, impl, pooled: bool = False) -> bool | None:
     """None where XLA runs the convolution; else whether oneDNN's kernels may use Winograd."""
     if x.dtype not in _ONEDNN_DTYPES:
         return None
     resolved = resolve_conv_impl(impl)
-    if resolved == "xla" or not _onednn_can_run(x, kernel, strides, pads):
+    if resolved == "xla" or not _onednn_can_run(x, kernel, strides, pads, pooled):
         return None
     return resolved == "onednn"
 
@@ -352,6 +369,7 @@ def conv2d(
     has_bias = bias is not None
     if bias is None:
         bias = jnp.zeros(kernel.shape[-1:], x.dtype)
+    x, strides = _unstride_pointwise(x, kernel, strides, pads)
     return _onednn_conv(x, kernel, bias, strides, pads, relu, has_bias, winograd)
 
 
@@ -375,10 +393,11 @@ def conv2d_relu_max_pool(
     step than the same with XLA's pooling). Elsewhere it is the two layers apart.
     """
     kernel, bias, strides, pads = _prepare(x, kernel, bias, strides, padding)
-    winograd = _onednn_winograd(x, kernel, strides, pads, impl)
+    winograd = _onednn_winograd(x, kernel, strides, pads, impl, pooled=True)
     if winograd is None:
         return max_pool_2x2(_xla_conv(x, kernel, bias, strides, pads, True))
     has_bias = bias is not None
     if bias is None:
         bias = jnp.zeros(kernel.shape[-1:], x.dtype)
+    x, strides = _unstride_pointwise(x, kernel, strides, pads)
     return _onednn_conv_relu_pool(x, kernel, bias, strides, pads, has_bias, winograd)
