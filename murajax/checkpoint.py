@@ -81,9 +81,9 @@ def make_manager(workdir: str, *, keep_latest: int, keep_best: int = 1) -> ocp.C
     )
     logging.getLogger("absl").addFilter(_PERIODIC_SAVE_NOTE)  # once: filters are a set
     directory = workdir_lib.checkpoints_dir(workdir)
-    for step in _steps_with_unreadable_metrics(directory):
+    for step, file in _steps_with_unreadable_metrics(directory).items():
         moved = _set_aside(directory, step)
-        _warn(f"checkpoint {directory}/{step} has an unreadable metrics file; moved to {moved}")
+        _warn(f"checkpoint {directory}/{step} has an unreadable {file}; moved to {moved}")
     _sync("murajax_make_manager")  # every process sees the folder as process 0 left it
     return ocp.CheckpointManager(directory, options=options)
 
@@ -153,7 +153,7 @@ def restore_latest(
         try:
             state, _ = restore(manager, step, abstract_state, data_iterator)
         except Exception as error:  # noqa: BLE001 (any failure to read means unreadable)
-            failures.append((step, _reason(error)))
+            failures.append((step, failure_reason(error)))
             continue
         for bad, reason in failures:
             moved = _set_aside(directory, bad)
@@ -184,23 +184,31 @@ def _torn_saves(directory: str) -> list[str]:
     )
 
 
-def _steps_with_unreadable_metrics(directory: str) -> list[int]:
-    """Finalised steps in `directory` whose `metrics/metrics` JSON does not parse."""
+# The JSON files orbax reads of every step when a manager opens the folder: one that does not
+# parse stops it there, before any step could be chosen.
+_STEP_JSON_FILES = (os.path.join("metrics", "metrics"), "_CHECKPOINT_METADATA")
+
+
+def _steps_with_unreadable_metrics(directory: str) -> dict[int, str]:
+    """`{step: the file}` of the finalised steps in `directory` whose metrics or checkpoint
+    metadata JSON does not parse."""
     if not os.path.isdir(directory):
-        return []
-    bad = []
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name, "metrics", "metrics")
-        if not name.isdigit() or not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                json.load(f)
-        except (ValueError, UnicodeDecodeError):
-            bad.append(int(name))
-        except OSError:  # deleted meanwhile (a concurrent save's retention): not ours
-            continue
-    return sorted(bad)
+        return {}
+    bad = {}
+    for name in sorted(os.listdir(directory)):
+        for file in _STEP_JSON_FILES:
+            path = os.path.join(directory, name, file)
+            if not name.isdigit() or not os.path.isfile(path):
+                continue
+            try:
+                with open(path) as f:
+                    json.load(f)
+            except (ValueError, UnicodeDecodeError):
+                bad[int(name)] = file
+                break
+            except OSError:  # deleted meanwhile (a concurrent save's retention): not ours
+                continue
+    return dict(sorted(bad.items()))
 
 
 def _set_aside(directory: str, step: int) -> str:
@@ -217,7 +225,7 @@ def _set_aside(directory: str, step: int) -> str:
     return target
 
 
-def _reason(error: BaseException, limit: int = 300) -> str:
+def failure_reason(error: BaseException, limit: int = 300) -> str:
     """Why a restore failed, as one line: the root cause's type and first message line (a
     TensorStore read error says which file and what is wrong with it; orbax's wrapper only
     that an array could not be read)."""
@@ -265,6 +273,13 @@ def open_read_only(workdir: str) -> ocp.CheckpointManager:
     if not os.path.isdir(directory):
         raise errors.WorkdirError(
             f"{workdir} has no {workdir_lib.CHECKPOINTS_DIR}/ folder: nothing to evaluate"
+        )
+    unreadable = _steps_with_unreadable_metrics(directory)
+    if unreadable:
+        listed = ", ".join(f"{directory}/{step}/{file}" for step, file in unreadable.items())
+        raise errors.WorkdirError(
+            f"unreadable checkpoint files: {listed}; move those step folders out of "
+            f"{directory} to evaluate the others (training on this workdir sets them aside)"
         )
     options = ocp.CheckpointManagerOptions(
         read_only=True, create=False, enable_async_checkpointing=False

@@ -66,7 +66,21 @@ def load(
     try:
         selection = ckpt.select(manager, checkpoint, ensemble)
         template = abstract_state(config, spec, model)
-        states = tuple(ckpt.restore(manager, step, template, None)[0] for step in selection.steps)
+        states = tuple(_restore(manager, step, template) for step in selection.steps)
     finally:
         manager.close()
     return Loaded(config, spec, model, selection.steps, states, selection.note)
+
+
+def _restore(manager: Any, step: int, template: steps.TrainState) -> steps.TrainState:
+    """The state of checkpoint `step`; `WorkdirError` naming it, why, and the other steps when
+    it cannot be read (nothing is moved: only training sets unreadable checkpoints aside)."""
+    try:
+        return ckpt.restore(manager, step, template, None)[0]
+    except Exception as error:  # noqa: BLE001 (any failure to read means unreadable)
+        others = ", ".join(str(s) for s in sorted(manager.all_steps()) if s != step) or "none"
+        raise WorkdirError(
+            f"checkpoint {manager.directory}/{step} cannot be restored "
+            f"({ckpt.failure_reason(error)}): choose another with --checkpoint=STEP "
+            f"(other steps: {others})"
+        ) from None

@@ -180,6 +180,7 @@ CORRUPTIONS = {
     "iterator state truncated": lambda d: _truncate(os.path.join(d, "data", "process_0-of-1.json")),
     "metadata JSON truncated": lambda d: _truncate(os.path.join(d, "meta", "metadata")),
     "metrics JSON truncated": lambda d: _truncate(os.path.join(d, "metrics", "metrics")),
+    "checkpoint metadata truncated": lambda d: _truncate(os.path.join(d, "_CHECKPOINT_METADATA")),
     "emptied": lambda d: [shutil.rmtree(d), os.makedirs(d)],
 }
 

@@ -507,3 +507,40 @@ def test_the_finished_run_still_evaluates_to_its_training_numbers(finished, comm
     assert body["step"] == trained["step"]
     assert body["study"]["kappa"] == trained["study"]["kappa"]
     assert body["study"]["auroc"] == trained["study"]["auroc"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("junk step folder", "cannot be restored (KeyError"),
+        ("checkpoint metadata emptied", "unreadable checkpoint files"),
+        ("metrics emptied", "unreadable checkpoint files"),
+    ],
+)
+def test_evaluate_names_an_unreadable_checkpoint_in_one_line_and_moves_nothing(
+    finished, tmp_path, damage, message
+):
+    """`evaluate --checkpoint=latest` on a workdir whose newest checkpoint is junk or damaged:
+    one error line naming it and what else to choose (it was a KeyError or JSONDecodeError
+    traceback), with every checkpoint left where it was."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished["workdir"], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    newest = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+    if damage == "junk step folder":
+        damaged = os.path.join(checkpoints, str(newest + 1))
+        os.makedirs(damaged)
+        with open(os.path.join(damaged, "junk"), "w") as f:
+            f.write("not a checkpoint")
+    else:
+        name = (
+            "_CHECKPOINT_METADATA" if "metadata" in damage else os.path.join("metrics", "metrics")
+        )
+        damaged = os.path.join(checkpoints, str(newest))
+        open(os.path.join(damaged, name), "w").close()
+    before = snapshot(checkpoints)
+    with pytest.raises(errors.WorkdirError) as error:
+        reevaluate.reevaluate(workdir, "holdout", checkpoint="latest", plots=False)
+    text = str(error.value)
+    assert message in text and damaged in text and "\n" not in text
+    assert snapshot(checkpoints) == before
