@@ -204,6 +204,7 @@ def test_bfloat16_falls_back_to_xla_where_onednn_has_no_kernels():
         print("EQUAL:", np.array_equal(got, expected))
         print("WARNINGS:", len(caught))
         print("WARNING:", caught[0].message if caught else None)
+        print("WARNED AT:", caught[0].filename if caught else None)
         """,
         env={"ONEDNN_MAX_CPU_ISA": "AVX2"},
     )
@@ -213,6 +214,7 @@ def test_bfloat16_falls_back_to_xla_where_onednn_has_no_kernels():
     assert "EQUAL: True" in result.stdout
     assert "WARNINGS: 1" in result.stdout
     assert "oneDNN has no bfloat16 convolution for this CPU (AVX2)" in result.stdout
+    assert "WARNED AT: <string>" in result.stdout  # the user's line, not murajax's or JAX's
 
 
 @needs_onednn

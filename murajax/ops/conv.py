@@ -21,6 +21,8 @@ reproducible; "onednn-direct" keeps oneDNN's direct convolutions everywhere.
 """
 
 import functools
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -45,9 +47,37 @@ _ONEDNN_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 Padding = str | Sequence[tuple[int, int]]
 
 
+_SKIPPED_PACKAGES = ("murajax", "jax", "jaxlib", "flax", "optax")
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose frames a warning skips, so that it names the user's line that built or
+    called the model (under jit, Flax, JAX and standard-library frames lie between the two)."""
+    dirs = [os.path.dirname(os.__file__)]  # the standard library
+    for name in _SKIPPED_PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` of the first frame, from the caller of `warnings.warn`'s caller
+    outward, outside those folders (the outermost frame if every one is inside)."""
+    skipped = _library_dirs()
+    level, frame = 2, sys._getframe(2)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(skipped):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @functools.cache
 def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"murajax: using XLA's CPU convolution: {reason}", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"murajax: using XLA's CPU convolution: {reason}",
+        RuntimeWarning,
+        stacklevel=_user_stacklevel(),
+    )
 
 
 def resolve_conv_impl(impl: str) -> str:
