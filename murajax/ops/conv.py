@@ -340,9 +340,10 @@ def _onednn_can_run(x, kernel, strides, pads, pooled: bool = False) -> bool:
     (XLA gives those their answer: empty outputs, zero gradients)."""
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         return False
-    if min(x.shape + kernel.shape + _output_shape(x.shape, kernel.shape, strides, pads)) < 1:
+    output = _output_shape(x.shape, kernel.shape, strides, pads)
+    if min(x.shape + kernel.shape + output) < 1:
         return False
-    if pooled and min(_output_shape(x.shape, kernel.shape, strides, pads)[1:3]) < 2:
+    if pooled and min(output[1:3]) < 2:
         return False  # an empty pooled output
     problem = onednn_dtype_status(x.dtype.name)
     if problem is not None:
