@@ -18,3 +18,11 @@ def data_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("tfds"))
     TrivialMura(data_dir=path, file_format="array_record").download_and_prepare()
     return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The environment of a module's commands: one compilation cache for all of them, so that
+    only the first command compiles the train step (a rerun loads it, as a user's reruns do)."""
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    return {**os.environ, "MURAJAX_COMPILATION_CACHE": cache}

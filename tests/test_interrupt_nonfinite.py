@@ -50,14 +50,6 @@ STEPS = interrupt_fixture_config.STEPS
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """The environment of the module's commands: one compilation cache, so that only the
-    first command compiles the train step."""
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    return {**os.environ, "MURAJAX_COMPILATION_CACHE": cache}
-
-
 def _main_args(workdir: str, data_dir: str, *flags: str) -> list[str]:
     return [
         sys.executable,

@@ -40,14 +40,6 @@ SEED = 20261202
 TIMING = ("images_per_sec",)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """The programs' environment: one compilation cache for all of them (a rerun loads the
-    steps the first run compiled, as a user's reruns do)."""
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    return {**os.environ, "MURAJAX_COMPILATION_CACHE": cache}
-
-
 def _command(workdir: str, data_dir: str) -> list[str]:
     return [
         sys.executable,

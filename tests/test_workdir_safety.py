@@ -31,14 +31,6 @@ LONG = "--config.train.steps=100000"  # a run that trains until it is stopped
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """The environment of the module's commands: one compilation cache, so that only the
-    first command compiles the train step."""
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    return {**os.environ, "MURAJAX_COMPILATION_CACHE": cache}
-
-
 def _main_args(workdir: str, data_dir: str, *flags: str) -> list[str]:
     return [
         sys.executable,
