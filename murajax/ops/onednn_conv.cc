@@ -333,38 +333,75 @@ int64_t Count(const memory::dims& dims) {
   return count;
 }
 
-// Whether all `count` float32 or bfloat16 values at `data` are finite (no NaN or infinity).
-bool AllFinite(const void* data, int64_t count, memory::data_type type) {
+// The bit patterns of a float32 (`uint32_t`) or bfloat16 (`uint16_t`) value: the sign bit,
+// and the exponent bits (all set: infinity, or NaN when the fraction is not 0).
+template <typename Bits>
+struct FloatBits {
+  static constexpr int kWidth = 8 * sizeof(Bits);
+  static constexpr Bits kSign = Bits{1} << (kWidth - 1);
+  static constexpr Bits kExponent = static_cast<Bits>((Bits{0xff} << (kWidth - 9)));
+  static constexpr Bits kQuietNan = static_cast<Bits>(kExponent | (Bits{1} << (kWidth - 10)));
+
+  static bool IsNan(Bits bits) { return static_cast<Bits>(bits & ~kSign) > kExponent; }
+};
+
+template <typename Bits>
+bool AllFiniteAs(const void* data, int64_t count) {
+  const Bits* bits = static_cast<const Bits*>(data);
+  constexpr Bits exponent = FloatBits<Bits>::kExponent;
   int bad = 0;
-  if (type == memory::data_type::f32) {
-    const uint32_t* bits = static_cast<const uint32_t*>(data);
 #pragma omp parallel for simd reduction(| : bad) if (count > (int64_t{1} << 16))
-    for (int64_t i = 0; i < count; ++i) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
-  } else {
-    const uint16_t* bits = static_cast<const uint16_t*>(data);
-#pragma omp parallel for simd reduction(| : bad) if (count > (int64_t{1} << 16))
-    for (int64_t i = 0; i < count; ++i) bad |= (bits[i] & 0x7f80u) == 0x7f80u;
-  }
+  for (int64_t i = 0; i < count; ++i) bad |= (bits[i] & exponent) == exponent;
   return bad == 0;
 }
 
-bool IsNan(uint32_t bits) { return (bits & 0x7fffffffu) > 0x7f800000u; }
-bool IsNanBf16(uint16_t bits) { return (bits & 0x7fffu) > 0x7f80u; }
+// Whether all `count` float32 or bfloat16 values at `data` are finite (no NaN or infinity).
+bool AllFinite(const void* data, int64_t count, memory::data_type type) {
+  return type == memory::data_type::f32 ? AllFiniteAs<uint32_t>(data, count)
+                                        : AllFiniteAs<uint16_t>(data, count);
+}
+
+template <typename Bits>
+void ReluKeepingNanAs(void* data, int64_t count) {
+  Bits* bits = static_cast<Bits*>(data);
+#pragma omp parallel for simd if (count > (int64_t{1} << 16))
+  for (int64_t i = 0; i < count; ++i) {
+    if ((bits[i] & FloatBits<Bits>::kSign) && !FloatBits<Bits>::IsNan(bits[i])) bits[i] = 0;
+  }
+}
 
 // max(y, 0) in place as XLA computes it: NaN stays NaN (oneDNN's fused ReLU makes it 0), and
 // negative values (-0 and -infinity included) become +0.
 void ReluKeepingNan(void* data, int64_t count, memory::data_type type) {
   if (type == memory::data_type::f32) {
-    uint32_t* bits = static_cast<uint32_t*>(data);
-#pragma omp parallel for simd if (count > (int64_t{1} << 16))
-    for (int64_t i = 0; i < count; ++i) {
-      if ((bits[i] & 0x80000000u) && !IsNan(bits[i])) bits[i] = 0;
-    }
+    ReluKeepingNanAs<uint32_t>(data, count);
   } else {
-    uint16_t* bits = static_cast<uint16_t*>(data);
-#pragma omp parallel for simd if (count > (int64_t{1} << 16))
-    for (int64_t i = 0; i < count; ++i) {
-      if ((bits[i] & 0x8000u) && !IsNanBf16(bits[i])) bits[i] = 0;
+    ReluKeepingNanAs<uint16_t>(data, count);
+  }
+}
+
+template <typename Bits>
+void MarkNanWindowsAs(const void* full_data, void* pooled_data, const memory::dims& src) {
+  const Bits* full = static_cast<const Bits*>(full_data);
+  Bits* pooled = static_cast<Bits*>(pooled_data);
+  const int64_t n = src[0], c = src[1], h = src[2], w = src[3], ph = h / 2, pw = w / 2;
+#pragma omp parallel for collapse(2)
+  for (int64_t image = 0; image < n; ++image) {
+    for (int64_t row = 0; row < ph; ++row) {
+      for (int64_t col = 0; col < pw; ++col) {
+        for (int64_t channel = 0; channel < c; ++channel) {
+          bool nan = false;
+          for (int64_t dy = 0; dy < 2; ++dy) {
+            for (int64_t dx = 0; dx < 2; ++dx) {
+              nan |= FloatBits<Bits>::IsNan(
+                  full[((image * h + 2 * row + dy) * w + 2 * col + dx) * c + channel]);
+            }
+          }
+          if (nan) {
+            pooled[((image * ph + row) * pw + col) * c + channel] = FloatBits<Bits>::kQuietNan;
+          }
+        }
+      }
     }
   }
 }
@@ -374,33 +411,10 @@ void ReluKeepingNan(void* data, int64_t count, memory::data_type type) {
 // (The window's winner no longer matters: the ReLU's gradient is 0 where the maximum is NaN.)
 void MarkNanWindows(const void* full, void* pooled, const memory::dims& src,
                     memory::data_type type) {
-  const int64_t n = src[0], c = src[1], h = src[2], w = src[3], ph = h / 2, pw = w / 2;
-  const bool f32 = type == memory::data_type::f32;
-  auto nan_at = [&](int64_t index) {
-    return f32 ? IsNan(static_cast<const uint32_t*>(full)[index])
-               : IsNanBf16(static_cast<const uint16_t*>(full)[index]);
-  };
-#pragma omp parallel for collapse(2)
-  for (int64_t image = 0; image < n; ++image) {
-    for (int64_t row = 0; row < ph; ++row) {
-      for (int64_t col = 0; col < pw; ++col) {
-        for (int64_t channel = 0; channel < c; ++channel) {
-          bool nan = false;
-          for (int64_t dy = 0; dy < 2; ++dy) {
-            for (int64_t dx = 0; dx < 2; ++dx) {
-              nan |= nan_at(((image * h + 2 * row + dy) * w + 2 * col + dx) * c + channel);
-            }
-          }
-          if (!nan) continue;
-          int64_t at = ((image * ph + row) * pw + col) * c + channel;
-          if (f32) {
-            static_cast<uint32_t*>(pooled)[at] = 0x7fc00000u;
-          } else {
-            static_cast<uint16_t*>(pooled)[at] = 0x7fc0u;
-          }
-        }
-      }
-    }
+  if (type == memory::data_type::f32) {
+    MarkNanWindowsAs<uint32_t>(full, pooled, src);
+  } else {
+    MarkNanWindowsAs<uint16_t>(full, pooled, src);
   }
 }
 
