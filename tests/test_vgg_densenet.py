@@ -26,6 +26,7 @@ from murajax import config as config_lib
 from murajax import inference, models, optim, steps, train, validation
 from murajax.config import ModelConfig
 from murajax.models import WeightsError, keras_weights
+from murajax.models.batchnorm import BatchNormReLU
 from murajax.models.densenet import DenseNet
 from tests.legacy_h5 import flax_to_legacy_layers, write_legacy_h5
 
@@ -93,7 +94,8 @@ def test_densenet_layers_are_keras_layers_with_keras_batch_norm():
     seen = []
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+        batch_norms = (nn.BatchNorm, BatchNormReLU)
+        if isinstance(context.module, batch_norms) and context.method_name == "__call__":
             seen.append((context.module.name, context.module.epsilon, context.module.momentum))
         return next_fun(*args, **kwargs)
 

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from murajax.models.batchnorm import BatchNormReLU
 from murajax.models.heads import ClassifierHead
 from murajax.models.layers import Conv, as_dtype, mark_features
 from murajax.models.registry import register
@@ -81,6 +82,10 @@ class DenseNet(nn.Module):
         )(x)
 
     def _bn_relu(self, x: jax.Array, name: str, train: bool) -> jax.Array:
+        if self.bn_axis_name is None:
+            return BatchNormReLU(
+                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=as_dtype(self.dtype), name=name
+            )(x, train)
         x = nn.BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
