@@ -25,7 +25,10 @@ def _flax(x, train):
 
 def _variables(channels: int) -> dict:
     return {
-        "params": {"scale": jnp.linspace(0.5, 2.0, channels), "bias": jnp.linspace(-1, 1, channels)},
+        "params": {
+            "scale": jnp.linspace(0.5, 2.0, channels),
+            "bias": jnp.linspace(-1, 1, channels),
+        },
         "batch_stats": {"mean": jnp.full(channels, 0.3), "var": jnp.full(channels, 1.7)},
     }
 
