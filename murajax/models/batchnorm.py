@@ -44,8 +44,10 @@ def _pre_relu(x: Array, scale: Array, bias: Array, mean: Array, var: Array, epsi
     return inv, a, (x.astype(jnp.float32) - mean) * a + bias
 
 
-def _normalize_relu(x, scale, bias, mean, var, epsilon):
-    """relu((x - mean) / sqrt(var + eps) * scale + bias) in `x`'s dtype."""
+def normalize_relu(
+    x: Array, scale: Array, bias: Array, mean: Array, var: Array, epsilon: float
+) -> Array:
+    """relu((x - mean) / sqrt(var + eps) * scale + bias) in `x`'s dtype (float32 inside)."""
     return jnp.maximum(_pre_relu(x, scale, bias, mean, var, epsilon)[2], 0.0).astype(x.dtype)
 
 
@@ -57,7 +59,7 @@ def _bn_relu(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array
 
 def _bn_relu_forward(x, scale, bias, epsilon):
     mean, var = _batch_stats(x)
-    return _normalize_relu(x, scale, bias, mean, var, epsilon), mean, var
+    return normalize_relu(x, scale, bias, mean, var, epsilon), mean, var
 
 
 def _bn_relu_fwd(x, scale, bias, epsilon):
@@ -67,8 +69,13 @@ def _bn_relu_fwd(x, scale, bias, epsilon):
 
 def _bn_relu_bwd(residuals, cotangents):
     # The mean and variance only feed the running averages: their cotangents are ignored.
+    return (*bn_relu_grads(residuals, cotangents[0]), None)
+
+
+def bn_relu_grads(residuals: tuple, g: Array) -> tuple[Array, Array, Array]:
+    """(dx, dscale, dbias) of `bn_relu`'s output for its cotangent `g`, where `residuals` are
+    (x, scale, bias, mean, var, epsilon) with the batch statistics `bn_relu` returned."""
     x, scale, bias, mean, var, epsilon = residuals
-    g = cotangents[0]
     inv, a, z = _pre_relu(x, scale, bias, mean, var, epsilon)
     x32 = x.astype(jnp.float32)
     g = jnp.where(z > 0, g.astype(jnp.float32), 0.0)
@@ -79,7 +86,7 @@ def _bn_relu_bwd(residuals, cotangents):
     c1 = -a * inv * dscale / n
     c0 = -a * dbias / n - mean * c1
     dx = (g * a + (x32 * c1 + c0)).astype(x.dtype)
-    return dx, dscale, dbias, None
+    return dx, dscale, dbias
 
 
 _bn_relu.defvjp(_bn_relu_fwd, _bn_relu_bwd)
@@ -115,9 +122,34 @@ class BatchNormReLU(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
         dtype = self.dtype or x.dtype
         if not train:
-            return _normalize_relu(x, scale, bias, ra_mean.value, ra_var.value, self.epsilon)
+            return normalize_relu(x, scale, bias, ra_mean.value, ra_var.value, self.epsilon)
         y, mean, var = bn_relu(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y.astype(dtype)
+
+
+class BatchNormVariables(nn.Module):
+    """A BatchNorm layer's variables, named as `nn.BatchNorm` names them, for code that
+    normalises by itself (`models.dense_block`): calling it gives (scale, bias); `update` moves
+    the running averages towards a batch's (mean, variance), as `BatchNormReLU` does."""
+
+    channels: int
+    momentum: float = 0.99
+
+    def setup(self) -> None:
+        shape = (self.channels,)
+        self.scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        self.var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+
+    def __call__(self) -> tuple[Array, Array]:
+        return self.scale, self.bias
+
+    def update(self, mean: Array, var: Array) -> None:
+        """Running averages <- momentum * running + (1 - momentum) * batch (not at init)."""
+        if not self.is_initializing():
+            self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+            self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var

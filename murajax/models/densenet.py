@@ -24,15 +24,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from murajax.models.batchnorm import BatchNormReLU
+from murajax.models.batchnorm import BatchNormReLU, BatchNormVariables
+from murajax.models.dense_block import GROWTH_RATE, LayerParams, dense_block
 from murajax.models.heads import ClassifierHead
-from murajax.models.layers import Conv, as_dtype, mark_features
+from murajax.models.layers import Conv, KernelVariable, as_dtype, mark_features
 from murajax.models.registry import register
 
 DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
 """Building blocks in DenseNet-169's four dense blocks."""
 
-GROWTH_RATE = 32
 BN_EPSILON = 1.001e-5
 BN_MOMENTUM = 0.99
 
@@ -105,6 +105,33 @@ class DenseNet(nn.Module):
         return self._conv(y, GROWTH_RATE, 3, f"{name}_2_conv", padding="SAME")
 
     def _dense_block(self, x: jax.Array, count: int, name: str, train: bool) -> jax.Array:
+        """`count` conv blocks, each seeing all channels before it (Keras's `dense_block`).
+        Training with this device's batch statistics runs `models.dense_block` (the
+        memory-efficient block); inference and statistics over a `pmap` axis run the layers."""
+        if train and self.bn_axis_name is None:
+            return self._memory_efficient_dense_block(x, count, name)
+        return self._dense_block_layers(x, count, name, train)
+
+    def _memory_efficient_dense_block(self, x: jax.Array, count: int, name: str) -> jax.Array:
+        """`models.dense_block.dense_block` on the variables `_dense_block_layers` has."""
+        channels = x.shape[-1]
+        params, norms = [], []
+        for i in range(count):
+            layer, width = f"{name}_block{i + 1}", channels + i * GROWTH_RATE
+            bn0 = BatchNormVariables(width, BN_MOMENTUM, name=f"{layer}_0_bn")
+            kernel1 = KernelVariable((1, 1, width, 4 * GROWTH_RATE), name=f"{layer}_1_conv")()
+            bn1 = BatchNormVariables(4 * GROWTH_RATE, BN_MOMENTUM, name=f"{layer}_1_bn")
+            kernel2 = KernelVariable((3, 3, 4 * GROWTH_RATE, GROWTH_RATE), name=f"{layer}_2_conv")()
+            params.append(LayerParams(*bn0(), kernel1, *bn1(), kernel2))
+            norms.append((bn0, bn1))
+        x = jnp.asarray(x, as_dtype(self.dtype))
+        features, stats = dense_block(x, params, epsilon=BN_EPSILON, conv_impl=self.conv_impl)
+        for (bn0, bn1), s in zip(norms, stats, strict=True):
+            bn0.update(s.mean0, s.var0)
+            bn1.update(s.mean1, s.var1)
+        return features
+
+    def _dense_block_layers(self, x: jax.Array, count: int, name: str, train: bool) -> jax.Array:
         """`count` conv blocks, each seeing all channels before it (Keras's `dense_block`).
 
         Keras concatenates after every block; here every block writes its channels into one

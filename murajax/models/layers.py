@@ -1,7 +1,8 @@
 """Small building blocks shared by the models, and the choices they implement.
 
 - `DTYPES` / `as_dtype`: the computation dtypes a model may take ("float32", "bfloat16").
-- `Conv`, `conv3x3`, `dense`, `max_pool_2x2`: layers with murajax's initialisers and kernels.
+- `Conv`, `conv3x3`, `dense`, `max_pool_2x2`: layers with murajax's initialisers and kernels;
+  `KernelVariable`: a `Conv`'s kernel alone, for code that convolves by itself.
 - `CNN_POOLINGS` / `global_pool`: how a feature map becomes one vector per image.
 - `FEATURES` / `mark_features`: the mark each model puts on its last convolutional feature
   map, through which `murajax.heatmaps` reaches it (Grad-CAM, CAM).
@@ -116,6 +117,18 @@ class Conv(nn.Module):
             return ops.conv2d_relu_max_pool(x, kernel, bias, **options)
         y = ops.conv2d(x, kernel, bias, relu=self.relu, **options)
         return max_pool_2x2(y) if self.pool else y
+
+
+class KernelVariable(nn.Module):
+    """A convolution's kernel as `Conv` (and `nn.Conv`) names and initialises it, for code that
+    convolves by itself (`models.dense_block`): calling it gives the float32 kernel `shape`."""
+
+    shape: tuple[int, ...]
+    kernel_init: Callable[..., jax.Array] = initializers.kernel_init
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("kernel", self.kernel_init, self.shape, jnp.float32)
 
 
 def conv3x3(
