@@ -338,3 +338,24 @@ def test_conv_relu_max_pool_keeps_no_full_size_activation_for_its_gradient():
     _, residuals = jax.vjp(lambda x: ops.conv2d_relu_max_pool(x, kernel, impl="onednn"), x)
     sizes = sorted(leaf.size for leaf in jax.tree.leaves(residuals) if hasattr(leaf, "size"))
     assert max(sizes) == x.size  # the input; the 2 x 16 x 16 x 8 ReLU output is not kept
+
+
+@pytest.mark.parametrize("impl", ["xla", "auto"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("size", [1, 3])
+def test_conv2d_grads_are_the_gradients_of_conv2d(impl, dtype, size):
+    keys = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(keys[0], (2, 6, 5, 8), dtype)
+    kernel = jax.random.normal(keys[1], (size, size, 8, 4), dtype)
+    dy = jax.random.normal(keys[2], (2, 6, 5, 4), dtype)
+    _, vjp = jax.vjp(lambda x, k: ops.conv2d(x, k, None, padding="SAME", impl=impl), x, kernel)
+    expected = vjp(dy)
+    got = jax.jit(lambda x, k, dy: ops.conv2d_grads(x, k, dy, padding="SAME", impl=impl))(
+        x, kernel, dy
+    )
+    tolerance = 1e-5 if dtype == "float32" else 5e-2
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=tolerance, atol=tolerance
+        )

@@ -89,10 +89,10 @@ def _dense_block_fwd(x, params, epsilon, conv_impl):
 
 
 def _conv_vjp(x, kernel, conv_impl, dy):
-    """(dx, dkernel) of `_conv` at (x, kernel) for the output cotangent `dy` (its forward
-    convolution is dead code that XLA removes)."""
-    _, vjp = jax.vjp(lambda x, k: _conv(x, k, conv_impl), x, kernel)
-    return vjp(dy)
+    """(dx, dkernel) of `_conv` at (x, kernel) for the output cotangent `dy`; dkernel in the
+    kernel's dtype (float32)."""
+    dx, dkernel = ops.conv2d_grads(x, kernel.astype(x.dtype), dy, padding="SAME", impl=conv_impl)
+    return dx, dkernel.astype(kernel.dtype)
 
 
 def _dense_block_bwd(epsilon, conv_impl, residuals, cotangents):

@@ -5,13 +5,15 @@ oneDNN's kernels (the ones TensorFlow uses) through XLA's FFI when the extension
 (`python -m murajax.ops.build`, part of `make install`); elsewhere, or when the extension is
 missing, it is `lax.conv_general_dilated`, with the same values and gradients.
 `conv2d_relu_max_pool` is `conv2d(..., relu=True)` and `max_pool_2x2` in one op with a
-leaner backward pass.
+leaner backward pass. `conv2d_grads` is `conv2d`'s gradient alone, for code that writes its
+own backward pass.
 """
 
 from murajax.ops.conv import (
     CONV_IMPLS,
     check_conv_impl,
     conv2d,
+    conv2d_grads,
     conv2d_relu_max_pool,
     resolve_conv_impl,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "CONV_IMPLS",
     "check_conv_impl",
     "conv2d",
+    "conv2d_grads",
     "conv2d_relu_max_pool",
     "max_pool_2x2",
     "onednn_status",

@@ -404,6 +404,26 @@ def conv2d(
     return _onednn_conv(x, kernel, bias, strides, pads, relu, has_bias, winograd)
 
 
+def conv2d_grads(
+    x: jax.Array,
+    kernel: jax.Array,
+    dy: jax.Array,
+    *,
+    padding: Padding = "SAME",
+    impl: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
+    """(d x, d kernel) of `conv2d(x, kernel, padding=padding, impl=impl)` (stride 1, no bias,
+    no ReLU) for its output's gradient `dy`, in `x`'s dtype, without tracing or running the
+    forward convolution: for code that writes its own backward pass (`models.dense_block`)."""
+    kernel, _, strides, pads = _prepare(x, kernel, None, (1, 1), padding)
+    winograd = _onednn_winograd(x, kernel, strides, pads, impl)
+    if winograd is None:
+        _, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, None, strides, pads, False), x, kernel)
+        return vjp(dy)
+    dx, dkernel, _ = _conv_grads(x, kernel, dy, strides, pads, False, winograd)
+    return dx, dkernel
+
+
 def conv2d_relu_max_pool(
     x: jax.Array,
     kernel: jax.Array,
