@@ -4,12 +4,13 @@
 - Train steps of murajax's real models through the real step (`murajax.steps.train_step`
   placed by `murajax.parallel.data_parallel(..., 'jit', make_mesh())`), float32 and bfloat16:
   workload C (a 4-block CNN at 128 px, batch 32), the quickstart CNN (64 px), VGG16 at 128 (A)
-  and 224, DenseNet-169 at 224 and the multi-view study model; `--quick` runs C and A only.
+  and 224, DenseNet-169 at 224 and the multi-view study model; `--quick` runs C and A only
+  (under 10 minutes on 2 cores; the full run under an hour).
 - Peers in the same run, interleaved with murajax: the processes of a row (murajax's and each
   peer's) compile and warm up one at a time, then take turns timing short stretches of steps
   over `--rounds` rounds in a rotating order (`--rounds=1`: one after another); same
-  architecture, batch, input, loss and Adam, each in its own process: Keras 3
-  on TensorFlow and on JAX (float32 and 'mixed_bfloat16'), and PyTorch eager and
+  architecture, batch, input, loss and Adam, each in its own process: Keras 3 on TensorFlow
+  and on JAX (float32 and 'mixed_bfloat16'; the multi-view model too), and PyTorch eager and
   `torch.compile` (channels_last; bfloat16 by autocast) when torch is importable (the
   optional `bench` extra). 'murajax-xla' (`model.conv_impl='xla'`) appears next to 'murajax'
   when murajax has that field.
@@ -24,6 +25,11 @@
 
 Timings are medians of single steps timed over at least `--min_seconds` (split over the
 rounds) after a compile step and a warm-up step; each row also keeps every turn's median.
+A peer never holds up the run: its process has a time budget for the row (`--peer_budget_s`
+or 3x murajax's time in the row, whichever is less, but at least a floor; at most its part of
+the run's `--time_limit_s`) and takes the steps that fit, down to one timed step or only its
+first; its row then says it was cut short (a footnote in the table, `note` in the JSON).
+Before the train steps the run prints its estimated length, and after each row how far it is.
 Progress goes to stderr, the tables to stdout, and with `--json=FILE`
 `{"machine", "matmul_gflops", "train_step", "input_pipeline", "settings", "data_parallel"}`
 to FILE (rewritten after every row, so an interrupted run keeps what it measured).
@@ -53,21 +59,35 @@ flags.DEFINE_bool(
     "quick",
     False,
     "Workloads C and A only, float32 and bfloat16, every available peer, the input pipeline "
-    "at 128 px only, shorter timing windows (--min_seconds 3, --min_steps 3).",
+    "at 128 px only, shorter timing windows (--min_seconds 2) and a 540 s time limit.",
 )
 flags.DEFINE_float(
-    "min_seconds", None, "Timed seconds per row, at least (default 10; 3 with --quick)."
+    "min_seconds", None, "Timed seconds per row, at least (default 6; 2 with --quick)."
 )
-flags.DEFINE_integer(
-    "min_steps", None, "Timed steps per row, at least (default 5; 3 with --quick)."
-)
+flags.DEFINE_integer("min_steps", None, "Timed steps per row, at least (default 3).")
 flags.DEFINE_integer(
     "rounds",
     None,
-    "Interleaved rounds per row (default 5; 4 with --quick): the row's frameworks compile one "
-    "at a time, then take turns timing min_seconds/rounds each, so a shared machine's slow "
-    "spells fall on all alike. Their processes are alive at once (memory: the sum of their "
-    "peaks); 1 measures one process after another.",
+    "Interleaved rounds per row (default 3): the row's frameworks compile one at a time, then "
+    "take turns timing min_seconds/rounds each, so a shared machine's slow spells fall on all "
+    "alike. Their processes are alive at once (memory: the sum of their peaks); 1 measures "
+    "one process after another.",
+)
+flags.DEFINE_float(
+    "time_limit_s",
+    None,
+    "The run's time limit in seconds (default 3300; 540 with --quick; 0: none), shared among "
+    "the rows by their estimated time: the peers' budgets shrink to keep to it (murajax's "
+    "steps are not cut, so a machine far slower than the estimate can overrun it).",
+)
+flags.DEFINE_float(
+    "peer_budget_s",
+    None,
+    "Most seconds a peer's process may take in a row, its start and first step included "
+    "(default 400; 120 with --quick; 0: no cap). Its budget is also at most 3x the row's "
+    "murajax process, but at least 60 s (40 with --quick), and at most its part of the time "
+    "limit. A peer takes the steps that fit (down to one timed step, or its first step only, "
+    "not compared; under 10 s it is not started) and its row says it was cut short.",
 )
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per row, the compile step included.")
 flags.DEFINE_list(

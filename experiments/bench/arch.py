@@ -10,5 +10,8 @@ DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
 GROWTH_RATE = 32
 """Channels each DenseNet building block adds."""
 
-PEER_MODELS = ("cnn", "vgg16", "densenet169")
-"""The models the peers have (not the multi-view study model)."""
+PEER_MODELS: dict[str, tuple[str, ...]] = {
+    "keras": ("cnn", "vgg16", "densenet169", "multiview"),
+    "torch": ("cnn", "vgg16", "densenet169"),
+}
+"""The models each kind of peer has (the multi-view study model: Keras only)."""

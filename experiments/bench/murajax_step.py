@@ -82,6 +82,7 @@ def measure(
     min_steps: int = 5,
     warmup_steps: int = 2,
     turns: bool = False,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Times murajax's train step of `workload` in `dtype` (`model.conv_impl` = `conv_impl`
     when the config has it); returns the row's measured fields.
@@ -109,6 +110,7 @@ def measure(
         min_steps=min_steps,
         warmup_steps=warmup_steps,
         turns=turns,
+        deadline=deadline,
     )
     flops, source = _flops(compiled.cost_analysis()), "xla_cost_analysis"
     if conv_impl not in (None, "xla"):
@@ -125,6 +127,7 @@ def measure(
         row["device_peak_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     row["conv_impl"] = workload.config(dtype, conv_impl).model.conv_impl
     row["conv_impl_resolved"] = _resolved_conv_impl(row["conv_impl"])
+    row["params"] = timing.parameter_count(x.shape for x in jax.tree.leaves(state.params))
     return row
 
 

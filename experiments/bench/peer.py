@@ -41,7 +41,7 @@ check that choice; 'murajax-direct' is murajax without Winograd convolutions
 (`model.conv_impl='onednn-direct'`). murajax's rows run in `experiments.bench.worker`, the
 others here."""
 
-TIMING_KEYS = ("min_seconds", "min_steps", "warmup_steps", "turns")
+TIMING_KEYS = ("min_seconds", "min_steps", "warmup_steps", "turns", "deadline")
 """The job fields that every framework's `measure` takes as its timing settings."""
 
 

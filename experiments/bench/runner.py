@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from experiments.bench import peer, workloads
+from experiments.bench import peer, schedule, workloads
 from experiments.bench.arch import PEER_MODELS
 from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
 from experiments.bench.timing import READY_LINE, TIMES_PREFIX
@@ -227,13 +227,18 @@ def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = 
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
+class TimedOut(WorkerError):
+    """A measurement process did not answer within the time it was given."""
+
+
 class TurnTaker:
-    """A train-step measurement process that times its steps when told (`timing.time_steps`
-    with `turns`): making one starts the process; `wait_ready` returns once it has compiled
-    and warmed up; each `stretch` times a few steps; `finish` ends it and returns its row. Its
-    stderr goes to a temporary file (a pipe could fill and stall it); its stdout is read by a
-    thread, line by line. A failure kills it and raises `WorkerError` (`Interrupted` when a
-    signal stopped the benchmark)."""
+    """A train-step measurement process that takes the steps it is told to
+    (`timing.time_steps` with `turns`): making one starts the process; `wait_ready` returns
+    the first step's seconds once it has taken it (compile included); each `stretch` runs a
+    few steps (timed, or warm-up); `finish` ends it and returns its row. Its stderr goes to a
+    temporary file (a pipe could fill and stall it); its stdout is read by a thread, line by
+    line. A failure kills it and raises `WorkerError` (`TimedOut` when it took longer than
+    allowed; `Interrupted` when a signal stopped the benchmark)."""
 
     def __init__(self, job: dict[str, Any], timeout: float = TIMEOUT_S) -> None:
         self.timeout = timeout
@@ -259,7 +264,7 @@ class TurnTaker:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)  # end of output
 
-    def _fail(self, why: str) -> WorkerError | Interrupted:
+    def _fail(self, why: str, error_type: type[WorkerError] = WorkerError) -> Exception:
         """Ends the process; the error to raise: `Interrupted` if a signal killed it."""
         end(self._process)
         self._stderr.seek(0)
@@ -267,16 +272,18 @@ class TurnTaker:
         self._stderr.close()
         if _stop_signal is not None:
             return Interrupted(_stop_signal)
-        return WorkerError(f"{why}: {error}" if why else error)
+        return error_type(f"{why}: {error}" if why else error)
 
-    def _expect(self, prefix: str) -> str:
-        """The process's next stdout line that starts with `prefix` (others are ignored)."""
-        deadline = time.monotonic() + self.timeout
+    def _expect(self, prefix: str, timeout: float | None = None) -> str:
+        """The process's next stdout line that starts with `prefix` (others are ignored),
+        within `timeout` seconds (default: the process's)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise self._fail(f"timed out after {self.timeout:.0f} s") from None
+                raise self._fail(f"timed out after {timeout:.0f} s", TimedOut) from None
             if line is None:
                 raise self._fail("")
             if line.startswith(prefix):
@@ -289,18 +296,23 @@ class TurnTaker:
         except OSError:
             raise self._fail("") from None
 
-    def wait_ready(self) -> None:
-        """Returns once the process has compiled and warmed up its step."""
-        self._expect(READY_LINE)
+    def wait_ready(self, timeout: float | None = None) -> tuple[float, list[float]]:
+        """The first step's seconds (compile included) and the warm-up steps', once the
+        process has taken them (0 and none if its `READY` line does not say)."""
+        said = self._expect(READY_LINE, timeout).strip()
+        ready = json.loads(said) if said else {}
+        return float(ready.get("compile_s", 0.0)), list(ready.get("warmup_s", []))
 
-    def stretch(self, min_seconds: float, min_steps: int) -> list[float]:
-        """Seconds of each step of one timed stretch (at least `min_seconds` and
-        `min_steps`)."""
-        self._send({"min_seconds": min_seconds, "min_steps": min_steps})
+    def stretch(self, turn: schedule.Turn) -> list[float]:
+        """Seconds of each step of one stretch (`turn`)."""
+        self._send(turn.command())
         return json.loads(self._expect(TIMES_PREFIX))
 
-    def finish(self) -> dict[str, Any]:
-        """Ends the turns; the process's row."""
+    def finish(self, first_step_only: bool = False) -> dict[str, Any]:
+        """Ends the turns; the process's row (`first_step_only`: no step was timed, the row
+        is the first step's)."""
+        if first_step_only:
+            self._send({"stop": True, "first_step_only": True})
         self._process.stdin.close()
         result = json.loads(self._expect(RESULT_PREFIX))
         self._process.wait(timeout=self.timeout)
@@ -311,7 +323,8 @@ class TurnTaker:
     def kill(self) -> None:
         """Stops the process (after a failure elsewhere, or a signal)."""
         end(self._process)
-        self._stderr.close()
+        if not self._stderr.closed:
+            self._stderr.close()
 
 
 # --------------------------------------------------------------------------- frameworks
@@ -358,10 +371,11 @@ def frameworks(only: Sequence[str] | None = None, notes: list[str] | None = None
 
 def has_peer(framework: str, workload: Workload) -> bool:
     """Whether `framework` has a version of `workload`'s model (murajax has them all; the
-    peers have the CNN, VGG16 and DenseNet-169, not the multi-view study model)."""
-    if FRAMEWORKS[framework]["kind"] == "murajax":
+    peers those of `arch.PEER_MODELS`: the multi-view study model only in Keras)."""
+    kind = FRAMEWORKS[framework]["kind"]
+    if kind == "murajax":
         return True
-    return workload.config().model.name in PEER_MODELS
+    return workload.config().model.name in PEER_MODELS[kind]
 
 
 # --------------------------------------------------------------------------- train steps
@@ -410,85 +424,299 @@ def _label(framework: str, workload: Workload, dtype: str) -> str:
     return f"{framework} {workload.model}@{workload.image_size} b{workload.batch_size} {dtype}"
 
 
-def _measure_alone(
-    framework: str, workload: Workload, dtype: str, progress: str, *, timeout: float, **timing: Any
-) -> dict[str, Any]:
-    """One framework's row, its process timing its steps in one stretch (`rounds=1`)."""
-    name = _label(framework, workload, dtype)
-    log(f"{progress} {name} ...")
-    row = _base_row(framework, workload, dtype)
-    start = time.perf_counter()
-    try:
-        row.update(run_job(train_step_job(framework, workload, dtype, **timing), timeout))
-        log(
-            f"{progress} {name}: {row['images_per_s']:.1f} images/s "
-            f"(step {row['step_s']:.3f} s, first step {row['compile_s']:.1f} s, "
-            f"{row['steps']} steps; {time.perf_counter() - start:.0f} s in all)"
+def is_murajax(framework: str) -> bool:
+    """Whether `framework` is murajax itself (measured in full), not a peer (budgeted)."""
+    return FRAMEWORKS[framework]["kind"] == "murajax"
+
+
+class _Measurement:
+    """One framework's process in a row (`TurnTaker`), the seconds the runner has waited on
+    it (`spent_s`: its start, first step, warm-up and turns) and, for a peer, its budget
+    (`schedule.peer_budget`), within which it takes the steps that fit."""
+
+    def __init__(
+        self,
+        framework: str,
+        workload: Workload,
+        dtype: str,
+        timing: schedule.Timing,
+        timeout: float,
+    ) -> None:
+        self.framework, self.workload, self.dtype = framework, workload, dtype
+        self.timing, self.timeout = timing, timeout
+        self.label = _label(framework, workload, dtype)
+        self.row = _base_row(framework, workload, dtype)
+        self.taker: TurnTaker | None = None
+        self.budget: schedule.Budget | None = None
+        self.spent_s = 0.0
+        self.compile_s: float | None = None
+        self.step_times: list[float] = []  # every step after the first (warm-up included)
+        self.warmup = self.timed = self.turns = 0
+        self.cut = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether its process is running and has taken its first step."""
+        return self.taker is not None and self.compile_s is not None
+
+    def left_s(self) -> float:
+        """Seconds left of its budget (infinite without one)."""
+        return math.inf if self.budget is None else self.budget.seconds - self.spent_s
+
+    def step_estimate_s(self) -> float:
+        """Its step's seconds so far: the median of the steps after the first, else the
+        first step's (compile included: an upper bound)."""
+        if self.step_times:
+            return statistics.median(self.step_times)
+        return self.compile_s or 0.0
+
+    def planned_s(self, rounds_left: int) -> float:
+        """Its seconds in the row once it has taken `rounds_left` more full turns (none once
+        its process has ended)."""
+        if not self.alive:
+            return self.spent_s
+        return self.spent_s + self.timing.turns_s(self.step_estimate_s(), rounds_left)
+
+    def committed_s(self, rounds_left: int) -> float:
+        """Its seconds in the row so far and to come: a peer's whole budget while it runs,
+        murajax's planned turns."""
+        if self.alive and self.budget is not None:
+            return max(self.budget.seconds, self.spent_s)
+        return self.planned_s(rounds_left)
+
+    def _waiting(self, call: Callable[[], Any]) -> Any:
+        start = time.monotonic()
+        try:
+            return call()
+        finally:
+            self.spent_s += time.monotonic() - start
+
+    def _failed(self, error: WorkerError) -> None:
+        self.row.update(images_per_s=None, error=str(error))
+        log(f"{self.label}: FAILED: {error}")
+        self.kill()
+
+    def start(self, progress: str | None = None) -> None:
+        """Starts its process and waits for the first step (within the budget), then takes
+        the warm-up steps that fit. A failure or a budget overrun is in its row. `progress`
+        ('3/12'): it runs alone, the row's `progress`-th of the run."""
+        budget = f" (budget {self.budget.seconds:.0f} s: {self.budget.why})" if self.budget else ""
+        if self.budget is not None and self.budget.skip:
+            self.row.update(
+                images_per_s=None,
+                cut_short=True,
+                note=f"not measured: the run's time limit left it {self.budget.seconds:.0f} s",
+            )
+            log(f"{self.label}: skipped: {self.budget.seconds:.0f} s left it by the time limit")
+            return
+        if progress:
+            log(f"{progress} {self.label}{budget} ...")
+        else:
+            log(f"{self.label}: compiling and warming up{budget} ...")
+        job = train_step_job(
+            self.framework,
+            self.workload,
+            self.dtype,
+            self.timing.turn_seconds,
+            self.timing.turn_steps,
+            self.timing.warmup_steps,
         )
-    except WorkerError as e:
-        row.update(images_per_s=None, error=str(e))
-        log(f"{progress} {name}: FAILED: {e}")
-    return row
+        wait = min(self.timeout, self.left_s())
+        if self.budget is not None:
+            job["deadline"] = time.time() + self.left_s()  # its warm-up steps fit before it
+        try:
+            self.taker = self._waiting(lambda: TurnTaker(job, self.timeout))
+            self.compile_s, warmup_s = self._waiting(lambda: self.taker.wait_ready(wait))
+        except TimedOut as e:
+            if wait >= self.timeout:
+                self._failed(e)
+                return
+            self.kill()
+            self.row.update(images_per_s=None)
+            self._note()
+            log(f"{self.label}: stopped: not ready within its {wait:.0f} s budget")
+            return
+        except WorkerError as e:
+            self._failed(e)
+            return
+        self.step_times += warmup_s
+        self.warmup = len(warmup_s)
+
+    def take_turn(self, rounds_left: int) -> float | None:
+        """Times its stretch of this round (the planned turn, or what fits its budget);
+        images/s of the stretch, or None when it took no turn (or failed)."""
+        if not self.alive:
+            return None
+        if self.budget is None:
+            turn = schedule.Turn(self.timing.turn_seconds, self.timing.turn_steps)
+        else:
+            turn = schedule.next_turn(
+                self.left_s(),
+                self.step_estimate_s(),
+                rounds_left,
+                self.timing,
+                known=bool(self.step_times),
+            )
+        if turn is None:
+            self.cut = True
+            return None
+        self.cut |= turn.cut
+        try:
+            times = self._waiting(lambda: self.taker.stretch(turn))
+        except WorkerError as e:
+            self._failed(e)
+            return None
+        self.step_times += times
+        self.timed += len(times)
+        self.turns += 1
+        return self.workload.images_per_step / statistics.median(times)
+
+    def finish(self) -> dict[str, Any]:
+        """Ends its process; its row (with a note when its budget cut it short)."""
+        if self.alive:
+            try:
+                self.row.update(self._waiting(lambda: self.taker.finish(self.timed == 0)))
+            except WorkerError as e:
+                self._failed(e)
+            self.taker = None
+        self.row["rounds"] = self.timing.rounds
+        self.row["spent_s"] = round(self.spent_s, 1)
+        if self.budget is not None:
+            self.row["budget_s"] = self.budget.seconds
+            self._note()
+        return self.row
+
+    def _note(self) -> None:
+        if self.budget is None or self.row.get("error") or self.row.get("note"):
+            return
+        note = schedule.cut_note(
+            self.budget,
+            first_step=self.compile_s is not None,
+            warmup_steps=self.warmup,
+            warmup_wanted=max(0, self.timing.warmup_steps - 1),
+            timed_steps=self.timed,
+            turns=self.turns,
+            rounds=self.timing.rounds,
+            cut=self.cut,
+        )
+        if note:
+            self.row["cut_short"] = True
+            self.row["note"] = note
+
+    def kill(self) -> None:
+        """Stops its process, if it runs."""
+        if self.taker is not None:
+            self.taker.kill()
+            self.taker = None
 
 
-def _measure_in_turns(
+@dataclasses.dataclass(frozen=True)
+class Budgets:
+    """How the peers' budgets are set (`schedule.peer_budget`): `cap_s` and `floor_s`, and
+    the run's time limit over its rows (`clock`, None: no limit)."""
+
+    cap_s: float = math.inf
+    floor_s: float = 0.0
+    clock: schedule.RunClock | None = None
+
+
+def _murajax_reference_s(measurements: Sequence[_Measurement], rounds_left: int) -> float | None:
+    """The slowest of the row's murajax processes that took a first step: its seconds so far
+    plus its planned turns (`rounds_left` of them while it runs); None if there is none."""
+    times = [
+        m.planned_s(rounds_left)
+        for m in measurements
+        if is_murajax(m.framework) and m.compile_s is not None
+    ]
+    return max(times) if times else None
+
+
+def _measure_row(
     frameworks_: Sequence[str],
     workload: Workload,
     dtype: str,
+    timing: schedule.Timing,
     *,
-    rounds: int,
-    min_seconds: float,
-    min_steps: int,
-    warmup_steps: int,
+    together: bool,
+    budgets: Budgets | None,
+    share_s: float | None,
     timeout: float,
-) -> list[dict[str, Any]]:
-    """The rows of one (workload, dtype), its frameworks' processes taking turns: each
-    compiles and warms up (one at a time, while the others wait), then in each of `rounds`
-    rounds each times a stretch of at least `min_seconds / rounds` seconds and
-    `ceil(min_steps / rounds)` steps, in an order that rotates every round."""
-    rows = {f: _base_row(f, workload, dtype) for f in frameworks_}
-    turn_seconds = min_seconds / rounds
-    turn_steps = max(1, math.ceil(min_steps / rounds))
-    takers: dict[str, TurnTaker] = {}
+    on_row: Callable[[dict[str, Any]], None],
+    first: int = 1,
+    total: int | None = None,
+) -> None:
+    """Measures one (workload, dtype), calling `on_row` with each framework's row.
+    `together`: every framework's process takes its first step and warm-up (one at a time,
+    the others waiting), then in each of `timing.rounds` rounds each times a stretch, in an
+    order that rotates every round; else one process after another, all its turns in a row.
+    murajax's processes come first and take every planned step; each peer's gets a budget
+    when it starts (`schedule.peer_budget` with `budgets`, None: no budget; `share_s`: the
+    row's share of the run's time limit, None: no limit) and takes the steps that fit.
+    `first` and `total`: the row's first framework's place among the run's `total` (for
+    progress lines)."""
+    measurements = [_Measurement(f, workload, dtype, timing, timeout) for f in frameworks_]
+    rounds_left = timing.rounds if together else 0  # when the peers start
 
-    def failed(framework: str, error: WorkerError) -> None:
-        rows[framework].update(images_per_s=None, error=str(error))
-        log(f"{_label(framework, workload, dtype)}: FAILED: {error}")
-        takers.pop(framework, None)
+    def start(index: int, progress: str | None = None) -> None:
+        m = measurements[index]
+        if budgets is not None and not is_murajax(m.framework):
+            earlier, later = measurements[:index], measurements[index:]
+            committed = sum(o.committed_s(rounds_left) for o in earlier)
+            m.budget = schedule.peer_budget(
+                cap_s=budgets.cap_s,
+                floor_s=budgets.floor_s,
+                murajax_s=_murajax_reference_s(earlier, rounds_left),
+                share_left_s=None if share_s is None else share_s - committed,
+                peers_left=sum(1 for o in later if not is_murajax(o.framework)),
+            )
+        m.start(progress)
 
-    try:
-        for framework in frameworks_:
-            log(f"{_label(framework, workload, dtype)}: compiling and warming up ...")
-            job = train_step_job(framework, workload, dtype, turn_seconds, turn_steps, warmup_steps)
-            try:
-                takers[framework] = TurnTaker(job, timeout)
-                takers[framework].wait_ready()
-            except WorkerError as e:
-                failed(framework, e)
-        for r in range(rounds):
-            order = list(takers)
+    def take_rounds(group: Sequence[_Measurement]) -> None:
+        for r in range(timing.rounds):
+            order = [m for m in group if m.alive]
             order = order[r % len(order) :] + order[: r % len(order)] if order else []
             speeds = []
-            for framework in order:
-                try:
-                    times = takers[framework].stretch(turn_seconds, turn_steps)
-                except WorkerError as e:
-                    failed(framework, e)
-                    continue
-                speed = workload.images_per_step / statistics.median(times)
-                speeds.append(f"{framework} {speed:.1f}")
-            log(f"round {r + 1}/{rounds} (images/s): {', '.join(speeds)}")
-        for framework, taker in list(takers.items()):
-            try:
-                rows[framework].update(taker.finish())
-            except WorkerError as e:
-                failed(framework, e)
+            for m in order:
+                speed = m.take_turn(timing.rounds - r)
+                speeds.append(f"{m.framework} {'-' if speed is None else f'{speed:.1f}'}")
+            if together:
+                log(f"round {r + 1}/{timing.rounds} (images/s): {', '.join(speeds)}")
+
+    try:
+        if together:
+            for index in range(len(measurements)):
+                start(index)
+            take_rounds(measurements)
+            for m in measurements:
+                on_row(m.finish())
+        else:
+            for index, m in enumerate(measurements):
+                start(index, f"{first + index}/{total or len(measurements)}")
+                take_rounds([m])
+                on_row(m.finish())
     finally:
-        for taker in takers.values():
-            taker.kill()
-    for framework in frameworks_:
-        rows[framework]["rounds"] = rounds
-    return [rows[f] for f in frameworks_]
+        for m in measurements:
+            m.kill()
+
+
+def _log_row(row: dict[str, Any]) -> None:
+    """A row's one progress line."""
+    name = (
+        f"{row['framework']} {row['model']}@{row['image_size']} b{row['batch_size']} {row['dtype']}"
+    )
+    if row.get("images_per_s"):
+        line = (
+            f"{name}: {row['images_per_s']:.1f} images/s (step {row['step_s']:.3f} s, first "
+            f"step {row['compile_s']:.1f} s, {row['steps']} timed steps; "
+            f"{row['spent_s']:.0f} s in all)"
+        )
+    elif row.get("error"):
+        line = f"{name}: FAILED: {row['error']}"
+    else:
+        line = f"{name}: not measured"
+    if row.get("note"):
+        line = f"{line}; {row['note']}" if row.get("images_per_s") else f"{name}: {row['note']}"
+    log(line)
 
 
 def run_train_steps(
@@ -501,15 +729,19 @@ def run_train_steps(
     warmup_steps: int = 2,
     rounds: int = 1,
     timeout: float = TIMEOUT_S,
+    budgets: Budgets | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train-step rows of every (workload, dtype), measured by each of `chosen` frameworks
-    that has the model, in `rounds` interleaved rounds (`_measure_in_turns`: all the row's
-    processes are alive at once), or with `rounds=1` one process after another.
+    that has the model, in `rounds` interleaved rounds (`_measure_row`: all the row's
+    processes are alive at once), or with `rounds=1` one process after another. The peers'
+    processes take the steps that fit their budgets (`budgets`; None: every step), with a
+    `note` in their row when cut short.
 
     A failed measurement gives a row with `images_per_s` None and its `error`; `on_row` is
     called with each row as it comes.
     """
+    timing = schedule.Timing(rounds, min_seconds, min_steps, warmup_steps)
     groups = [
         (workload, dtype, [f for f in chosen if has_peer(f, workload)])
         for workload in selected
@@ -517,25 +749,41 @@ def run_train_steps(
     ]
     total = sum(len(group) for _, _, group in groups)
     rows: list[dict[str, Any]] = []
-    timing = {"min_seconds": min_seconds, "min_steps": min_steps, "warmup_steps": warmup_steps}
+    for index, (workload, dtype, group) in enumerate(groups):
+        together = rounds > 1 and len(group) > 1
+        clock = budgets.clock if budgets is not None else None
+        share = clock.share_s(index) if clock is not None else None
+        first = len(rows) + 1
+        log(
+            f"{first}-{first + len(group) - 1}/{total}: {workload.model}@{workload.image_size} "
+            f"b{workload.batch_size} {dtype}"
+            + (f", {rounds} rounds" if together else "")
+            + (f" (share of the time limit: {share:.0f} s)" if share is not None else "")
+            + " ..."
+        )
 
-    def emit(row: dict[str, Any]) -> None:
-        row["min_seconds"] = min_seconds
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+        def emit(row: dict[str, Any]) -> None:
+            _log_row(row)
+            row["min_seconds"] = min_seconds
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
 
-    for workload, dtype, group in groups:
-        if rounds > 1 and len(group) > 1:
-            log(f"{len(rows) + 1}-{len(rows) + len(group)}/{total}: {rounds} rounds ...")
-            for row in _measure_in_turns(
-                group, workload, dtype, rounds=rounds, timeout=timeout, **timing
-            ):
-                emit(row)
-            continue
-        for framework in group:
-            progress = f"{len(rows) + 1}/{total}"
-            emit(_measure_alone(framework, workload, dtype, progress, timeout=timeout, **timing))
+        _measure_row(
+            group,
+            workload,
+            dtype,
+            timing,
+            together=together,
+            budgets=budgets,
+            share_s=share,
+            timeout=timeout,
+            on_row=emit,
+            first=first,
+            total=total,
+        )
+        if clock is not None:
+            log(clock.progress(index + 1))
     return rows
 
 

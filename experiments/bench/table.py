@@ -26,11 +26,13 @@ def group_key(row: Mapping[str, Any]) -> tuple:
 
 
 def best_peers(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
-    """The fastest measured peer row of each group (see `group_key`)."""
+    """The fastest measured peer row of each group (see `group_key`); a row whose only step
+    was its first (`first_step_only`: its budget left no room for a timed step) is no
+    measured step, and not compared."""
     best: dict[tuple, Mapping[str, Any]] = {}
     for row in rows:
         speed = _speed(row)
-        if speed is None or not is_peer(row):
+        if speed is None or not is_peer(row) or row.get("first_step_only"):
             continue
         key = group_key(row)
         if key not in best or speed > float(best[key]["images_per_s"]):
@@ -40,16 +42,24 @@ def best_peers(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, An
 
 def add_ratios(rows: Sequence[Row], matmul_gflops: Mapping[str, float] | None = None) -> list[Row]:
     """Copies of `rows` with `ratio_to_best_peer` (images/s over the fastest peer's of the
-    same model, size, batch and dtype; None without a measured peer or speed; a peer gets its
-    own ratio too, 1.0 for the best) and `best_peer` (that peer's framework), and with
-    `peak_fraction` (`gflops` over `matmul_gflops[dtype]`) when both are known."""
+    same model, size, batch and dtype; None without a measured peer or speed, or for a row of
+    its first step only; a peer gets its own ratio too, 1.0 for the best) and `best_peer`
+    (that peer's framework), with `peak_fraction` (`gflops` over `matmul_gflops[dtype]`) when
+    both are known, and for a peer with a parameter count, `params_match`: whether it equals
+    that of the group's murajax rows (None without one)."""
     best = best_peers(rows)
+    murajax_params = {
+        group_key(r): r["params"] for r in rows if not is_peer(r) and r.get("params") is not None
+    }
     out = []
     for row in rows:
         row = dict(row)
         peer = best.get(group_key(row))
         speed = _speed(row)
-        if peer is None or speed is None:
+        if is_peer(row) and row.get("params") is not None:
+            reference = murajax_params.get(group_key(row))
+            row["params_match"] = None if reference is None else row["params"] == reference
+        if peer is None or speed is None or row.get("first_step_only"):
             row["ratio_to_best_peer"] = None
             row["best_peer"] = None
         else:
@@ -96,6 +106,7 @@ TRAIN_COLUMNS: tuple[tuple[str, str, str, int], ...] = (
     ("batch_size", "batch", "d", 5),
     ("dtype", "dtype", "", 8),
     ("framework", "framework", "", 13),
+    ("params", "params", "params", 7),
     ("images_per_s", "images/s", ".1f", 9),
     ("step_s", "step s", ".3f", 7),
     ("compile_s", "compile s", ".1f", 9),
@@ -106,20 +117,44 @@ TRAIN_COLUMNS: tuple[tuple[str, str, str, int], ...] = (
 )
 
 
+def format_params(count: int | None) -> str:
+    """A parameter count in 6 characters or fewer: '68.9k', '14.7M', '512'."""
+    if count is None:
+        return "-"
+    if count >= 999_500:
+        return f"{count / 1e6:.1f}M"
+    if count >= 1000:
+        return f"{count / 1e3:.1f}k"
+    return str(count)
+
+
+def row_notes(row: Mapping[str, Any]) -> list[str]:
+    """What a row's figures need said: why its budget cut it short (`note`), and a peer whose
+    parameter count is not murajax's."""
+    notes = [row["note"]] if row.get("note") else []
+    if row.get("params_match") is False:
+        notes.append(f"{row['params']:,} parameters, not murajax's: not the same network")
+    return notes
+
+
 def format_train_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width table of train-step rows (failed rows show their error instead)."""
+    """A fixed-width table of train-step rows (failed rows show their error instead; a row
+    with notes, `row_notes`, a footnote mark, its notes under the table)."""
     lines = [
         " ".join(
             f"{header:<{w}}" if fmt == "" else f"{header:>{w}}"
             for _, header, fmt, w in TRAIN_COLUMNS
         )
     ]
+    footnotes = []
     for row in rows:
         cells = []
         for key, _, fmt, width in TRAIN_COLUMNS:
             value = row.get(key)
             if fmt == "":
                 cells.append(f"{'-' if value is None else str(value):<{width}}")
+            elif fmt == "params":
+                cells.append(f"{format_params(value):>{width}}")
             elif key == "ratio_to_best_peer" and value is not None:
                 cells.append(f"{f'{value:.2f}x':>{width}}")
             else:
@@ -127,8 +162,15 @@ def format_train_table(rows: Sequence[Mapping[str, Any]]) -> str:
         line = " ".join(cells).rstrip()
         if row.get("error"):
             line += f"  ({row['error']})"
+        notes = row_notes(row)
+        if notes:
+            footnotes.append(
+                f"[{len(footnotes) + 1}] {row['framework']} {row['model']}@"
+                f"{row['image_size']} {row['dtype']}: {'; '.join(notes)}"
+            )
+            line += f"  [{len(footnotes)}]"
         lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(lines + footnotes)
 
 
 def format_pipeline_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -146,6 +146,7 @@ def measure(
     min_steps: int = 5,
     warmup_steps: int = 2,
     turns: bool = False,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Times a PyTorch train step of a workload's `spec` in `dtype`, `mode` 'eager' or 'compile'
     (`torch.compile` of the model; Adam stays eager); returns the row's measured fields."""
@@ -180,6 +181,7 @@ def measure(
         min_steps=min_steps,
         warmup_steps=warmup_steps,
         turns=turns,
+        deadline=deadline,
     )
     row = timing.measurement_row(result, spec["images_per_step"], spec["step_flops"])
     row["flops_source"] = "analytic"
@@ -187,4 +189,5 @@ def measure(
     if where == "cuda":
         row["device_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     row["threads"] = torch.get_num_threads()
+    row["params"] = timing.parameter_count(p.shape for p in model.parameters() if p.requires_grad)
     return row

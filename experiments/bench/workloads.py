@@ -179,8 +179,38 @@ def densenet169_forward_flops(image_size: int, num_classes: int = 2) -> int:
     return flops + 2 * channels * num_classes
 
 
+def densenet169_features() -> int:
+    """Channels of DenseNet-169's last feature map (1664)."""
+    channels = 64
+    for stage, count in enumerate(DENSENET169_BLOCKS):
+        channels += count * GROWTH_RATE
+        if stage < len(DENSENET169_BLOCKS) - 1:
+            channels //= 2
+    return channels
+
+
+def multiview_forward_flops(model: ModelConfig, image_size: int, channels: int, views: int) -> int:
+    """Forward FLOPs per view slot of the multi-view model: its encoder (the backbone without
+    its head) on the view, and a `views`-th of the study's head (attention pooling, logits)."""
+    if model.backbone == "cnn":
+        encoder = dataclasses.replace(model, dense=(), num_classes=0)
+        view, features = cnn_forward_flops(encoder, image_size, channels), model.widths[-1]
+    elif model.backbone == "vgg16":
+        view, features = vgg16_forward_flops(image_size, 0), VGG16_BLOCKS[-1][0]
+    elif model.backbone == "densenet169":
+        view, features = densenet169_forward_flops(image_size, 0), densenet169_features()
+    else:
+        raise ValueError(f"no FLOP count for the multi-view backbone {model.backbone!r}")
+    head = 2 * features * model.num_classes
+    if model.view_pooling == "attention":
+        width = model.attention_dim
+        head += views * (2 * 2 * features * width + 2 * width)  # attention_V, _U; then _w
+    return view + round(head / views)
+
+
 def forward_flops(workload: Workload) -> int | None:
-    """Analytic forward FLOPs per image (convolutions and dense layers; None if not counted)."""
+    """Analytic forward FLOPs per image (convolutions and dense layers; None if not counted);
+    for the multi-view model, per view slot."""
     model = workload.config().model
     if model.name == "cnn":
         return cnn_forward_flops(model, workload.image_size, workload.channels)
@@ -188,6 +218,10 @@ def forward_flops(workload: Workload) -> int | None:
         return vgg16_forward_flops(workload.image_size, model.num_classes)
     if model.name == "densenet169":
         return densenet169_forward_flops(workload.image_size, model.num_classes)
+    if model.name == "multiview":
+        return multiview_forward_flops(
+            model, workload.image_size, workload.channels, workload.views
+        )
     return None
 
 
@@ -203,11 +237,12 @@ def train_step_flops(workload: Workload) -> int | None:
 
 def peer_spec(workload: Workload) -> dict[str, Any]:
     """What a peer (`keras_peer`, `torch_peer`) needs to train `workload`, as plain JSON data:
-    the model's architecture fields from its murajax config, the input and batch, Adam's
-    learning rate and the analytic FLOPs of a step."""
+    the model's architecture fields from its murajax config (for the multi-view model also
+    its backbone, view pooling, attention width and views per study), the input and batch,
+    Adam's learning rate and the analytic FLOPs of a step."""
     config = workload.config()
     model = config.model
-    return {
+    spec = {
         "name": model.name,
         "num_classes": model.num_classes,
         "widths": list(model.widths),
@@ -224,3 +259,11 @@ def peer_spec(workload: Workload) -> dict[str, Any]:
         "learning_rate": config.optim.learning_rate,
         "step_flops": train_step_flops(workload),
     }
+    if model.name == "multiview":
+        spec.update(
+            backbone=model.backbone,
+            view_pooling=model.view_pooling,
+            attention_dim=model.attention_dim,
+            views=workload.views,
+        )
+    return spec
