@@ -170,7 +170,8 @@ def train_step(
         )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    code = nonfinite.nonfinite_code(loss, grads, params)
+    check = nonfinite.check_step(loss, grads, params)  # nonfinite bits and grad_norm, one pass
+    code = check.code
     if skip_nonfinite:
         params, batch_stats, opt_state = nonfinite.keep_if(
             code == 0,
@@ -180,7 +181,7 @@ def train_step(
     metrics = {
         "loss": loss,
         "accuracy": accuracy,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": check.grad_norm,
         "learning_rate": optim.effective_learning_rate(opt_state),
         nonfinite.CODE_KEY: code,
     }
