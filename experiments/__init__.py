@@ -1,11 +1,10 @@
 """murajax's command-line programs (`python -m experiments.main`, `.evaluate`, ...)."""
 
-import os
+# XLA:CPU flags that make murajax's train steps faster (murajax.xla_flags); they must be set
+# before jax is imported and only matter on CPU; a user's own XLA_FLAGS win.
+from murajax import xla_flags  # murajax's package does not import jax
 
-# XLA:CPU hands convolutions to YNNPACK, whose weight gradients are slow; this flag made CNN
-# train steps 1.2-1.3x faster on CPU (DESIGN.md). It must be set before jax is imported and
-# only matters on CPU; a user's own XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+xla_flags.set_default()
 
 # Keep the host buffers of one train step for the next instead of unmapping and page-faulting
 # them again (murajax.ops.allocator: 1.3x faster CNN steps on CPU). A no-op off glibc.

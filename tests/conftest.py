@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+from murajax import xla_flags
+
+xla_flags.set_default()
 # The command-line programs that tests start compile afresh and write no compilation cache
 # under ~ (tests/test_compilation_cache.py turns it on in temporary folders).
 os.environ.setdefault("MURAJAX_COMPILATION_CACHE", "")

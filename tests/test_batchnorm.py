@@ -1,5 +1,5 @@
-"""`BatchNormReLU` against Flax's `nn.BatchNorm` followed by `nn.relu`: the same variables, the
-same values and running averages bit for bit, gradients equal to float rounding."""
+"""`BatchNormReLU` against Flax's `nn.BatchNorm` followed by `nn.relu`: the same variables, and
+values, running averages and gradients equal to float rounding."""
 
 import chex
 import flax.linen as nn
@@ -61,11 +61,10 @@ def test_training_values_and_gradients_match_flax(dtype):
     (loss, stats), grads = jax.jit(_loss_and_grads, static_argnums=0)(
         ours_apply, variables, x, weights
     )
-    chex.assert_trees_all_equal(stats, stats_ref)  # the running averages are Flax's
-    if dtype == "float32":  # and so is the forward pass, bit for bit
-        assert float(loss) == float(loss_ref)
-    else:  # XLA may drop Flax's float32 -> bfloat16 -> float32 round trip inside a fusion
-        np.testing.assert_allclose(loss, loss_ref, rtol=1e-3)
+    chex.assert_trees_all_close(stats, stats_ref, rtol=1e-6)  # the running averages are Flax's
+    # The statistics are summed in another order; in bfloat16 XLA may also drop Flax's
+    # float32 -> bfloat16 -> float32 round trip inside a fusion.
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6 if dtype == "float32" else 1e-3)
     tolerance = 1e-5 if dtype == "float32" else 1e-2
     chex.assert_trees_all_close(grads, grads_ref, atol=tolerance, rtol=tolerance)
 

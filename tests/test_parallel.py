@@ -23,13 +23,13 @@ import pytest
 
 import tfds_mura  # noqa: F401  (registers the MURA datasets)
 from murajax import checkpoint as ckpt
-from murajax import models, optim, parallel, steps, train, writers
+from murajax import models, optim, parallel, steps, train, writers, xla_flags
 from murajax.config import ConfigError
 from tests.trivial_mura import trivial_config
 
 STEPS, CRASH_AFTER = 12, 8  # end-to-end runs: 12 steps, checkpoints every 4
 RTOL, ATOL = 1e-5, 1e-6  # float32: the devices sum in another order
-FAST_CPU = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+FAST_CPU = xla_flags.CPU_FLAGS
 
 
 def _config(

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from experiments.configs import quickstart
+from murajax import xla_flags
 
 PARALLEL_SETTINGS = (("jit", 1), ("jit", 2), ("pmap", 2))
 
@@ -60,7 +61,7 @@ def data_parallel_throughput(image_size: int, batch_size: int, steps: int) -> li
     """`train_step_throughput` for each of `PARALLEL_SETTINGS` (parallelism, devices), in one
     subprocess with 2 fake CPU devices (the device count is fixed when jax starts)."""
     flags = "--xla_force_host_platform_device_count=2"
-    flags += " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    flags += " " + xla_flags.CPU_FLAGS
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     code = (
         "import json; from experiments.bench import data_parallel as b; print('ROWS ' + "

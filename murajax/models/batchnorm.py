@@ -22,17 +22,23 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _reduction_axes(x: Array) -> tuple[int, ...]:
-    return tuple(range(x.ndim - 1))
+def _channel_sums(x: Array) -> Array:
+    """Per-channel sums of float32 `x` over every axis but the last, as a matrix product with
+    a row of ones: XLA:CPU runs it in one multithreaded pass (YNNPACK's dot) with the
+    elementwise work before it fused in, where its own reduction of a (rows, channels) array
+    over the rows was up to 14x slower (DenseNet-169, 224 px: a third of the train step)."""
+    rows = x.reshape(-1, x.shape[-1])
+    ones = jnp.ones((rows.shape[0],), jnp.float32)
+    return jnp.dot(ones, rows, precision=jax.lax.Precision.HIGHEST)
 
 
 def _batch_stats(x: Array) -> tuple[Array, Array]:
     """Per-channel (mean, biased variance) of `x` over every axis but the last, in float32,
     as Flax computes them (`mean(x**2) - mean(x)**2`, clipped at 0)."""
     x = x.astype(jnp.float32)
-    axes = _reduction_axes(x)
-    mean = jnp.mean(x, axes)
-    mean2 = jnp.mean(jnp.square(x), axes)
+    n = x.size // x.shape[-1]
+    mean = _channel_sums(x) / n
+    mean2 = _channel_sums(jnp.square(x)) / n
     return mean, jnp.maximum(mean2 - jnp.square(mean), 0.0)
 
 
@@ -79,10 +85,9 @@ def bn_relu_grads(residuals: tuple, g: Array) -> tuple[Array, Array, Array]:
     inv, a, z = _pre_relu(x, scale, bias, mean, var, epsilon)
     x32 = x.astype(jnp.float32)
     g = jnp.where(z > 0, g.astype(jnp.float32), 0.0)
-    axes = _reduction_axes(x)
     n = x.size // x.shape[-1]
-    dbias = jnp.sum(g, axes)
-    dscale = (jnp.sum(g * x32, axes) - mean * dbias) * inv
+    dbias = _channel_sums(g)
+    dscale = (_channel_sums(g * x32) - mean * dbias) * inv
     c1 = -a * inv * dscale / n
     c0 = -a * dbias / n - mean * c1
     dx = (g * a + (x32 * c1 + c0)).astype(x.dtype)
