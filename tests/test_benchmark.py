@@ -31,6 +31,7 @@ from murajax import (
     models,  # noqa: E402
     validation,
 )
+from tests.test_allocator import expected_malloc  # noqa: E402
 
 TINY = dataclasses.replace(workloads.by_key("C"), image_size=16, batch_size=4)
 TRAIN_KEYS = (
@@ -760,10 +761,14 @@ def test_benchmark_command_end_to_end(tmp_path):
     for key in ("cpu", "cores", "jax", "jaxlib", "keras", "tensorflow", "torch", "date"):
         assert key in machine
     assert "ynn_fusion_type" in machine["XLA_FLAGS"]  # experiments/__init__.py's flag
+    # `python -m experiments.benchmark` restarted itself with tcmalloc where it is installed
+    # (murajax.allocator), and its murajax processes inherited it; a peer goes without.
+    assert machine["malloc"] == expected_malloc()
     assert figures["matmul_gflops"]["float32"] > 0 and figures["matmul_gflops"]["bfloat16"] > 0
     assert figures["settings"]["min_seconds"] == 0.2
     rows = {r["framework"]: r for r in figures["train_step"]}
     assert set(rows) == {"murajax", "keras-jax"}
+    assert rows["murajax"]["malloc"] == expected_malloc()
     for row in rows.values():
         assert set(TRAIN_KEYS) <= set(row), row
         assert (row["model"], row["image_size"], row["batch_size"]) == ("cnn_c", 16, 4)

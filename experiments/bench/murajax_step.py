@@ -14,7 +14,7 @@ import numpy as np
 
 from experiments.bench import timing
 from experiments.bench.workloads import Workload
-from murajax import models, ops, optim, parallel, steps
+from murajax import allocator, models, ops, optim, parallel, steps
 
 
 def _flops(cost: Any) -> float | None:
@@ -122,6 +122,7 @@ def measure(
     row = timing.measurement_row(result, workload.images_per_step, flops)
     row["flops_source"] = source
     row["device"] = jax.devices()[0].platform
+    row["malloc"] = allocator.malloc_in_use()
     stats = jax.devices()[0].memory_stats()  # None on CPU
     if stats and "peak_bytes_in_use" in stats:
         row["device_peak_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)

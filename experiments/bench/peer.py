@@ -2,7 +2,7 @@
 `python experiments/bench/peer.py JOB` (run by path, not with `-m`).
 
 Importing the `experiments` package changes the process for murajax (its `XLA_FLAGS` default,
-and glibc's malloc settings of `murajax.ops.allocator`), so a peer run as `-m
+and glibc's malloc settings of `murajax.allocator`), so a peer run as `-m
 experiments.bench...` would not run as its own users run it. Run as a script, this file loads
 its sibling modules (`keras_peer`, `torch_peer`, `timing`) as a private package instead, and
 the row says `isolated: true` when neither `experiments` nor `murajax` was imported. The

@@ -44,6 +44,7 @@ from experiments.bench.arch import PEER_MODELS
 from experiments.bench.peer import FRAMEWORKS, RESULT_PREFIX
 from experiments.bench.timing import READY_LINE, TIMES_PREFIX
 from experiments.bench.workloads import Workload
+from murajax import allocator
 
 DEFAULT_PEERS = ("keras-tf", "keras-jax", "torch-eager", "torch-compile")
 """The peers measured unless `--only` says otherwise ('keras-tf-xla' is on request)."""
@@ -194,9 +195,20 @@ def stopping_on_signals() -> Iterator[None]:
 def _command(job: dict[str, Any]) -> list[str]:
     """A peer's train step runs in `python experiments/bench/peer.py` (which imports nothing
     of murajax), anything else in `python -m experiments.bench.worker`."""
-    if job.get("kind") == "train_step" and FRAMEWORKS[job["framework"]]["kind"] != "murajax":
+    if _is_peer(job):
         return [sys.executable, peer.SCRIPT, json.dumps(job)]
     return [sys.executable, "-m", "experiments.bench.worker", json.dumps(job)]
+
+
+def _is_peer(job: dict[str, Any]) -> bool:
+    return job.get("kind") == "train_step" and FRAMEWORKS[job["framework"]]["kind"] != "murajax"
+
+
+def _environment(job: dict[str, Any], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of `job`'s process: this one's, quietened, plus `extra`. A peer's goes
+    without the malloc murajax preloads (`murajax.allocator`): it runs as its users run it."""
+    env = {**os.environ, **QUIET_ENV, **(extra or {})}
+    return allocator.without_preload(env) if _is_peer(job) else env
 
 
 def _last_error_line(stderr: str, returncode: int | None) -> str:
@@ -210,9 +222,12 @@ def run_job(job: dict[str, Any], timeout: float = TIMEOUT_S, env: dict | None = 
     Raises `WorkerError` (with the process's last error line) if it fails or times out,
     `Interrupted` if a signal stopped the benchmark meanwhile.
     """
-    env = {**os.environ, **QUIET_ENV, **(env or {})}
     process = spawn(
-        _command(job), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _command(job),
+        env=_environment(job, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -246,7 +261,7 @@ class TurnTaker:
         try:
             self._process = spawn(
                 _command({**job, "turns": True}),
-                env={**os.environ, **QUIET_ENV},
+                env=_environment(job),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
@@ -941,4 +956,5 @@ def machine_info() -> dict[str, Any]:
         "torch": _version("torch"),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "malloc": allocator.malloc_in_use(),
     }

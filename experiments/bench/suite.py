@@ -299,7 +299,8 @@ def print_tables(figures: dict[str, Any], settings: Settings) -> None:
     print(
         f"machine: {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}, "
         f"keras {machine['keras']}, tensorflow {machine['tensorflow']}, torch {machine['torch']}"
-        f"; {machine['date']}; XLA_FLAGS={machine['XLA_FLAGS'] or '(none)'}"
+        f"; {machine['date']}; XLA_FLAGS={machine['XLA_FLAGS'] or '(none)'}; malloc: murajax "
+        f"{machine.get('malloc', 'system')}, peers the C library's (as their users run them)"
     )
     peak = figures["matmul_gflops"]
     print(
