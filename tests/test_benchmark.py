@@ -732,30 +732,32 @@ def test_a_slow_peer_takes_the_steps_that_fit_its_budget(monkeypatch, rounds):
     assert text.count("cut short") == 3  # the three notes, under the table
 
 
+def _benchmark(tmp_path, flags: list[str], timeout: float):
+    """`python -m experiments.benchmark` at 16 px in float32, two or more steps a row, no
+    pipeline or data-parallel table, with `flags`: (its process, its JSON)."""
+    out = tmp_path / "bench.json"
+    common = ["--image_size=16", "--dtypes=float32", "--min_steps=2", "--matmul_size=256"]
+    tables = ["--nopipeline", "--nodata_parallel", f"--json={out}"]
+    command = [sys.executable, "-m", "experiments.benchmark", *flags, *common, *tables]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(out.read_text())
+
+
 def test_benchmark_command_end_to_end(tmp_path):
     """murajax and Keras on JAX on a 16 px CNN, each in its own process, taking turns over 3
     rounds, and the JSON."""
-    out = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.benchmark",
-        "--models=C",
-        "--image_size=16",
-        "--batch_size=4",
-        "--only=murajax,keras-jax",
-        "--dtypes=float32",
-        "--min_seconds=0.2",
-        "--min_steps=2",
-        "--rounds=3",
-        "--matmul_size=256",
-        "--nopipeline",
-        "--nodata_parallel",
-        f"--json={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    result, figures = _benchmark(
+        tmp_path,
+        [
+            "--models=C",
+            "--batch_size=4",
+            "--only=murajax,keras-jax",
+            "--min_seconds=0.2",
+            "--rounds=3",
+        ],
+        timeout=300,
+    )
     assert {"machine", "matmul_gflops", "train_step", "input_pipeline"} <= set(figures)
     machine = figures["machine"]
     for key in ("cpu", "cores", "jax", "jaxlib", "keras", "tensorflow", "torch", "date"):
@@ -795,27 +797,18 @@ def test_benchmark_command_compares_the_multiview_model_with_keras_tf(tmp_path):
     """`--models=multiview --only=murajax,keras-tf`: the study model against the same
     shared-encoder network in Keras on TensorFlow, with a ratio, and the same parameter
     count in both rows."""
-    out = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.benchmark",
-        "--models=multiview",
-        "--image_size=16",
-        "--batch_size=2",
-        "--only=murajax,keras-tf",
-        "--dtypes=float32",
-        "--min_seconds=0.1",
-        "--min_steps=2",
-        "--rounds=2",
-        "--matmul_size=256",
-        "--nopipeline",
-        "--nodata_parallel",
-        f"--json={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {r["framework"]: r for r in json.loads(out.read_text())["train_step"]}
+    result, figures = _benchmark(
+        tmp_path,
+        [
+            "--models=multiview",
+            "--batch_size=2",
+            "--only=murajax,keras-tf",
+            "--min_seconds=0.1",
+            "--rounds=2",
+        ],
+        timeout=400,
+    )
+    rows = {r["framework"]: r for r in figures["train_step"]}
     assert set(rows) == {"murajax", "keras-tf"}
     murajax, keras = rows["murajax"], rows["keras-tf"]
     for row in (murajax, keras):
