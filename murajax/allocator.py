@@ -20,6 +20,7 @@ threads, never `mmap` and never trim: a step's buffers then come back from the h
 mapped. Peak memory is unchanged; the process keeps its high-water mark instead of returning it
 between steps. It is what `experiments` programs do at start-up (a no-op under tcmalloc).
 """
+
 import ctypes
 import ctypes.util
 import functools
