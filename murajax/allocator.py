@@ -151,6 +151,16 @@ def malloc_in_use() -> str:
     return "system"
 
 
+def _preload_environment_or_exit() -> dict[str, str] | None:
+    """`preload_environment(os.environ)`; a bad `MURAJAX_ALLOCATOR` exits with its one-line
+    error (status 2)."""
+    try:
+        return preload_environment(os.environ)
+    except AllocatorError as e:
+        print(f"murajax: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def reexec_with_fast_allocator() -> None:
     """Restarts this process (the same command line, `sys.orig_argv`) with tcmalloc or jemalloc
     preloaded, as `preload_environment` decides; returns where it does not. XLA:CPU compiles
@@ -159,11 +169,7 @@ def reexec_with_fast_allocator() -> None:
     error (status 2)."""
     if not sys.platform.startswith("linux") or not getattr(sys, "orig_argv", None):
         return
-    try:
-        env = preload_environment(os.environ)
-    except AllocatorError as e:
-        print(f"murajax: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    env = _preload_environment_or_exit()
     if env is None:
         return
     sys.stdout.flush()
@@ -181,11 +187,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m murajax.allocator COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    try:
-        env = preload_environment(os.environ) or dict(os.environ)
-    except AllocatorError as e:
-        print(f"murajax: {e}", file=sys.stderr)
-        return 2
+    env = _preload_environment_or_exit() or dict(os.environ)
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

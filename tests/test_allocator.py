@@ -123,3 +123,18 @@ def test_the_launcher_runs_a_command_with_the_programs_malloc():
     assert missing.stderr.strip() == (
         "murajax: cannot run 'no-such-command-here': No such file or directory"
     )
+
+
+def test_the_launcher_refuses_a_bad_choice_in_one_line():
+    env = {**os.environ, "MURAJAX_ALLOCATOR": "fastest"}
+    result = subprocess.run(
+        [sys.executable, "-m", "murajax.allocator", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "murajax: MURAJAX_ALLOCATOR='fastest' is not one of auto, tcmalloc, jemalloc, system"
+    )
