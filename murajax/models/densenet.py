@@ -29,6 +29,7 @@ from murajax.models.dense_block import GROWTH_RATE, LayerParams, dense_block
 from murajax.models.heads import ClassifierHead
 from murajax.models.layers import Conv, KernelVariable, as_dtype, mark_features
 from murajax.models.registry import register
+from murajax.ops import max_pool
 
 DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
 """Building blocks in DenseNet-169's four dense blocks."""
@@ -84,7 +85,11 @@ class DenseNet(nn.Module):
     def _bn_relu(self, x: jax.Array, name: str, train: bool) -> jax.Array:
         if self.bn_axis_name is None:
             return BatchNormReLU(
-                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=as_dtype(self.dtype), name=name
+                momentum=BN_MOMENTUM,
+                epsilon=BN_EPSILON,
+                dtype=as_dtype(self.dtype),
+                impl=self.conv_impl,
+                name=name,
             )(x, train)
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -162,7 +167,7 @@ class DenseNet(nn.Module):
         x = self._conv(x, 64, 7, "conv1_conv", strides=(2, 2), padding="VALID")
         x = self._bn_relu(x, "conv1_bn", train)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")  # Keras's "pool1"
+        x = max_pool(x, 3, 2)  # Keras's "pool1"
         for stage, count in enumerate(self.blocks, start=2):
             x = self._dense_block(x, count, f"conv{stage}", train)
             if stage < len(self.blocks) + 1:

@@ -34,7 +34,11 @@ import jax
 from murajax.compilation_cache import cache_root
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-SOURCES = (SOURCE, Path(__file__).with_name("winograd.h"))
+SOURCES = (
+    SOURCE,
+    Path(__file__).with_name("winograd.h"),
+    Path(__file__).with_name("batchnorm_relu.h"),
+)
 LIBRARY_NAME = "_onednn_conv.so"
 BUILD_ID_MARK = b"murajax-onednn-build:"
 PROBE_DTYPES = {"float32": "f32", "bfloat16": "bf16"}
@@ -44,6 +48,10 @@ TARGETS = {
     "murajax_onednn_conv_bwd_weights": "MurajaxOnednnConvBwdWeights",
     "murajax_onednn_conv_relu_pool_fwd": "MurajaxOnednnConvReluPoolFwd",
     "murajax_onednn_unpool_relu_bwd": "MurajaxOnednnUnpoolReluBwd",
+    "murajax_bn_relu_fwd": "MurajaxBnReluFwd",
+    "murajax_bn_relu_normalize": "MurajaxBnReluNormalize",
+    "murajax_bn_relu_bwd": "MurajaxBnReluBwd",
+    "murajax_bn_relu_bwd_add": "MurajaxBnReluBwdAdd",
 }
 
 

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "batchnorm_relu.h"
 #include "winograd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -61,7 +62,7 @@ dnnl::stream& ThreadStream() {
 // primitives' scratchpad (a user scratchpad), kBlockedWeights the weights in the blocked layout
 // a primitive prefers, kConvOutput a convolution's output before it is pooled, kMaskedGradient a
 // pooled gradient after the ReLU's mask, and the kWinograd* ones the Winograd passes'
-// transformed kernel, inputs and products.
+// transformed kernel, inputs and products, kBatchNormWork the BatchNorm kernels' partial sums.
 enum Slot {
   kScratchpad = 0,
   kBlockedWeights,
@@ -70,6 +71,7 @@ enum Slot {
   kWinogradKernel,
   kWinogradInput,
   kWinogradProduct,
+  kBatchNormWork,
   kSlots
 };
 
@@ -909,6 +911,168 @@ ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyB
                        winner.size_bytes(), g.untyped_data());
 }
 
+
+// The BatchNorm + ReLU handlers (batchnorm_relu.h). `x` is (..., stride): its rows are every
+// axis but the last, of which the first `channels` (the size of `scale`) are normalised.
+struct BatchNormCall {
+  bnrelu::Prefix prefix;
+  bool bf16;
+};
+
+// The prefix that `x` and the per-channel float32 `vectors` describe, after checking that they
+// fit together; `dense` (arrays of `channels` per row, as many rows) must match it too.
+ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
+                             std::initializer_list<const ffi::AnyBuffer*> vectors,
+                             std::initializer_list<const ffi::AnyBuffer*> dense,
+                             BatchNormCall* call) {
+  auto xd = x.dimensions();
+  if (DataType(x.element_type()) == memory::data_type::undef) {
+    return Invalid("BatchNorm: x must be float32 or bfloat16");
+  }
+  if (xd.size() < 1 || x.element_count() == 0) {
+    return Invalid("BatchNorm: x must be a non-empty array, got " + DimsText(xd));
+  }
+  const int64_t stride = xd.back();
+  const int64_t channels = (*vectors.begin())->element_count();
+  if (channels < 1 || channels > stride) {
+    return Invalid("BatchNorm: " + std::to_string(channels) + " channels of x " + DimsText(xd) +
+                   " (expected 1 to " + std::to_string(stride) + ")");
+  }
+  for (const ffi::AnyBuffer* v : vectors) {
+    if (v->element_type() != ffi::DataType::F32 || v->element_count() != channels ||
+        v->dimensions().size() != 1) {
+      return Invalid("BatchNorm: per-channel arrays must be float32 (" +
+                     std::to_string(channels) + ",), got " + DimsText(v->dimensions()));
+    }
+  }
+  const int64_t rows = x.element_count() / stride;
+  for (const ffi::AnyBuffer* d : dense) {
+    auto dd = d->dimensions();
+    bool fits = d->element_type() == x.element_type() && dd.size() == xd.size() &&
+                dd.back() == channels && d->element_count() == rows * channels;
+    if (!fits) {
+      return Invalid("BatchNorm: " + DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
+                     std::to_string(channels) + " channels, in x's dtype");
+    }
+  }
+  call->prefix = {rows, stride, channels};
+  call->bf16 = x.element_type() == ffi::DataType::BF16;
+  return ffi::Error::Success();
+}
+
+float* BatchNormWork(const bnrelu::Prefix& p) {
+  return FloatBuffer(kBatchNormWork, bnrelu::WorkFloats(p));
+}
+
+float* F32(ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data()); }
+const float* F32(const ffi::AnyBuffer& b) { return static_cast<const float*>(b.untyped_data()); }
+
+ffi::Error BnReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                         ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                         ffi::Result<ffi::AnyBuffer> var, float epsilon) {
+  BatchNormCall call;
+  ffi::Error error = MakeBatchNormCall(x, {&scale, &bias, &*mean, &*var}, {&*y}, &call);
+  if (error.failure()) return error;
+  std::lock_guard<std::mutex> lock(RunningLock());
+  try {
+    float* work = BatchNormWork(call.prefix);
+    if (call.bf16) {
+      bnrelu::Forward(static_cast<const uint16_t*>(x.untyped_data()), call.prefix, F32(scale),
+                      F32(bias), epsilon, static_cast<uint16_t*>(y->untyped_data()), F32(*mean),
+                      F32(*var), work);
+    } else {
+      bnrelu::Forward(F32(x), call.prefix, F32(scale), F32(bias), epsilon, F32(*y), F32(*mean),
+                      F32(*var), work);
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BnReluNormalize(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                           ffi::AnyBuffer mean, ffi::AnyBuffer var, ffi::Result<ffi::AnyBuffer> y,
+                           float epsilon) {
+  BatchNormCall call;
+  ffi::Error error = MakeBatchNormCall(x, {&scale, &bias, &mean, &var}, {&*y}, &call);
+  if (error.failure()) return error;
+  std::lock_guard<std::mutex> lock(RunningLock());
+  try {
+    float* work = BatchNormWork(call.prefix);
+    if (call.bf16) {
+      bnrelu::Normalize(static_cast<const uint16_t*>(x.untyped_data()), call.prefix, F32(scale),
+                        F32(bias), F32(mean), F32(var), epsilon,
+                        static_cast<uint16_t*>(y->untyped_data()), work);
+    } else {
+      bnrelu::Normalize(F32(x), call.prefix, F32(scale), F32(bias), F32(mean), F32(var), epsilon,
+                        F32(*y), work);
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
+  }
+  return ffi::Error::Success();
+}
+
+// The backward pass into `out`: a dense array (`accumulate` false) or one with x's rows whose
+// first channels it adds to (`accumulate` true; XLA aliases it to an input).
+ffi::Error RunBnReluBackward(const ffi::AnyBuffer& x, const ffi::AnyBuffer& g,
+                             const ffi::AnyBuffer& scale, const ffi::AnyBuffer& bias,
+                             const ffi::AnyBuffer& mean, const ffi::AnyBuffer& var,
+                             ffi::AnyBuffer& out, ffi::AnyBuffer& dscale, ffi::AnyBuffer& dbias,
+                             float epsilon, bool accumulate) {
+  BatchNormCall call;
+  ffi::Error error = MakeBatchNormCall(x, {&scale, &bias, &mean, &var, &dscale, &dbias},
+                                       accumulate ? std::initializer_list<const ffi::AnyBuffer*>{&g}
+                                                  : std::initializer_list<const ffi::AnyBuffer*>{
+                                                        &g, &out},
+                                       &call);
+  if (error.failure()) return error;
+  int64_t out_stride = call.prefix.channels;
+  if (accumulate) {
+    auto od = out.dimensions();
+    out_stride = od.size() == 0 ? 0 : od.back();
+    if (out.element_type() != x.element_type() || od.size() != x.dimensions().size() ||
+        out_stride < call.prefix.channels ||
+        out.element_count() != call.prefix.rows * out_stride) {
+      return Invalid("BatchNorm: the gradient to add to " + DimsText(od) + " does not fit x " +
+                     DimsText(x.dimensions()));
+    }
+  }
+  std::lock_guard<std::mutex> lock(RunningLock());
+  try {
+    float* work = BatchNormWork(call.prefix);
+    if (call.bf16) {
+      bnrelu::Backward(static_cast<const uint16_t*>(x.untyped_data()), call.prefix,
+                       static_cast<const uint16_t*>(g.untyped_data()), F32(scale), F32(bias),
+                       F32(mean), F32(var), epsilon, static_cast<uint16_t*>(out.untyped_data()),
+                       out_stride, accumulate, F32(dscale), F32(dbias), work);
+    } else {
+      bnrelu::Backward(F32(x), call.prefix, F32(g), F32(scale), F32(bias), F32(mean), F32(var),
+                       epsilon, F32(out), out_stride, accumulate, F32(dscale), F32(dbias), work);
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BnReluBackward(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::AnyBuffer scale,
+                          ffi::AnyBuffer bias, ffi::AnyBuffer mean, ffi::AnyBuffer var,
+                          ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dscale,
+                          ffi::Result<ffi::AnyBuffer> dbias, float epsilon) {
+  return RunBnReluBackward(x, g, scale, bias, mean, var, *dx, *dscale, *dbias, epsilon, false);
+}
+
+ffi::Error BnReluBackwardAdd(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::AnyBuffer scale,
+                             ffi::AnyBuffer bias, ffi::AnyBuffer mean, ffi::AnyBuffer var,
+                             ffi::AnyBuffer total, ffi::Result<ffi::AnyBuffer> sum,
+                             ffi::Result<ffi::AnyBuffer> dscale,
+                             ffi::Result<ffi::AnyBuffer> dbias, float epsilon) {
+  if (sum->untyped_data() != total.untyped_data()) {
+    return Invalid("BatchNorm: the gradient to add to must be aliased to the output");
+  }
+  return RunBnReluBackward(x, g, scale, bias, mean, var, *sum, *dscale, *dbias, epsilon, true);
+}
 }  // namespace
 
 namespace {
@@ -966,6 +1130,53 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnUnpoolReluBwd, UnpoolReluBackward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluFwd, BnReluForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluNormalize, BnReluNormalize,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwd, BnReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwdAdd, BnReluBackwardAdd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
 
 // Which sources, compiler flags, jaxlib and oneDNN the library was built from (murajax/ops/
 // onednn.py passes it and reads it back from the file before loading it, to refuse a stale one).

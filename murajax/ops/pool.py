@@ -13,6 +13,8 @@ broadcast-and-select that reads only quarter-size arrays and writes the input gr
 `unpool_2x2` is that backward pass, shared with `conv.conv2d_relu_max_pool`.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -78,3 +80,77 @@ def _max_pool_even_bwd(winner: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 
 
 _max_pool_even.defvjp(_max_pool_even_fwd, _max_pool_even_bwd)
+
+
+def _windows(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
+    """The `window` x `window` elements of each VALID window (stride `stride`) of NHWC `x`, as
+    strided slices in row-major order, each of the pooled output's shape."""
+    _, h, w, _ = x.shape
+    out_h, out_w = (h - window) // stride + 1, (w - window) // stride + 1
+    return [
+        x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
+        for i in range(window)
+        for j in range(window)
+    ]
+
+
+def _max_with_argmax(x: jax.Array, window: int, stride: int) -> tuple[jax.Array, jax.Array]:
+    """(window maxima, uint8 index of each window's first maximum in row-major order)."""
+    parts = _windows(x, window, stride)
+    maxima = functools.reduce(jnp.maximum, parts)
+    winner = jnp.full(maxima.shape, len(parts) - 1, jnp.uint8)
+    for index in reversed(range(len(parts) - 1)):  # the earliest equal element wins
+        winner = jnp.where(parts[index] == maxima, jnp.uint8(index), winner)
+    return maxima, winner
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    return functools.reduce(jnp.maximum, _windows(x, window, stride))
+
+
+def _max_pool_fwd(x, window, stride):
+    maxima, winner = _max_with_argmax(x, window, stride)
+    return maxima, (winner, x.shape)
+
+
+def _max_pool_bwd(window, stride, residuals, g):
+    winner, shape = residuals
+    out_h, out_w = g.shape[1:3]
+    dtype = g.dtype
+    g = g.astype(jnp.float32)  # XLA:CPU's bfloat16 version of this sum ran 7x slower
+    zero = jnp.zeros((), g.dtype)
+    grad = jnp.zeros(shape, g.dtype)
+    for index in range(window * window):
+        i, j = divmod(index, window)
+        part = jnp.where(winner == index, g, zero)
+        # The window element `index` of output (r, c) is input (i + stride r, j + stride c).
+        padding = (
+            (0, 0, 0),
+            (i, shape[1] - i - stride * (out_h - 1) - 1, stride - 1),
+            (j, shape[2] - j - stride * (out_w - 1) - 1, stride - 1),
+            (0, 0, 0),
+        )
+        grad = grad + jax.lax.pad(part, zero, padding)
+    return (grad.astype(dtype),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """Max-pooling of NHWC `x` over `window` x `window` windows with stride `stride` ("VALID"):
+    the values and gradients of `nn.max_pool(x, (window, window), (stride, stride))`, each
+    window's gradient going to its first maximum in row-major order.
+
+    As strided slices instead of XLA's `reduce_window`: XLA:CPU's reduce-window and its
+    gradient (select-and-scatter) took 55 ms of DenseNet-169's train step for its one 3x3
+    pooling (224 px, batch 8), these about a tenth of that.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"max_pool expects NHWC input, got shape {x.shape}")
+    if window < 1 or stride < 1 or window > 16 or min(x.shape[1:3]) < window:
+        raise ValueError(
+            f"max_pool: a {window}x{window} window (stride {stride}) does not fit input {x.shape}"
+        )
+    return _max_pool(x, window, stride)
