@@ -26,12 +26,6 @@ namespace bnrelu {
 
 constexpr int64_t kChunkRows = 64;
 
-#if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__)) || \
-                             (defined(__clang__) && __clang_major__ >= 14))
-#define MURAJAX_BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MURAJAX_BN_CLONES
-#endif
 #define MURAJAX_BN_INLINE inline __attribute__((always_inline))
 
 // Where the prefix lives: `rows` rows of `stride` elements, the first `channels` of each used.
@@ -148,68 +142,91 @@ MURAJAX_BN_INLINE void InputGradChunk(const T* x, int64_t stride, const T* g, in
   }
 }
 
-// The chunk kernels for one element type, each built for AVX-512, AVX2 and the x86-64 baseline
-// (the loader picks one for the CPU).
-#define MURAJAX_BN_KERNELS(T, Suffix)                                                          \
-  MURAJAX_BN_CLONES void Stats##Suffix(const T* x, int64_t stride, int64_t count,              \
-                                       int64_t channels, float* sum, float* sum_sq) {          \
+// The instruction sets the chunk kernels are built for; `Use` picks one for the whole library.
+// murajax/ops/onednn_conv.cc picks oneDNN's (the CPU's, or less under ONEDNN_MAX_CPU_ISA), so
+// that every level can be tested on a machine that has the highest.
+enum class Level { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline Level& CurrentLevel() {
+  static Level level = Level::kBaseline;
+  return level;
+}
+inline void Use(Level level) { CurrentLevel() = level; }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MURAJAX_BN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define MURAJAX_BN_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define MURAJAX_BN_AVX512
+#define MURAJAX_BN_AVX2
+#endif
+
+// The four chunk kernels for one element type, built once per level as `Stats<T><suffix>`...
+#define MURAJAX_BN_KERNELS_AT(TARGET, T, Suffix)                                               \
+  TARGET inline void Stats##Suffix(const T* x, int64_t stride, int64_t count, int64_t channels, \
+                                   float* sum, float* sum_sq) {                                \
     StatsChunk(x, stride, count, channels, sum, sum_sq);                                      \
   }                                                                                           \
-  MURAJAX_BN_CLONES void Apply##Suffix(const T* x, int64_t stride, int64_t count,              \
-                                       int64_t channels, const float* mean, const float* a,    \
-                                       const float* bias, T* y) {                              \
+  TARGET inline void Apply##Suffix(const T* x, int64_t stride, int64_t count, int64_t channels, \
+                                   const float* mean, const float* a, const float* bias, T* y) { \
     ApplyChunk(x, stride, count, channels, mean, a, bias, y);                                 \
   }                                                                                           \
-  MURAJAX_BN_CLONES void GradSums##Suffix(const T* x, int64_t stride, const T* g,              \
-                                          int64_t count, int64_t channels, const float* mean,  \
-                                          const float* a, const float* bias, float* sum_g,     \
-                                          float* sum_gx) {                                     \
+  TARGET inline void GradSums##Suffix(const T* x, int64_t stride, const T* g, int64_t count,   \
+                                      int64_t channels, const float* mean, const float* a,     \
+                                      const float* bias, float* sum_g, float* sum_gx) {        \
     GradSumsChunk(x, stride, g, count, channels, mean, a, bias, sum_g, sum_gx);               \
   }                                                                                           \
-  MURAJAX_BN_CLONES void InputGrad##Suffix(                                                    \
-      const T* x, int64_t stride, const T* g, int64_t count, int64_t channels,                 \
-      const float* mean, const float* a, const float* bias, const float* c1, const float* c0,  \
-      T* out, int64_t out_stride, bool accumulate) {                                           \
+  TARGET inline void InputGrad##Suffix(const T* x, int64_t stride, const T* g, int64_t count,  \
+                                       int64_t channels, const float* mean, const float* a,    \
+                                       const float* bias, const float* c1, const float* c0,    \
+                                       T* out, int64_t out_stride, bool accumulate) {          \
     InputGradChunk(x, stride, g, count, channels, mean, a, bias, c1, c0, out, out_stride,     \
                    accumulate);                                                                \
   }
 
-MURAJAX_BN_KERNELS(float, F32)
-MURAJAX_BN_KERNELS(uint16_t, Bf16)
-#undef MURAJAX_BN_KERNELS
+MURAJAX_BN_KERNELS_AT(MURAJAX_BN_AVX512, float, F32Avx512)
+MURAJAX_BN_KERNELS_AT(MURAJAX_BN_AVX2, float, F32Avx2)
+MURAJAX_BN_KERNELS_AT(, float, F32Baseline)
+MURAJAX_BN_KERNELS_AT(MURAJAX_BN_AVX512, uint16_t, Bf16Avx512)
+MURAJAX_BN_KERNELS_AT(MURAJAX_BN_AVX2, uint16_t, Bf16Avx2)
+MURAJAX_BN_KERNELS_AT(, uint16_t, Bf16Baseline)
+#undef MURAJAX_BN_KERNELS_AT
 
-inline void Stats(const float* x, int64_t s, int64_t n, int64_t c, float* a, float* b) {
-  StatsF32(x, s, n, c, a, b);
-}
-inline void Stats(const uint16_t* x, int64_t s, int64_t n, int64_t c, float* a, float* b) {
-  StatsBf16(x, s, n, c, a, b);
-}
-inline void Apply(const float* x, int64_t s, int64_t n, int64_t c, const float* m,
-                  const float* a, const float* b, float* y) {
-  ApplyF32(x, s, n, c, m, a, b, y);
-}
-inline void Apply(const uint16_t* x, int64_t s, int64_t n, int64_t c, const float* m,
-                  const float* a, const float* b, uint16_t* y) {
-  ApplyBf16(x, s, n, c, m, a, b, y);
-}
-inline void GradSums(const float* x, int64_t s, const float* g, int64_t n, int64_t c,
-                     const float* m, const float* a, const float* b, float* sg, float* sgx) {
-  GradSumsF32(x, s, g, n, c, m, a, b, sg, sgx);
-}
-inline void GradSums(const uint16_t* x, int64_t s, const uint16_t* g, int64_t n, int64_t c,
-                     const float* m, const float* a, const float* b, float* sg, float* sgx) {
-  GradSumsBf16(x, s, g, n, c, m, a, b, sg, sgx);
-}
-inline void InputGrad(const float* x, int64_t s, const float* g, int64_t n, int64_t c,
-                      const float* m, const float* a, const float* b, const float* c1,
-                      const float* c0, float* out, int64_t os, bool acc) {
-  InputGradF32(x, s, g, n, c, m, a, b, c1, c0, out, os, acc);
-}
-inline void InputGrad(const uint16_t* x, int64_t s, const uint16_t* g, int64_t n, int64_t c,
-                      const float* m, const float* a, const float* b, const float* c1,
-                      const float* c0, uint16_t* out, int64_t os, bool acc) {
-  InputGradBf16(x, s, g, n, c, m, a, b, c1, c0, out, os, acc);
-}
+// ...and called through `Stats`, `Apply`, `GradSums` and `InputGrad` at the current level.
+#define MURAJAX_BN_DISPATCH(Name, T, Type, params, args)  \
+  inline void Name params {                                \
+    switch (CurrentLevel()) {                              \
+      case Level::kAvx512:                                 \
+        return Name##Type##Avx512 args;                    \
+      case Level::kAvx2:                                   \
+        return Name##Type##Avx2 args;                      \
+      default:                                             \
+        return Name##Type##Baseline args;                  \
+    }                                                      \
+  }
+
+#define MURAJAX_BN_DISPATCH_ALL(T, Type)                                                        \
+  MURAJAX_BN_DISPATCH(Stats, T, Type,                                                          \
+                      (const T* x, int64_t s, int64_t n, int64_t c, float* a, float* b),       \
+                      (x, s, n, c, a, b))                                                      \
+  MURAJAX_BN_DISPATCH(Apply, T, Type,                                                          \
+                      (const T* x, int64_t s, int64_t n, int64_t c, const float* m,            \
+                       const float* a, const float* b, T* y),                                  \
+                      (x, s, n, c, m, a, b, y))                                                \
+  MURAJAX_BN_DISPATCH(GradSums, T, Type,                                                       \
+                      (const T* x, int64_t s, const T* g, int64_t n, int64_t c, const float* m, \
+                       const float* a, const float* b, float* sg, float* sgx),                 \
+                      (x, s, g, n, c, m, a, b, sg, sgx))                                       \
+  MURAJAX_BN_DISPATCH(InputGrad, T, Type,                                                      \
+                      (const T* x, int64_t s, const T* g, int64_t n, int64_t c, const float* m, \
+                       const float* a, const float* b, const float* c1, const float* c0,       \
+                       T* out, int64_t os, bool acc),                                          \
+                      (x, s, g, n, c, m, a, b, c1, c0, out, os, acc))
+
+MURAJAX_BN_DISPATCH_ALL(float, F32)
+MURAJAX_BN_DISPATCH_ALL(uint16_t, Bf16)
+#undef MURAJAX_BN_DISPATCH_ALL
+#undef MURAJAX_BN_DISPATCH
 
 inline int64_t Chunks(int64_t rows) { return (rows + kChunkRows - 1) / kChunkRows; }
 

@@ -291,6 +291,16 @@ def onednn_isa() -> str | None:
     return lib.murajax_onednn_isa().decode()
 
 
+def batchnorm_level() -> str | None:
+    """The instruction set murajax's BatchNorm kernels run at ("AVX512", "AVX2", "baseline"):
+    oneDNN's, so lowered by `$ONEDNN_MAX_CPU_ISA` too; None where the extension does not load."""
+    lib, _ = _loaded()
+    if lib is None:
+        return None
+    lib.murajax_bn_level.restype = ctypes.c_char_p
+    return lib.murajax_bn_level().decode()
+
+
 def onednn_status() -> str | None:
     """Loads and registers the extension once: None when it works, else the reason it does
     not (then murajax uses XLA's convolution)."""

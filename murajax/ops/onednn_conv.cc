@@ -914,6 +914,10 @@ ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyB
 
 // The BatchNorm + ReLU handlers (batchnorm_relu.h). `x` is (..., stride): its rows are every
 // axis but the last, of which the first `channels` (the size of `scale`) are normalised.
+ffi::Error InvalidBatchNorm(const std::string& what) {
+  return ffi::Error::InvalidArgument("murajax BatchNorm: " + what);
+}
+
 struct BatchNormCall {
   bnrelu::Prefix prefix;
   bool bf16;
@@ -927,21 +931,21 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
                              BatchNormCall* call) {
   auto xd = x.dimensions();
   if (DataType(x.element_type()) == memory::data_type::undef) {
-    return Invalid("BatchNorm: x must be float32 or bfloat16");
+    return InvalidBatchNorm("x must be float32 or bfloat16");
   }
   if (xd.size() < 1 || x.element_count() == 0) {
-    return Invalid("BatchNorm: x must be a non-empty array, got " + DimsText(xd));
+    return InvalidBatchNorm("x must be a non-empty array, got " + DimsText(xd));
   }
   const int64_t stride = xd.back();
   const int64_t channels = (*vectors.begin())->element_count();
   if (channels < 1 || channels > stride) {
-    return Invalid("BatchNorm: " + std::to_string(channels) + " channels of x " + DimsText(xd) +
+    return InvalidBatchNorm("" + std::to_string(channels) + " channels of x " + DimsText(xd) +
                    " (expected 1 to " + std::to_string(stride) + ")");
   }
   for (const ffi::AnyBuffer* v : vectors) {
     if (v->element_type() != ffi::DataType::F32 || v->element_count() != channels ||
         v->dimensions().size() != 1) {
-      return Invalid("BatchNorm: per-channel arrays must be float32 (" +
+      return InvalidBatchNorm("per-channel arrays must be float32 (" +
                      std::to_string(channels) + ",), got " + DimsText(v->dimensions()));
     }
   }
@@ -951,7 +955,7 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
     bool fits = d->element_type() == x.element_type() && dd.size() == xd.size() &&
                 dd.back() == channels && d->element_count() == rows * channels;
     if (!fits) {
-      return Invalid("BatchNorm: " + DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
+      return InvalidBatchNorm("" + DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
                      std::to_string(channels) + " channels, in x's dtype");
     }
   }
@@ -960,7 +964,31 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
   return ffi::Error::Success();
 }
 
+// The instruction set of the BatchNorm kernels: oneDNN's (the CPU's, or less under
+// ONEDNN_MAX_CPU_ISA), so that tests can run each level on a CPU that has the highest.
+bnrelu::Level BatchNormLevel() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx2:
+    case dnnl::cpu_isa::avx2_vnni:
+    case dnnl::cpu_isa::avx2_vnni_2:
+      return bnrelu::Level::kAvx2;
+    case dnnl::cpu_isa::avx512_core:
+    case dnnl::cpu_isa::avx512_core_vnni:
+    case dnnl::cpu_isa::avx512_core_bf16:
+    case dnnl::cpu_isa::avx512_core_fp16:
+    case dnnl::cpu_isa::avx512_core_amx:
+    case dnnl::cpu_isa::avx512_core_amx_fp16:
+      return bnrelu::Level::kAvx512;
+    default:
+      return bnrelu::Level::kBaseline;
+  }
+}
+
+// The BatchNorm kernels' work space, at the instruction set they run at (while holding
+// `RunningLock`).
 float* BatchNormWork(const bnrelu::Prefix& p) {
+  static const bool chosen = (bnrelu::Use(BatchNormLevel()), true);
+  (void)chosen;
   return FloatBuffer(kBatchNormWork, bnrelu::WorkFloats(p));
 }
 
@@ -1034,7 +1062,7 @@ ffi::Error RunBnReluBackward(const ffi::AnyBuffer& x, const ffi::AnyBuffer& g,
     if (out.element_type() != x.element_type() || od.size() != x.dimensions().size() ||
         out_stride < call.prefix.channels ||
         out.element_count() != call.prefix.rows * out_stride) {
-      return Invalid("BatchNorm: the gradient to add to " + DimsText(od) + " does not fit x " +
+      return InvalidBatchNorm("the gradient to add to " + DimsText(od) + " does not fit x " +
                      DimsText(x.dimensions()));
     }
   }
@@ -1069,7 +1097,7 @@ ffi::Error BnReluBackwardAdd(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::AnyBuffer 
                              ffi::Result<ffi::AnyBuffer> dscale,
                              ffi::Result<ffi::AnyBuffer> dbias, float epsilon) {
   if (sum->untyped_data() != total.untyped_data()) {
-    return Invalid("BatchNorm: the gradient to add to must be aliased to the output");
+    return InvalidBatchNorm("the gradient to add to must be aliased to the output");
   }
   return RunBnReluBackward(x, g, scale, bias, mean, var, *sum, *dscale, *dbias, epsilon, true);
 }
@@ -1185,6 +1213,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwdAdd, BnReluBackwardAdd,
 #endif
 extern "C" __attribute__((used, visibility("default"))) const char murajax_onednn_build_id[] =
     "murajax-onednn-build:" MURAJAX_BUILD_ID;
+
+// The instruction set murajax's BatchNorm kernels use here: "AVX512", "AVX2" or "baseline".
+extern "C" const char* murajax_bn_level() {
+  switch (BatchNormLevel()) {
+    case bnrelu::Level::kAvx512:
+      return "AVX512";
+    case bnrelu::Level::kAvx2:
+      return "AVX2";
+    default:
+      return "baseline";
+  }
+}
 
 // The instruction set oneDNN's kernels use here (the CPU's, or less under ONEDNN_MAX_CPU_ISA).
 extern "C" const char* murajax_onednn_isa() {
