@@ -182,6 +182,14 @@ def test_table_has_parameter_counts_and_footnotes_for_cut_rows():
     ]
 
 
+def test_a_slow_compiling_model_raises_the_floor_to_its_compile_estimate():
+    assert schedule.model_floor_s("cnn_c", 60) == 60
+    densenet = schedule.model_floor_s("densenet169", 60)
+    assert densenet == schedule.SPAWN_S + schedule.COMPILE_S["densenet169"] > 60
+    budget = schedule.peer_budget(cap_s=400, floor_s=densenet, murajax_s=49)
+    assert budget.seconds == densenet and "floor" in budget.why  # not 3x 49 s = 147 s
+
+
 def test_peer_budget_is_cap_or_murajax_times_3_at_least_the_floor_within_the_time_limit():
     budget = schedule.peer_budget(cap_s=120, floor_s=20, murajax_s=30, share_left_s=300)
     assert budget == schedule.Budget(90, "3x murajax's 30 s")

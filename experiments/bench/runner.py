@@ -679,7 +679,7 @@ def _measure_row(
             committed = sum(o.committed_s(rounds_left) for o in earlier)
             m.budget = schedule.peer_budget(
                 cap_s=budgets.cap_s,
-                floor_s=budgets.floor_s,
+                floor_s=schedule.model_floor_s(workload.model, budgets.floor_s),
                 murajax_s=_murajax_reference_s(earlier, rounds_left),
                 share_left_s=None if share_s is None else share_s - committed,
                 peers_left=sum(1 for o in later if not is_murajax(o.framework)),

@@ -118,6 +118,22 @@ class Budget:
     skip: bool = False
 
 
+SLOW_COMPILE_S = 60.0
+"""A model whose compile estimate (`COMPILE_S`) is at least this raises its peers' floor."""
+
+
+def model_floor_s(model: str, floor_s: float) -> float:
+    """The least budget a peer gets for `model`: `floor_s`; for a model that compiles slowly
+    (`SLOW_COMPILE_S`), its start and the model's compile estimate where that is more, so that
+    a peer that compiles as slowly as estimated still times steps after it. (Once murajax
+    compiled DenseNet-169 in 25 s, 3x its time no longer covered Keras-TF's 73 s compile, and
+    Keras's row was its first step only.)"""
+    compile_s = COMPILE_S.get(model, 0.0)
+    if compile_s < SLOW_COMPILE_S:
+        return floor_s
+    return max(floor_s, SPAWN_S + compile_s)
+
+
 def peer_budget(
     *,
     cap_s: float,
