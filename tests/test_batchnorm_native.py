@@ -257,3 +257,30 @@ def test_the_baseline_kernels_pass_too():
     )
     assert result.returncode == 0, describe(result) + "\n" + result.stdout[-3000:]
     assert "3 passed" in result.stdout, result.stdout[-500:]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_bits_as_uint16_are_read_as_bfloat16(native):
+    """A dense block keeps its bfloat16 buffer as uint16 bits: every function reads it as the
+    bfloat16 it holds, with bfloat16 outputs, natively and in XLA."""
+    x, g, scale, bias, total = _arrays(
+        {"rows": 150, "channels": 20, "extra": 12, "dtype": "bfloat16", "seed": 4}
+    )
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+    assert batchnorm.native_available(bits, "auto")
+    want = _forward(x, 20, scale, bias, native)
+    got = _forward(bits, 20, scale, bias, native)
+    assert got[0].dtype == jnp.bfloat16
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, mean, var = want
+    np.testing.assert_array_equal(
+        _normalize(bits, 20, scale, bias, mean, var, native),
+        _normalize(x, 20, scale, bias, mean, var, native),
+    )
+    for add_to in (None, total):
+        got = _grads(bits, 20, g, scale, bias, mean, var, native, add_to)
+        want = _grads(x, 20, g, scale, bias, mean, var, native, add_to)
+        assert got[0].dtype == jnp.bfloat16
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)

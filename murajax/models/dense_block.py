@@ -68,28 +68,24 @@ def _layer_forward(features, start, p: LayerParams, epsilon, conv_impl):
     return y, h, LayerStats(mean0, var0, mean1, var1)
 
 
-def _write_channels(features: jax.Array, start: int, y: jax.Array) -> jax.Array:
-    """`features` with `y` in its channels from `start` on, updated in place. XLA:CPU computes
-    a bfloat16 update in float32 (a copy of the whole buffer per layer: 8% of DenseNet-169's
-    bfloat16 step); as 16-bit integers the same bits are written in place."""
-    if features.dtype != jnp.bfloat16:
-        return features.at[..., start : start + y.shape[-1]].set(y)
-    bits = jax.lax.bitcast_convert_type(features, jnp.uint16)
-    bits = bits.at[..., start : start + y.shape[-1]].set(
-        jax.lax.bitcast_convert_type(y, jnp.uint16)
-    )
-    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+def _buffer_bits(x: jax.Array) -> jax.Array:
+    """`x` as the block's buffer keeps it: bfloat16 as its bits in uint16, since XLA:CPU
+    updates a bfloat16 buffer in float32 (a copy of the whole buffer per layer: 8% of
+    DenseNet-169's bfloat16 step), a uint16 one in place. `batchnorm` reads either."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
 
 
 def _forward(x, params, epsilon, conv_impl):
+    """(the block's buffer, as `_buffer_bits` keeps it; each layer's h; each layer's stats)."""
     channels = x.shape[-1]
+    x = _buffer_bits(x)
     features = jnp.zeros((*x.shape[:-1], channels + len(params) * GROWTH_RATE), x.dtype)
-    features = _write_channels(features, 0, x)
+    features = features.at[..., :channels].set(x)
     bottlenecks, stats = [], []
     for i, p in enumerate(params):
         start = channels + i * GROWTH_RATE
         y, h, s = _layer_forward(features, start, p, epsilon, conv_impl)
-        features = _write_channels(features, start, y)
+        features = features.at[..., start : start + GROWTH_RATE].set(_buffer_bits(y))
         bottlenecks.append(h)
         stats.append(s)
     return features, bottlenecks, stats
@@ -98,12 +94,13 @@ def _forward(x, params, epsilon, conv_impl):
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _dense_block(x, params, epsilon, conv_impl):
     features, _, stats = _forward(x, params, epsilon, conv_impl)
-    return features, stats
+    return batchnorm.as_activations(features), stats
 
 
 def _dense_block_fwd(x, params, epsilon, conv_impl):
     features, bottlenecks, stats = _forward(x, params, epsilon, conv_impl)
-    return (features, stats), (features, x.shape[-1], params, bottlenecks, stats)
+    outputs = (batchnorm.as_activations(features), stats)
+    return outputs, (features, x.shape[-1], params, bottlenecks, stats)
 
 
 def _conv_vjp(x, kernel, conv_impl, dy):

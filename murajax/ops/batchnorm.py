@@ -90,10 +90,17 @@ def bn_relu_grads(residuals: tuple, g: Array) -> tuple[Array, Array, Array]:
     return dx, dscale, dbias
 
 
+def as_activations(x: Array) -> Array:
+    """`x`, or bfloat16 `x` kept as its bits in uint16 (what the native kernels also take:
+    `models.dense_block` keeps its buffer so, since XLA:CPU updates uint16 in place)."""
+    return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x
+
+
 def native_available(x: Array, conv_impl: str) -> bool:
     """Whether the native kernels serve `x` under `model.conv_impl`: the extension runs here
     (`conv_impl` is not "xla") and `x` is float32 or bfloat16."""
-    return x.dtype in NATIVE_DTYPES and resolve_conv_impl(conv_impl) != "xla"
+    dtype = jnp.bfloat16 if x.dtype == jnp.uint16 else x.dtype
+    return dtype in NATIVE_DTYPES and resolve_conv_impl(conv_impl) != "xla"
 
 
 def _vector(channels: int) -> jax.ShapeDtypeStruct:
@@ -101,17 +108,18 @@ def _vector(channels: int) -> jax.ShapeDtypeStruct:
 
 
 def _dense(x: Array, channels: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((*x.shape[:-1], channels), x.dtype)
+    return jax.ShapeDtypeStruct((*x.shape[:-1], channels), as_activations(x).dtype)
 
 
 def bn_relu_prefix(
     x: Array, channels: int, scale: Array, bias: Array, epsilon: float, *, native: bool
 ) -> tuple[Array, Array, Array]:
     """(relu(batchnorm(x[..., :channels])), batch mean, batch variance): `bn_relu`'s values
-    (not differentiable) over the first `channels` channels of `x`."""
+    (not differentiable) over the first `channels` channels of `x` (float32, bfloat16, or
+    bfloat16 bits as uint16: `as_activations`)."""
 
     def xla(x, scale, bias):
-        return _bn_relu_forward(x[..., :channels], scale, bias, epsilon)
+        return _bn_relu_forward(as_activations(x)[..., :channels], scale, bias, epsilon)
 
     if not native:
         return xla(x, scale, bias)
@@ -138,7 +146,7 @@ def normalize_relu_prefix(
     """`normalize_relu` of `x[..., :channels]` with the given statistics."""
 
     def xla(x, scale, bias, mean, var):
-        return normalize_relu(x[..., :channels], scale, bias, mean, var, epsilon)
+        return normalize_relu(as_activations(x)[..., :channels], scale, bias, mean, var, epsilon)
 
     if not native:
         return xla(x, scale, bias, mean, var)
@@ -168,7 +176,7 @@ def bn_relu_grads_prefix(
     first value is `add_to` with dx added to its first `channels` channels instead of dx."""
 
     def xla(x, g, scale, bias, mean, var, *total):
-        residuals = (x[..., :channels], scale, bias, mean, var, epsilon)
+        residuals = (as_activations(x)[..., :channels], scale, bias, mean, var, epsilon)
         dx, dscale, dbias = bn_relu_grads(residuals, g)
         if total:
             dx = total[0].at[..., :channels].add(dx)

@@ -913,7 +913,13 @@ ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyB
 
 
 // The BatchNorm + ReLU handlers (batchnorm_relu.h). `x` is (..., stride): its rows are every
-// axis but the last, of which the first `channels` (the size of `scale`) are normalised.
+// axis but the last, of which the first `channels` (the size of `scale`) are normalised. `x`
+// may also be bfloat16 bits as uint16 (a dense block keeps its buffer so: XLA:CPU updates a
+// bfloat16 buffer in float32, not in place); its outputs are then bfloat16.
+ffi::DataType ActivationType(ffi::DataType type) {
+  return type == ffi::DataType::U16 ? ffi::DataType::BF16 : type;
+}
+
 ffi::Error InvalidBatchNorm(const std::string& what) {
   return ffi::Error::InvalidArgument("murajax BatchNorm: " + what);
 }
@@ -930,7 +936,8 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
                              std::initializer_list<const ffi::AnyBuffer*> dense,
                              BatchNormCall* call) {
   auto xd = x.dimensions();
-  if (DataType(x.element_type()) == memory::data_type::undef) {
+  const ffi::DataType type = ActivationType(x.element_type());
+  if (DataType(type) == memory::data_type::undef) {
     return InvalidBatchNorm("x must be float32 or bfloat16");
   }
   if (xd.size() < 1 || x.element_count() == 0) {
@@ -952,7 +959,7 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
   const int64_t rows = x.element_count() / stride;
   for (const ffi::AnyBuffer* d : dense) {
     auto dd = d->dimensions();
-    bool fits = d->element_type() == x.element_type() && dd.size() == xd.size() &&
+    bool fits = ActivationType(d->element_type()) == type && dd.size() == xd.size() &&
                 dd.back() == channels && d->element_count() == rows * channels;
     if (!fits) {
       return InvalidBatchNorm("" + DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
@@ -960,7 +967,7 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
     }
   }
   call->prefix = {rows, stride, channels};
-  call->bf16 = x.element_type() == ffi::DataType::BF16;
+  call->bf16 = type == ffi::DataType::BF16;
   return ffi::Error::Success();
 }
 
@@ -1059,7 +1066,8 @@ ffi::Error RunBnReluBackward(const ffi::AnyBuffer& x, const ffi::AnyBuffer& g,
   if (accumulate) {
     auto od = out.dimensions();
     out_stride = od.size() == 0 ? 0 : od.back();
-    if (out.element_type() != x.element_type() || od.size() != x.dimensions().size() ||
+    if (ActivationType(out.element_type()) != ActivationType(x.element_type()) ||
+        od.size() != x.dimensions().size() ||
         out_stride < call.prefix.channels ||
         out.element_count() != call.prefix.rows * out_stride) {
       return InvalidBatchNorm("the gradient to add to " + DimsText(od) + " does not fit x " +
