@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from murajax import executable_cache
 from murajax.config import Config, check_choice, invalid
 
 PARALLELISMS: tuple[str, ...] = ("jit", "pmap")
@@ -228,9 +229,18 @@ class DataParallel(NamedTuple):
     host_state: Callable[[Any], Any]
 
 
-def data_parallel(step_fn: StepFn, parallelism: str, mesh: Mesh | None = None) -> DataParallel:
+def data_parallel(
+    step_fn: StepFn,
+    parallelism: str,
+    mesh: Mesh | None = None,
+    *,
+    cache_identity: str | None = None,
+) -> DataParallel:
     """Compiles `step_fn(state, batch, *, axis_name=None) -> (state, metrics)` for
     `parallelism` over `mesh` (default: `make_mesh()`, every device of every process).
+    With `cache_identity` (what determines `step_fn`'s program beyond its arguments' shapes:
+    `murajax.executable_cache`), 'jit' keeps the compiled step on disk where the persistent
+    compilation cache is on, and a rerun loads it without tracing.
 
     'jit': `jax.jit(step_fn, in_shardings=(replicated, sharded on "data"), out_shardings=
     replicated, donate_argnums=0)`. 'pmap': `jax.pmap(step_fn(axis_name="data"),
@@ -247,6 +257,8 @@ def data_parallel(step_fn: StepFn, parallelism: str, mesh: Mesh | None = None) -
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
+        if cache_identity is not None:
+            step = executable_cache.CachedExecutable(step, f"{parallelism}\n{cache_identity}")
         return DataParallel(
             parallelism,
             mesh,

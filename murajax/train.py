@@ -23,6 +23,7 @@ from murajax import (
     data,
     errors,
     evaluation,
+    executable_cache,
     freeze,
     interrupt,
     losses,
@@ -254,6 +255,18 @@ def _batch_stats_mask(
     )
 
 
+def _step_identity(
+    config: Config, model: nn.Module, weight_table: np.ndarray, batch_stats_mask: Any
+) -> str | None:
+    """What determines the train step's program beyond its arguments' shapes, for
+    `murajax.executable_cache`: the config, the model and what the data gave (class weights,
+    the frozen statistics). None (no executable cache) for a model defined outside murajax,
+    whose source the cache's key does not cover."""
+    if not type(model).__module__.startswith("murajax."):
+        return None
+    return executable_cache.describe(config, model, weight_table, batch_stats_mask)
+
+
 def _train_loop(
     config: Config,
     workdir: str,
@@ -286,17 +299,23 @@ def _train_loop(
     t = config.train
     signals = signals if signals is not None else interrupt.StopSignals()  # none installed
     carry = carry or {}
+    weight_table = class_weight_table(config, spec)
+    batch_stats_mask = _batch_stats_mask(config, spec, state, layer_order)
     step_fn = functools.partial(
         steps.train_step,
         model=model,
         tx=tx,
-        weight_table=jnp.asarray(class_weight_table(config, spec)),
+        weight_table=jnp.asarray(weight_table),
         label_smoothing=t.label_smoothing,
         l2_weight=t.l2_weight,
-        batch_stats_mask=_batch_stats_mask(config, spec, state, layer_order),
+        batch_stats_mask=batch_stats_mask,
         skip_nonfinite=t.on_nonfinite == "skip",
     )
-    dp = parallel.data_parallel(step_fn, t.parallelism)
+    dp = parallel.data_parallel(
+        step_fn,
+        t.parallelism,
+        cache_identity=_step_identity(config, model, weight_table, batch_stats_mask),
+    )
     eval_fn = steps.make_state_eval_fn(model)
     start = int(state.step)
     state = dp.put_state(state)
@@ -313,6 +332,8 @@ def _train_loop(
         for step in range(start + 1, t.steps + 1):
             batch = next(train_iter)
             state, metrics = dp.step(state, dp.put_batch(batch))
+            if step == start + 1 and getattr(dp.step, "loaded", False):
+                progress.write("[murajax] train step loaded from the executable cache")
             on_device.append((step, metrics))
             images += images_in(batch, t.batch_size)
             progress.update(1)
