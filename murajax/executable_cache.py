@@ -37,6 +37,12 @@ from murajax.ops import onednn
 SUBDIR = "murajax_executables"
 FORMAT = 1
 _DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "numpy")
+_JAX_OPTIONS = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_default_prng_impl",
+    "jax_numpy_rank_promotion",
+)
 
 
 def cache_dir() -> Path | None:
@@ -85,6 +91,7 @@ def environment() -> str:
         f"murajax-sources={_source_digest()}",
         *(f"{d}={_version(d)}" for d in _DISTRIBUTIONS),
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
+        *(f"{option}={getattr(jax.config, option)}" for option in _JAX_OPTIONS),
         f"devices={[(d.platform, d.device_kind, d.id) for d in devices]}",
         f"processes={jax.process_count()}/{jax.process_index()}",
         f"onednn={onednn.onednn_status()} {onednn.onednn_isa()} {onednn.build_id()}",
