@@ -105,3 +105,28 @@ def test_the_key_covers_the_environment_and_the_identity():
         assert part in environment
     table = np.array([[1.0, 2.0]])
     assert executable_cache.describe(table) != executable_cache.describe(table * 2)
+
+
+def test_the_train_steps_identity_follows_config_model_and_class_weights():
+    """What `train` keys the train step by: the config, the model and the class weights the
+    data gave; a model from outside murajax (whose source the key does not cover) gets none."""
+    import flax.linen as nn
+
+    from experiments.configs import quickstart
+    from murajax import models, train
+
+    config = quickstart.get_config("smoke")
+    model = models.create_from_config(config.model)
+    table = np.ones((7, 2), np.float32)
+    identity = train._step_identity(config, model, table, None)
+    assert identity == train._step_identity(config, model, table.copy(), None)
+    assert identity != train._step_identity(config, model, table * 2, None)
+    config.train.label_smoothing = 0.1
+    assert identity != train._step_identity(config, model, table, None)
+
+    class UsersModel(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(x)
+
+    assert train._step_identity(config, UsersModel(), table, None) is None
