@@ -230,6 +230,18 @@ MURAJAX_BN_DISPATCH_ALL(uint16_t, Bf16)
 
 inline int64_t Chunks(int64_t rows) { return (rows + kChunkRows - 1) / kChunkRows; }
 
+// body(k, first, count) for each chunk k of `rows` rows (rows first .. first + count - 1), the
+// chunks shared out over the OpenMP threads.
+template <typename Body>
+void ForEachChunk(int64_t rows, Body body) {
+  const int64_t chunks = Chunks(rows);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t first = k * kChunkRows;
+    body(k, first, std::min(kChunkRows, rows - first));
+  }
+}
+
 // Per-channel totals of two chunked partial sums ([chunk][channel] each), in chunk order.
 inline void AddChunks(const float* first, const float* second, int64_t chunks, int64_t channels,
                       float* first_total, float* second_total) {
@@ -253,49 +265,38 @@ inline void Coefficients(const float* scale, const float* var, float epsilon, in
   }
 }
 
+// y = relu(bn(x)) with the given statistics (dense). `work` holds 2 * channels floats.
+template <typename T>
+void Normalize(const T* x, const Prefix& p, const float* scale, const float* bias,
+               const float* mean, const float* var, float epsilon, T* y, float* work) {
+  const int64_t channels = p.channels;
+  float* inv = work;
+  float* a = work + channels;
+  Coefficients(scale, var, epsilon, channels, inv, a);
+  ForEachChunk(p.rows, [&](int64_t, int64_t first, int64_t count) {
+    Apply(x + first * p.stride, p.stride, count, channels, mean, a, bias, y + first * channels);
+  });
+}
+
 // Forward: the batch's mean and (biased) variance of the prefix of `x`, and y = relu(bn(x))
-// (dense). `work` holds at least 2 * Chunks(rows) * channels + 2 * channels floats.
+// (dense). `work` holds at least 2 * Chunks(rows) * channels floats.
 template <typename T>
 void Forward(const T* x, const Prefix& p, const float* scale, const float* bias, float epsilon,
              T* y, float* mean, float* var, float* work) {
   const int64_t chunks = Chunks(p.rows), channels = p.channels;
   float* sums = work;
   float* squares = work + chunks * channels;
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t first = k * kChunkRows, count = std::min(kChunkRows, p.rows - first);
+  ForEachChunk(p.rows, [&](int64_t k, int64_t first, int64_t count) {
     Stats(x + first * p.stride, p.stride, count, channels, sums + k * channels,
           squares + k * channels);
-  }
-  float* inv = squares + chunks * channels;
-  float* a = inv + channels;
+  });
   AddChunks(sums, squares, chunks, channels, mean, var);
   const float n = static_cast<float>(p.rows);
   for (int64_t c = 0; c < channels; ++c) {
     mean[c] = mean[c] / n;
     var[c] = std::max(var[c] / n - mean[c] * mean[c], 0.f);
   }
-  Coefficients(scale, var, epsilon, channels, inv, a);
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t first = k * kChunkRows, count = std::min(kChunkRows, p.rows - first);
-    Apply(x + first * p.stride, p.stride, count, channels, mean, a, bias, y + first * channels);
-  }
-}
-
-// y = relu(bn(x)) with the given statistics (dense). `work` holds 2 * channels floats.
-template <typename T>
-void Normalize(const T* x, const Prefix& p, const float* scale, const float* bias,
-               const float* mean, const float* var, float epsilon, T* y, float* work) {
-  const int64_t chunks = Chunks(p.rows), channels = p.channels;
-  float* inv = work;
-  float* a = work + channels;
-  Coefficients(scale, var, epsilon, channels, inv, a);
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t first = k * kChunkRows, count = std::min(kChunkRows, p.rows - first);
-    Apply(x + first * p.stride, p.stride, count, channels, mean, a, bias, y + first * channels);
-  }
+  Normalize(x, p, scale, bias, mean, var, epsilon, y, work);  // the partial sums are spent
 }
 
 // Backward: (dx, dscale, dbias) of y = relu(bn(x)) for y's gradient `g` (dense), with the
@@ -315,12 +316,10 @@ void Backward(const T* x, const Prefix& p, const T* g, const float* scale, const
   float* c0 = c1 + channels;
   float* sum_gx = c0 + channels;
   Coefficients(scale, var, epsilon, channels, inv, a);
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t first = k * kChunkRows, count = std::min(kChunkRows, p.rows - first);
+  ForEachChunk(p.rows, [&](int64_t k, int64_t first, int64_t count) {
     GradSums(x + first * p.stride, p.stride, g + first * channels, count, channels, mean, a,
              bias, sums_g + k * channels, sums_gx + k * channels);
-  }
+  });
   AddChunks(sums_g, sums_gx, chunks, channels, dbias, sum_gx);
   const float n = static_cast<float>(p.rows);
   for (int64_t c = 0; c < channels; ++c) {
@@ -328,12 +327,10 @@ void Backward(const T* x, const Prefix& p, const T* g, const float* scale, const
     c1[c] = -a[c] * inv[c] * dscale[c] / n;
     c0[c] = -a[c] * dbias[c] / n - mean[c] * c1[c];
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t first = k * kChunkRows, count = std::min(kChunkRows, p.rows - first);
+  ForEachChunk(p.rows, [&](int64_t, int64_t first, int64_t count) {
     InputGrad(x + first * p.stride, p.stride, g + first * channels, count, channels, mean, a,
               bias, c1, c0, out + first * out_stride, out_stride, accumulate);
-  }
+  });
 }
 
 // Floats of work space that Forward, Normalize and Backward need for `p`.

@@ -911,7 +911,6 @@ ffi::Error UnpoolReluBackward(ffi::AnyBuffer pooled, ffi::AnyBuffer g, ffi::AnyB
                        winner.size_bytes(), g.untyped_data());
 }
 
-
 // The BatchNorm + ReLU handlers (batchnorm_relu.h). `x` is (..., stride): its rows are every
 // axis but the last, of which the first `channels` (the size of `scale`) are normalised. `x`
 // may also be bfloat16 bits as uint16 (a dense block keeps its buffer so: XLA:CPU updates a
@@ -946,14 +945,14 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
   const int64_t stride = xd.back();
   const int64_t channels = (*vectors.begin())->element_count();
   if (channels < 1 || channels > stride) {
-    return InvalidBatchNorm("" + std::to_string(channels) + " channels of x " + DimsText(xd) +
-                   " (expected 1 to " + std::to_string(stride) + ")");
+    return InvalidBatchNorm(std::to_string(channels) + " channels of x " + DimsText(xd) +
+                            " (expected 1 to " + std::to_string(stride) + ")");
   }
   for (const ffi::AnyBuffer* v : vectors) {
     if (v->element_type() != ffi::DataType::F32 || v->element_count() != channels ||
         v->dimensions().size() != 1) {
-      return InvalidBatchNorm("per-channel arrays must be float32 (" +
-                     std::to_string(channels) + ",), got " + DimsText(v->dimensions()));
+      return InvalidBatchNorm("per-channel arrays must be float32 (" + std::to_string(channels) +
+                              ",), got " + DimsText(v->dimensions()));
     }
   }
   const int64_t rows = x.element_count() / stride;
@@ -962,8 +961,8 @@ ffi::Error MakeBatchNormCall(const ffi::AnyBuffer& x,
     bool fits = ActivationType(d->element_type()) == type && dd.size() == xd.size() &&
                 dd.back() == channels && d->element_count() == rows * channels;
     if (!fits) {
-      return InvalidBatchNorm("" + DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
-                     std::to_string(channels) + " channels, in x's dtype");
+      return InvalidBatchNorm(DimsText(dd) + " does not fit x " + DimsText(xd) + " with " +
+                              std::to_string(channels) + " channels, in x's dtype");
     }
   }
   call->prefix = {rows, stride, channels};
@@ -999,8 +998,29 @@ float* BatchNormWork(const bnrelu::Prefix& p) {
   return FloatBuffer(kBatchNormWork, bnrelu::WorkFloats(p));
 }
 
-float* F32(ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data()); }
-const float* F32(const ffi::AnyBuffer& b) { return static_cast<const float*>(b.untyped_data()); }
+// A buffer's data as T (float, or uint16_t for bfloat16 bits).
+template <typename T>
+T* Data(const ffi::AnyBuffer& b) {
+  return static_cast<T*>(b.untyped_data());
+}
+
+// Runs `kernel(T{}, work)`, T the element type of `call` (float, or uint16_t for bfloat16),
+// while holding `RunningLock`, with the kernels' work space.
+template <typename Kernel>
+ffi::Error RunBatchNorm(const BatchNormCall& call, Kernel kernel) {
+  std::lock_guard<std::mutex> lock(RunningLock());
+  try {
+    float* work = BatchNormWork(call.prefix);
+    if (call.bf16) {
+      kernel(uint16_t{}, work);
+    } else {
+      kernel(float{}, work);
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
+  }
+  return ffi::Error::Success();
+}
 
 ffi::Error BnReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
                          ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
@@ -1008,21 +1028,11 @@ ffi::Error BnReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer 
   BatchNormCall call;
   ffi::Error error = MakeBatchNormCall(x, {&scale, &bias, &*mean, &*var}, {&*y}, &call);
   if (error.failure()) return error;
-  std::lock_guard<std::mutex> lock(RunningLock());
-  try {
-    float* work = BatchNormWork(call.prefix);
-    if (call.bf16) {
-      bnrelu::Forward(static_cast<const uint16_t*>(x.untyped_data()), call.prefix, F32(scale),
-                      F32(bias), epsilon, static_cast<uint16_t*>(y->untyped_data()), F32(*mean),
-                      F32(*var), work);
-    } else {
-      bnrelu::Forward(F32(x), call.prefix, F32(scale), F32(bias), epsilon, F32(*y), F32(*mean),
-                      F32(*var), work);
-    }
-  } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
-  }
-  return ffi::Error::Success();
+  return RunBatchNorm(call, [&](auto type, float* work) {
+    using T = decltype(type);
+    bnrelu::Forward(Data<T>(x), call.prefix, Data<float>(scale), Data<float>(bias), epsilon,
+                    Data<T>(*y), Data<float>(*mean), Data<float>(*var), work);
+  });
 }
 
 ffi::Error BnReluNormalize(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
@@ -1031,21 +1041,11 @@ ffi::Error BnReluNormalize(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffe
   BatchNormCall call;
   ffi::Error error = MakeBatchNormCall(x, {&scale, &bias, &mean, &var}, {&*y}, &call);
   if (error.failure()) return error;
-  std::lock_guard<std::mutex> lock(RunningLock());
-  try {
-    float* work = BatchNormWork(call.prefix);
-    if (call.bf16) {
-      bnrelu::Normalize(static_cast<const uint16_t*>(x.untyped_data()), call.prefix, F32(scale),
-                        F32(bias), F32(mean), F32(var), epsilon,
-                        static_cast<uint16_t*>(y->untyped_data()), work);
-    } else {
-      bnrelu::Normalize(F32(x), call.prefix, F32(scale), F32(bias), F32(mean), F32(var), epsilon,
-                        F32(*y), work);
-    }
-  } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
-  }
-  return ffi::Error::Success();
+  return RunBatchNorm(call, [&](auto type, float* work) {
+    using T = decltype(type);
+    bnrelu::Normalize(Data<T>(x), call.prefix, Data<float>(scale), Data<float>(bias),
+                      Data<float>(mean), Data<float>(var), epsilon, Data<T>(*y), work);
+  });
 }
 
 // The backward pass into `out`: a dense array (`accumulate` false) or one with x's rows whose
@@ -1067,29 +1067,18 @@ ffi::Error RunBnReluBackward(const ffi::AnyBuffer& x, const ffi::AnyBuffer& g,
     auto od = out.dimensions();
     out_stride = od.size() == 0 ? 0 : od.back();
     if (ActivationType(out.element_type()) != ActivationType(x.element_type()) ||
-        od.size() != x.dimensions().size() ||
-        out_stride < call.prefix.channels ||
+        od.size() != x.dimensions().size() || out_stride < call.prefix.channels ||
         out.element_count() != call.prefix.rows * out_stride) {
       return InvalidBatchNorm("the gradient to add to " + DimsText(od) + " does not fit x " +
-                     DimsText(x.dimensions()));
+                              DimsText(x.dimensions()));
     }
   }
-  std::lock_guard<std::mutex> lock(RunningLock());
-  try {
-    float* work = BatchNormWork(call.prefix);
-    if (call.bf16) {
-      bnrelu::Backward(static_cast<const uint16_t*>(x.untyped_data()), call.prefix,
-                       static_cast<const uint16_t*>(g.untyped_data()), F32(scale), F32(bias),
-                       F32(mean), F32(var), epsilon, static_cast<uint16_t*>(out.untyped_data()),
-                       out_stride, accumulate, F32(dscale), F32(dbias), work);
-    } else {
-      bnrelu::Backward(F32(x), call.prefix, F32(g), F32(scale), F32(bias), F32(mean), F32(var),
-                       epsilon, F32(out), out_stride, accumulate, F32(dscale), F32(dbias), work);
-    }
-  } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal("murajax BatchNorm: out of host memory");
-  }
-  return ffi::Error::Success();
+  return RunBatchNorm(call, [&](auto type, float* work) {
+    using T = decltype(type);
+    bnrelu::Backward(Data<T>(x), call.prefix, Data<T>(g), Data<float>(scale), Data<float>(bias),
+                     Data<float>(mean), Data<float>(var), epsilon, Data<T>(out), out_stride,
+                     accumulate, Data<float>(dscale), Data<float>(dbias), work);
+  });
 }
 
 ffi::Error BnReluBackward(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::AnyBuffer scale,
@@ -1109,6 +1098,7 @@ ffi::Error BnReluBackwardAdd(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::AnyBuffer 
   }
   return RunBnReluBackward(x, g, scale, bias, mean, var, *sum, *dscale, *dbias, epsilon, true);
 }
+
 }  // namespace
 
 namespace {
@@ -1124,6 +1114,28 @@ auto WithConvAttributes(Binding binding) {
       .template Attr<int64_t>("pad_left")
       .template Attr<int64_t>("pad_right")
       .template Attr<bool>("winograd");
+}
+
+// `binding` with `kArgs` more buffer arguments, `kRets` buffer results and the attribute
+// `epsilon`: a BatchNorm handler's binding. (Bindings cannot be moved, only extended, so the
+// recursion ends by adding the attribute.)
+template <int kArgs, int kRets, typename Binding>
+auto WithBuffersAndEpsilon(Binding&& binding) {
+  if constexpr (kArgs > 0) {
+    return WithBuffersAndEpsilon<kArgs - 1, kRets>(
+        std::move(binding).template Arg<ffi::AnyBuffer>());
+  } else if constexpr (kRets > 0) {
+    return WithBuffersAndEpsilon<0, kRets - 1>(std::move(binding).template Ret<ffi::AnyBuffer>());
+  } else {
+    return std::move(binding).template Attr<float>("epsilon");
+  }
+}
+
+// (Called in parentheses inside XLA_FFI_DEFINE_HANDLER_SYMBOL: the comma between its template
+// arguments would split the macro's arguments.)
+template <int kArgs, int kRets>
+auto BatchNormBinding() {
+  return WithBuffersAndEpsilon<kArgs, kRets>(ffi::Ffi::Bind());
 }
 
 }  // namespace
@@ -1167,52 +1179,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxOnednnUnpoolReluBwd, UnpoolReluBackward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluFwd, BnReluForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluFwd, BnReluForward, (BatchNormBinding<3, 3>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluNormalize, BnReluNormalize,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwd, BnReluBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
-
+                              (BatchNormBinding<5, 1>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwd, BnReluBackward, (BatchNormBinding<6, 3>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MurajaxBnReluBwdAdd, BnReluBackwardAdd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+                              (BatchNormBinding<7, 3>()));
 
 // Which sources, compiler flags, jaxlib and oneDNN the library was built from (murajax/ops/
 // onednn.py passes it and reads it back from the file before loading it, to refuse a stale one).
