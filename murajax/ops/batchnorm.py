@@ -90,6 +90,11 @@ def bn_relu_grads(residuals: tuple, g: Array) -> tuple[Array, Array, Array]:
     return dx, dscale, dbias
 
 
+def _activation_dtype(x: Array) -> jnp.dtype:
+    """The dtype `x` holds: bfloat16 for uint16 bits (`as_activations`), else `x`'s own."""
+    return jnp.dtype(jnp.bfloat16) if x.dtype == jnp.uint16 else x.dtype
+
+
 def as_activations(x: Array) -> Array:
     """`x`, or bfloat16 `x` kept as its bits in uint16 (what the native kernels also take:
     `models.dense_block` keeps its buffer so, since XLA:CPU updates uint16 in place)."""
@@ -99,8 +104,7 @@ def as_activations(x: Array) -> Array:
 def native_available(x: Array, conv_impl: str) -> bool:
     """Whether the native kernels serve `x` under `model.conv_impl`: the extension runs here
     (`conv_impl` is not "xla") and `x` is float32 or bfloat16."""
-    dtype = jnp.bfloat16 if x.dtype == jnp.uint16 else x.dtype
-    return dtype in NATIVE_DTYPES and resolve_conv_impl(conv_impl) != "xla"
+    return _activation_dtype(x) in NATIVE_DTYPES and resolve_conv_impl(conv_impl) != "xla"
 
 
 def _vector(channels: int) -> jax.ShapeDtypeStruct:
@@ -108,7 +112,21 @@ def _vector(channels: int) -> jax.ShapeDtypeStruct:
 
 
 def _dense(x: Array, channels: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((*x.shape[:-1], channels), as_activations(x).dtype)
+    return jax.ShapeDtypeStruct((*x.shape[:-1], channels), _activation_dtype(x))
+
+
+def _native_or_xla(target, outs, args, xla, epsilon, native, **ffi_options):
+    """`xla(*args)`, or with `native` on CPU the extension's handler `target` with results
+    `outs` (one, or a tuple) and the attribute `epsilon`; XLA's on other platforms."""
+    if not native:
+        return xla(*args)
+    call = jax.ffi.ffi_call(target, outs, **ffi_options)
+
+    def cpu(*args):
+        result = call(*args, epsilon=np.float32(epsilon))
+        return tuple(result) if isinstance(outs, tuple) else result
+
+    return lax.platform_dependent(*args, cpu=cpu, default=xla)
 
 
 def bn_relu_prefix(
@@ -121,15 +139,8 @@ def bn_relu_prefix(
     def xla(x, scale, bias):
         return _bn_relu_forward(as_activations(x)[..., :channels], scale, bias, epsilon)
 
-    if not native:
-        return xla(x, scale, bias)
     outs = (_dense(x, channels), _vector(channels), _vector(channels))
-    call = jax.ffi.ffi_call("murajax_bn_relu_fwd", outs)
-
-    def cpu(x, scale, bias):
-        return tuple(call(x, scale, bias, epsilon=np.float32(epsilon)))
-
-    return lax.platform_dependent(x, scale, bias, cpu=cpu, default=xla)
+    return _native_or_xla("murajax_bn_relu_fwd", outs, (x, scale, bias), xla, epsilon, native)
 
 
 def normalize_relu_prefix(
@@ -148,14 +159,9 @@ def normalize_relu_prefix(
     def xla(x, scale, bias, mean, var):
         return normalize_relu(as_activations(x)[..., :channels], scale, bias, mean, var, epsilon)
 
-    if not native:
-        return xla(x, scale, bias, mean, var)
-    call = jax.ffi.ffi_call("murajax_bn_relu_normalize", _dense(x, channels))
-
-    def cpu(x, scale, bias, mean, var):
-        return call(x, scale, bias, mean, var, epsilon=np.float32(epsilon))
-
-    return lax.platform_dependent(x, scale, bias, mean, var, cpu=cpu, default=xla)
+    args = (x, scale, bias, mean, var)
+    outs = _dense(x, channels)
+    return _native_or_xla("murajax_bn_relu_normalize", outs, args, xla, epsilon, native)
 
 
 def bn_relu_grads_prefix(
@@ -182,22 +188,21 @@ def bn_relu_grads_prefix(
             dx = total[0].at[..., :channels].add(dx)
         return dx, dscale, dbias
 
-    args = (x, g, scale, bias, mean, var) + (() if add_to is None else (add_to,))
-    if not native:
-        return xla(*args)
     vectors = (_vector(channels), _vector(channels))
+    args = (x, g, scale, bias, mean, var)
     if add_to is None:
-        call = jax.ffi.ffi_call("murajax_bn_relu_bwd", (_dense(x, channels), *vectors))
-    else:
-        total = jax.ShapeDtypeStruct(add_to.shape, add_to.dtype)
-        call = jax.ffi.ffi_call(
-            "murajax_bn_relu_bwd_add", (total, *vectors), input_output_aliases={6: 0}
-        )
-
-    def cpu(*args):
-        return tuple(call(*args, epsilon=np.float32(epsilon)))
-
-    return lax.platform_dependent(*args, cpu=cpu, default=xla)
+        outs = (_dense(x, channels), *vectors)
+        return _native_or_xla("murajax_bn_relu_bwd", outs, args, xla, epsilon, native)
+    outs = (jax.ShapeDtypeStruct(add_to.shape, add_to.dtype), *vectors)
+    return _native_or_xla(
+        "murajax_bn_relu_bwd_add",
+        outs,
+        (*args, add_to),
+        xla,
+        epsilon,
+        native,
+        input_output_aliases={6: 0},  # add_to is updated in place
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
