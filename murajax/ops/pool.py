@@ -26,15 +26,19 @@ def _corners(x: jax.Array) -> list[jax.Array]:
     return [x6[:, :, row, :, column] for row in (0, 1) for column in (0, 1)]
 
 
+def _first_maximum(parts: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(elementwise maximum of `parts`, uint8 index of the first part that holds it)."""
+    maxima = functools.reduce(jnp.maximum, parts)
+    winner = jnp.full(maxima.shape, len(parts) - 1, jnp.uint8)
+    for index in reversed(range(len(parts) - 1)):  # the earliest equal part wins
+        winner = jnp.where(parts[index] == maxima, jnp.uint8(index), winner)
+    return maxima, winner
+
+
 def pool_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(window maxima, index 0-3 of each window's first maximum) of NHWC `x` with even height
     and width; the indices are `uint8`."""
-    corners = _corners(x)
-    maxima = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
-    winner = jnp.full(maxima.shape, 3, jnp.uint8)
-    for index in (2, 1, 0):  # the earliest equal corner wins
-        winner = jnp.where(corners[index] == maxima, jnp.uint8(index), winner)
-    return maxima, winner
+    return _first_maximum(_corners(x))
 
 
 def unpool_2x2(g: jax.Array, winner: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -94,16 +98,6 @@ def _windows(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
     ]
 
 
-def _max_with_argmax(x: jax.Array, window: int, stride: int) -> tuple[jax.Array, jax.Array]:
-    """(window maxima, uint8 index of each window's first maximum in row-major order)."""
-    parts = _windows(x, window, stride)
-    maxima = functools.reduce(jnp.maximum, parts)
-    winner = jnp.full(maxima.shape, len(parts) - 1, jnp.uint8)
-    for index in reversed(range(len(parts) - 1)):  # the earliest equal element wins
-        winner = jnp.where(parts[index] == maxima, jnp.uint8(index), winner)
-    return maxima, winner
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     return functools.reduce(jnp.maximum, _windows(x, window, stride))
@@ -112,7 +106,7 @@ def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 def _max_pool_fwd(x, window, stride):
     # In float32: XLA:CPU converts each bfloat16 slice to float32 in a pass of its own (4% of
     # DenseNet-169's bfloat16 step); converted once, the slices fuse. Maxima are exact.
-    maxima, winner = _max_with_argmax(x.astype(jnp.float32), window, stride)
+    maxima, winner = _first_maximum(_windows(x.astype(jnp.float32), window, stride))
     return maxima.astype(x.dtype), (winner, x.shape)
 
 
