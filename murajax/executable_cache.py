@@ -19,7 +19,6 @@ compilation cache's folder (`murajax_executables/`), so it is on exactly when th
 """
 
 import hashlib
-import importlib.metadata
 import os
 import pickle
 import tempfile
@@ -52,13 +51,6 @@ def cache_dir() -> Path | None:
     return Path(root) / SUBDIR if root else None
 
 
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
-
-
 def _source_digest() -> str:
     """A hash of every source file of the murajax package (Python and the extension's)."""
     package = Path(__file__).parent
@@ -89,7 +81,7 @@ def environment() -> str:
     parts = [
         f"format={FORMAT}",
         f"murajax-sources={_source_digest()}",
-        *(f"{d}={_version(d)}" for d in _DISTRIBUTIONS),
+        *(f"{d}={onednn.installed_version(d)}" for d in _DISTRIBUTIONS),
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
         *(f"{option}={getattr(jax.config, option)}" for option in _JAX_OPTIONS),
         f"devices={[(d.platform, d.device_kind, d.id) for d in devices]}",

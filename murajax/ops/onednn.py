@@ -84,7 +84,8 @@ def openmp_flag(cxx: str) -> str:
     return "-fopenmp-simd" if "clang" in Path(cxx).name else "-fopenmp"
 
 
-def _version(distribution: str) -> str:
+def installed_version(distribution: str) -> str:
+    """The installed version of `distribution`, or "none"."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -100,7 +101,7 @@ def build_id() -> str:
         digest.update(path.read_bytes())
     digest.update(" ".join(_compile_flags() + _link_flags()).encode())
     for distribution in ("jaxlib", "onednn-cpu-gomp"):
-        digest.update(f"{distribution}={_version(distribution)}".encode())
+        digest.update(f"{distribution}={installed_version(distribution)}".encode())
     return digest.hexdigest()[:20]
 
 
