@@ -25,7 +25,11 @@ class DataConfig:
 
     dataset: str = "mura_synthetic"  # a TFDS name, optionally with a config: "mura_synthetic/tiny"
     data_dir: str | None = None  # None: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    manual_dir: str | None = None  # holds MURA-v1.1/ or MURA-v1.1.zip (real MURA only)
+    # Real MURA: the folder holding MURA-v1.1/ or MURA-v1.1.zip. "image_folder": the root of
+    # your own tree ROOT/<split>/<label>/[<group>/]<study>/image.png (README, "Training on your
+    # own radiographs").
+    manual_dir: str | None = None
+    manifest: str | None = None  # "image_folder": a CSV of path,label[,study_id,patient_id,group,split]
     build_if_missing: bool = True  # download_and_prepare on first use
     image_size: int = 224
     resize: str = "pad"  # aspect-preserving resize, then "pad" or "crop" to a square
@@ -53,7 +57,7 @@ class ModelConfig:
     """Which network, and the thesis's CNN's shape."""
 
     name: str = "cnn"
-    num_classes: int = 2
+    num_classes: int | None = None  # None: the dataset's number of labels (else must equal it)
     dropout_rate: float = 0.5
     # vgg16 / densenet169 (or a multiview on one): a Keras .h5 weights file, or "imagenet"
     # (Keras's file, downloaded once into $MURAJAX_CACHE/weights: murajax.models.weights_hub)
@@ -135,6 +139,9 @@ class EvalConfig:
     threshold_method: str = "fixed"  # or "youden", chosen on the holdout
     bootstrap_samples: int = 1000
     confidence: float = 0.95
+    # Cohen's kappa: "none" (unweighted, the MURA paper's) or "quadratic" / "linear" for
+    # ordinal labels (classes in the dataset's label order).
+    kappa_weights: str = "none"
     splits: tuple[str, ...] = ("validation",)  # evaluated at the end of training
     checkpoint: str = "best"  # which checkpoint the final evaluation uses
 
@@ -152,6 +159,10 @@ class Config:
 
 
 # --------------------------------------------------------------------------- validation
+
+KAPPA_WEIGHTS: tuple[str, ...] = ("none", "linear", "quadratic")
+"""`eval.kappa_weights`: Cohen's kappa unweighted, or weighted for ordinal labels."""
+
 
 
 def invalid(field: str, value: Any, valid: str) -> ConfigError:
@@ -251,8 +262,8 @@ def check_fields(config: Config) -> Config:
     _in_range("data.contrast", d.contrast, 0.0, 1.0)
     _in_range("data.max_views", d.max_views, 1, 64)
 
-    if m.num_classes != 2:
-        _fail("model.num_classes", m.num_classes, "2 (normal, abnormal)")
+    if m.num_classes is not None:
+        _at_least("model.num_classes", m.num_classes, 2)
     _in_range("model.dropout_rate", m.dropout_rate, 0.0, 1.0, closed=False)
     if not m.widths:
         _fail("model.widths", m.widths, "at least one block width")
@@ -294,6 +305,7 @@ def check_fields(config: Config) -> Config:
     _in_range("eval.threshold", e.threshold, 0.0, 1.0)
     _at_least("eval.bootstrap_samples", e.bootstrap_samples, 0)
     _in_range("eval.confidence", e.confidence, 0.5, 1.0, closed=False)
+    check_choice("eval.kappa_weights", e.kappa_weights, KAPPA_WEIGHTS)
     return config
 
 

@@ -91,6 +91,7 @@ class ModelSpec:
     encoder: str | None  # a study model's per-view encoder subtree; None for image models
     weights_model: str  # the model whose Keras file `model.weights` holds
     factory: ModelFactory = dataclasses.field(repr=False)
+    num_classes: int = 2  # the size of its logits: the dataset's number of labels
 
     @property
     def name(self) -> str:
@@ -125,8 +126,8 @@ class ModelSpec:
         """
         fields = dataclasses.asdict(self.config)
         del fields["name"], fields["weights"]
-        num_classes = fields.pop("num_classes")
-        return _call_factory(self.name, self.factory, num_classes, {**fields, **overrides})
+        del fields["num_classes"]
+        return _call_factory(self.name, self.factory, self.num_classes, {**fields, **overrides})
 
 
 def _registration(name: str) -> Registration:
@@ -136,9 +137,13 @@ def _registration(name: str) -> Registration:
     return _REGISTRY[name]
 
 
-def resolve(model_config: ModelConfig) -> ModelSpec:
+def resolve(model_config: ModelConfig, num_classes: int | None = None) -> ModelSpec:
     """The `ModelSpec` of `model_config`: the one lookup of `model_config.name` (and of a
-    study model's `backbone`). Raises `ValueError` for an unregistered name."""
+    study model's `backbone`). Raises `ValueError` for an unregistered name.
+
+    `num_classes` is the dataset's number of labels (`DatasetSpec.num_classes`); without it,
+    `model_config.num_classes`, else 2. A config that sets `model.num_classes` to another
+    number than the dataset's is refused by `check_num_classes`."""
     registration = _registration(model_config.name)
     inputs, weights_model = registration, model_config.name
     if registration.study_level:
@@ -152,7 +157,19 @@ def resolve(model_config: ModelConfig) -> ModelSpec:
         encoder=registration.encoder if registration.study_level else None,
         weights_model=weights_model,
         factory=registration.factory,
+        num_classes=num_classes or model_config.num_classes or 2,
     )
+
+
+def check_num_classes(model_config: ModelConfig, num_classes: int) -> None:
+    """Raises a one-line `ConfigError` if `model.num_classes` is set and is not the
+    dataset's number of labels."""
+    if model_config.num_classes is not None and model_config.num_classes != num_classes:
+        raise config_lib.invalid(
+            "model.num_classes",
+            model_config.num_classes,
+            f"None or {num_classes} (the dataset's number of labels)",
+        )
 
 
 def registered_names() -> list[str]:
