@@ -146,10 +146,75 @@ def _register_datasets() -> str | None:
     return None
 
 
-def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    import_error = _register_datasets()
+IMAGE_FOLDER = "image_folder"
+"""The dataset of your own images (`tfds_mura.image_folder`): its source is `data.manual_dir`
+(a folder tree) or `data.manifest` (a CSV), passed to its builder as `root=` / `manifest=`."""
+
+
+def _reads_manual_dir(name: str) -> bool:
+    """Whether dataset `name` takes a manual download (MURA's `MANUAL_DOWNLOAD_INSTRUCTIONS`);
+    True for a name TFDS does not know, whose error `tfds.builder` then gives."""
     try:
-        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        return bool(tfds.builder_cls(name).MANUAL_DOWNLOAD_INSTRUCTIONS)
+    except Exception:  # noqa: BLE001  (an unknown name: tfds.builder says so)
+        return True
+
+
+def _source_kwargs(name: str, manual_dir: str | None, manifest: str | None) -> dict[str, str]:
+    """The builder arguments that say where `image_folder`'s images are (`root=` or
+    `manifest=`); {} for other datasets. Raises `DataError` for neither or both with
+    `image_folder`, a manifest for another dataset, or a manual_dir for one that reads none."""
+    base = name.split("/")[0]
+    if base == IMAGE_FOLDER:
+        if manual_dir and manifest:
+            raise DataError(
+                "data.dataset='image_folder' reads one source: set data.manual_dir (a folder"
+                " tree) or data.manifest (a CSV), not both"
+            )
+        if not manual_dir and not manifest:
+            raise DataError(
+                "data.dataset='image_folder' needs your images: set data.manual_dir=ROOT (a"
+                " folder tree ROOT/train|valid/<label>/[<group>/]<study>/<image>) or"
+                " data.manifest=FILE (a CSV path,label[,study_id,patient_id,group,split])"
+            )
+        return {"root": manual_dir} if manual_dir else {"manifest": manifest}
+    if manifest:
+        raise DataError(
+            f"data.manifest is set but dataset {name!r} reads no manifest (only"
+            " 'image_folder' does): unset it, or set data.dataset=image_folder"
+        )
+    if manual_dir and not _reads_manual_dir(base):
+        raise DataError(
+            f"data.manual_dir is set but dataset {name!r} reads no manual download ('mura'"
+            " and 'image_folder' do): unset it, or set the dataset that reads it"
+        )
+    return {}
+
+
+def _source_errors() -> tuple[type[Exception], ...]:
+    """`image_folder`'s `ImageFolderError` (a bad folder tree or manifest), where importable."""
+    try:
+        from tfds_mura.image_folder.image_folder_dataset_builder import (  # late: TensorFlow
+            ImageFolderError,
+        )
+    except ImportError:
+        return ()
+    return (ImageFolderError,)
+
+
+def _builder(
+    name: str, data_dir: str | None, manual_dir: str | None = None, manifest: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of dataset `name` in `data_dir`; `image_folder`'s is given its source,
+    `manual_dir` (a folder tree) or `manifest` (a CSV), which it lists and checks here."""
+    import_error = _register_datasets()
+    kwargs = _source_kwargs(name, manual_dir, manifest)
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record", **kwargs)
+    except _source_errors() as e:
+        field = "manual_dir" if "root" in kwargs else "manifest"
+        value = kwargs.get("root", kwargs.get("manifest"))
+        raise DataError(f"dataset {name!r} (data.{field}={value!r}): {_tfds_reason(e)}") from e
     except tfds.core.registered.DatasetNotFoundError as e:
         hint = f" (import tfds_mura failed: {import_error})" if import_error else ""
         raise DataError(
@@ -198,8 +263,9 @@ def _configs(name: str) -> str:
 def _build_errors() -> tuple[type[Exception], ...]:
     """What a failed `download_and_prepare` raises for a bad dataset tree or data_dir:
     TFDS's AssertionError (no manual dir), OSError (a missing file, an unwritable or
-    non-folder data_dir) and the `mura` builder's `MuraFormatError` (a malformed tree)."""
-    errors: tuple[type[Exception], ...] = (AssertionError, OSError)
+    non-folder data_dir), the `mura` builder's `MuraFormatError` (a malformed tree) and
+    `image_folder`'s `ImageFolderError` (an unreadable image, a source changed mid-build)."""
+    errors: tuple[type[Exception], ...] = (AssertionError, OSError, *_source_errors())
     try:
         from tfds_mura.mura.mura_dataset_builder import MuraFormatError  # late: TensorFlow
     except ImportError:
@@ -210,6 +276,8 @@ def _build_errors() -> tuple[type[Exception], ...]:
 def build_failure(config: DataConfig, where: str, error: Exception) -> str:
     """The one-line message of a failed build of `config.dataset` into `where`."""
     manual = f"manual_dir={config.manual_dir!r}"
+    if config.dataset.split("/")[0] == IMAGE_FOLDER and config.manifest:
+        manual = f"manifest={config.manifest!r}"
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
         return (
             f"building {config.dataset!r} into {where} failed: {_first_line(error)}"
@@ -217,9 +285,12 @@ def build_failure(config: DataConfig, where: str, error: Exception) -> str:
         )
     if isinstance(error, (AssertionError, FileNotFoundError)):
         return f"building {config.dataset!r} failed ({manual}): {_first_line(error)}"
+    fix = "the manual dir"
+    if config.dataset.split("/")[0] == IMAGE_FOLDER:
+        fix = "the manifest" if config.manifest else "the folder tree"
     return (
         f"building {config.dataset!r} failed ({manual}): {_first_line(error)}"
-        " (fix or replace it in the manual dir, then rerun)"
+        f" (fix or replace it in {fix}, then rerun)"
     )
 
 
@@ -227,10 +298,11 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     """Returns the dataset's builder, building it first if it is missing and allowed.
 
     Builds with `download_and_prepare` into `config.data_dir` in the array_record format,
-    reading a manual download from `config.manual_dir` (real MURA). Raises `DataError` if
-    the dataset is missing and `config.build_if_missing` is False, or if building fails.
+    reading a manual download from `config.manual_dir` (real MURA), or your own images from
+    `config.manual_dir` / `config.manifest` (`image_folder`). Raises `DataError` if the
+    dataset is missing and `config.build_if_missing` is False, or if building fails.
     """
-    builder = _builder(config.dataset, config.data_dir)
+    builder = _builder(config.dataset, config.data_dir, config.manual_dir, config.manifest)
     if builder.is_prepared():
         return builder
     where = builder.data_dir
