@@ -85,7 +85,7 @@ def _class_labels(labels: np.ndarray, k: int) -> np.ndarray:
     bad = (y != values) | (y < 0) | (y >= k)
     if bad.any():
         raise ValueError(
-            f"label {values[np.flatnonzero(bad)[0]]!r} is invalid: expected a class index "
+            f"label {values[np.flatnonzero(bad)[0]].item()!r} is invalid: expected a class index "
             f"in [0, {k})"
         )
     return y
