@@ -394,9 +394,9 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, list[str]]]:
         raise ImageFolderError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
 
 
-def read_manifest(manifest: str) -> list[Entry]:
+def read_manifest(manifest: str) -> tuple[list[Entry], bool]:
     """The images of a CSV manifest, checked row by row (not yet across rows for studies and
-    patients, see `check_entries`).
+    patients, see `check_entries`), and whether it has a `split` column.
 
     Raises:
       ImageFolderError: a bad header, a row with the wrong number of fields or an empty value,
@@ -461,7 +461,7 @@ def read_manifest(manifest: str) -> list[Entry]:
         )
     if not entries:
         raise ImageFolderError(f"{manifest}: no images (only a header row)")
-    return entries
+    return entries, "split" in columns
 
 
 # ------------------------------------------------------------------------- shared checks
@@ -504,15 +504,27 @@ def check_patients(entries: Sequence[Entry]) -> None:
             )
 
 
-def check_splits(entries: Sequence[Entry], source: str) -> None:
+def check_splits(entries: Sequence[Entry], source: str, chosen: bool = True) -> None:
     """Neither split may be empty.
+
+    Args:
+      chosen: False where the splits were drawn from the patients (a manifest without a
+        `split` column), which the message then explains.
 
     Raises:
       ImageFolderError: naming the empty split.
     """
     for split in SPLITS:
         if not any(e.split == split for e in entries):
-            raise ImageFolderError(f"{source}: no images in the {split} split")
+            hint = ""
+            if not chosen:
+                patients = len({e.patient for e in entries})
+                hint = (
+                    f": without a split column, validation is the patients whose sha256 falls "
+                    f"in one fifth, none of these {patients} patients (add a split column, or "
+                    "more patients)"
+                )
+            raise ImageFolderError(f"{source}: no images in the {split} split{hint}")
 
 
 def label_names(entries: Sequence[Entry], labels_file: str | None) -> tuple[str, ...]:
@@ -545,14 +557,14 @@ def group_names(entries: Sequence[Entry]) -> tuple[str, ...] | None:
 
 
 def check_entries(
-    entries: Sequence[Entry], source: str, labels_file: str | None
+    entries: Sequence[Entry], source: str, labels_file: str | None, chosen_splits: bool = True
 ) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """Every cross-image check of a source; returns its label and group names."""
-    check_splits(entries, source)
-    names = label_names(entries, labels_file)
+    """Every cross-image check of a source (studies, patients, splits, labels, in that order);
+    returns its label and group names."""
     check_studies(entries)
     check_patients(entries)
-    return names, group_names(entries)
+    check_splits(entries, source, chosen_splits)
+    return label_names(entries, labels_file), group_names(entries)
 
 
 def _pydicom_check(entries: Sequence[Entry]) -> None:
@@ -581,15 +593,15 @@ def scan(root: str | None = None, manifest: str | None = None) -> Listing:
         )
     if root is not None:
         source = os.path.abspath(os.path.expanduser(os.fspath(root)))
-        entries = scan_folder(source)
+        entries, chosen_splits = scan_folder(source), True
         folder, layout = source, "folder"
     else:
         source = os.path.abspath(os.path.expanduser(os.fspath(manifest)))
-        entries = read_manifest(source)
+        entries, chosen_splits = read_manifest(source)
         folder, layout = os.path.dirname(source), "manifest"
     labels_file = os.path.join(folder, LABELS_FILE)
     labels_file = labels_file if os.path.isfile(labels_file) else None
-    names, groups = check_entries(entries, source, labels_file)
+    names, groups = check_entries(entries, source, labels_file, chosen_splits)
     _pydicom_check(entries)
     return Listing(
         layout=layout,
@@ -738,7 +750,9 @@ def _read_dicom(file: str, where: str, stop_before_pixels: bool = False) -> Any:
     try:
         return pydicom.dcmread(file, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
-        raise ImageFolderError(f"{where}: unreadable image (not a DICOM file: {e})") from e
+        raise ImageFolderError(
+            f"{where}: unreadable image (not a DICOM file: no 'DICM' file meta header)"
+        ) from e
     except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ImageFolderError(f"{where}: unreadable image (DICOM: {reason})") from e
