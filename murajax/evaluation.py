@@ -8,14 +8,18 @@ arrays):
 
 `eval_fn(state, batch) -> {'prob', 'loss'}` is handed in (`murajax.steps.make_eval_fn`), so
 evaluation never imports the trainer; `model` is the `ModelSpec` that says how to prepare
-its images and whether it predicts images or studies. One `resolve_threshold` decides the
-threshold for training, `experiments.evaluate` and `experiments.predict`.
+its images and whether it predicts images or studies, and `dataset` the `DatasetSpec` that
+names the labels and groups. A binary dataset (MURA) is scored by `murajax.metrics`, one with
+more classes by `murajax.multiclass_metrics` (probability vectors, no threshold). One
+`resolve_threshold` decides the threshold for training, `experiments.evaluate` and
+`experiments.predict`.
 
 so that predictions from elsewhere (an ensemble's averaged probabilities, another tool's
 model) are scored and written the same way. `write_evaluation` writes, into
 `eval/<split>/`: `metrics.json`, `predictions.csv` (one row per study),
 `image_predictions.csv` (one row per image) and the plots `roc.png`,
-`confusion_matrix.png`, `calibration.png` and `kappa_by_body_part.png`.
+`confusion_matrix.png`, `calibration.png` (binary) and `kappa_by_<group>.png`
+(`kappa_by_body_part.png` for MURA; see `workdir.plot_files`).
 
 Thresholds: `eval.threshold_method='fixed'` uses `eval.threshold` (0.5, the MURA paper's);
 'youden' chooses the threshold on the *holdout* (Youden's J on study probabilities, see
@@ -31,13 +35,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from murajax import data, files, metrics
+from murajax import data, files, metrics, multiclass_metrics
 from murajax import workdir as workdir_lib
-from murajax.config import Config
-from murajax.data import ModelInputs
+from murajax.config import Config, ConfigError
+from murajax.data import DatasetSpec, ModelInputs
 from murajax.errors import NonFinitePredictions
 from murajax.metrics import EvalState
-from tfds_mura.features import BODY_PARTS
 
 THRESHOLD_METHODS: tuple[str, ...] = ("fixed", "youden")
 EVAL_SPLITS: tuple[str, ...] = ("holdout", "validation")  # what `eval.splits` may name
@@ -85,6 +88,7 @@ def check_finite(predictions: EvalState, split: str) -> EvalState:
     """`predictions` if every probability is finite; else `NonFinitePredictions`, one line
     naming how many and the first image (scikit-learn's scores would fail on them)."""
     bad = ~np.isfinite(predictions.prob)
+    bad = bad.any(axis=1) if bad.ndim == 2 else bad
     if bad.any():
         first = predictions.image_path[bad][0] or predictions.study_id[bad][0]
         raise NonFinitePredictions(
@@ -98,7 +102,7 @@ def check_finite(predictions: EvalState, split: str) -> EvalState:
 def predict_split(
     config: Config, state: Any, eval_fn: EvalFn, split: str, model: ModelInputs | None
 ) -> dict[str, np.ndarray]:
-    """`predict_state` as a dict of arrays: `prob`, `loss`, `label`, `body_part`,
+    """`predict_state` as a dict of arrays: `prob`, `loss`, `label`, `group`,
     `study_id`, `image_path` (every process gets the whole split)."""
     return predict_state(config, state, eval_fn, split, model).as_dict()
 
@@ -110,9 +114,10 @@ def choose_threshold(config: Config, holdout: Predictions) -> float:
     """The decision threshold that `config.eval` asks for, given holdout predictions.
 
     'fixed': `eval.threshold`. 'youden': the threshold maximising Youden's J on the
-    holdout's study probabilities (aggregated as `eval.aggregation` says).
+    holdout's study probabilities (aggregated as `eval.aggregation` says). Multi-class
+    predictions have no threshold (the most probable class is predicted): `eval.threshold`.
     """
-    if config.eval.threshold_method == "fixed":
+    if config.eval.threshold_method == "fixed" or EvalState.from_dict(holdout).multiclass:
         return float(config.eval.threshold)
     studies = EvalState.from_dict(holdout).studies(config.eval.aggregation)
     return metrics.youden_threshold(studies["label"], studies["prob"])
@@ -151,15 +156,33 @@ def resolve_threshold(
 # --------------------------------------------------------------------------- scoring
 
 
+def check_dataset(config: Config, dataset: DatasetSpec) -> None:
+    """Raises a one-line `ConfigError` for `eval` fields that `dataset` cannot use: a
+    Youden threshold on more than two classes (they predict the most probable class)."""
+    if not dataset.binary and config.eval.threshold_method != "fixed":
+        raise ConfigError(
+            f"config.eval.threshold_method={config.eval.threshold_method!r} is invalid for"
+            f" dataset {dataset.name!r} with {dataset.num_classes} classes: expected 'fixed'"
+            " (a multi-class model predicts its most probable class; there is no threshold)"
+        )
+
+
 def evaluate_holdout(
-    config: Config, state: Any, eval_fn: EvalFn, model: ModelInputs | None
+    config: Config,
+    state: Any,
+    eval_fn: EvalFn,
+    model: ModelInputs | None,
+    dataset: DatasetSpec | None = None,
 ) -> dict[str, float]:
     """Holdout loss and study-level kappa/AUROC/accuracy for model selection (no CIs).
 
     With `threshold_method='youden'` the holdout chooses its own threshold (reported as
     `threshold`), so that checkpoints are compared at their best operating point.
+    Multi-class: kappa (`eval.kappa_weights`), macro one-vs-rest AUROC and accuracy.
     """
     predictions = predict_state(config, state, eval_fn, "holdout", model)
+    if predictions.multiclass:
+        return _multiclass_holdout(config, predictions)
     threshold = resolve_threshold(config, "holdout", predictions=predictions)
     studies = predictions.studies(config.eval.aggregation, threshold)
     study = metrics.point_scores(studies["label"], studies["prob"], threshold)
@@ -178,6 +201,64 @@ def evaluate_holdout(
     }
 
 
+def _multiclass_holdout(config: Config, predictions: EvalState) -> dict[str, float]:
+    studies = predictions.studies(config.eval.aggregation)
+    study = multiclass_metrics.point_scores(
+        studies["label"], studies["prob"], kappa_weights=config.eval.kappa_weights
+    )
+    image_preds = metrics.predict(predictions.prob, 0.5)
+    return {
+        "loss": predictions.mean_loss(),
+        "kappa": study["kappa"],
+        "auroc": study["auroc"],
+        "accuracy": study["accuracy"],
+        "image_accuracy": float(np.mean(image_preds == predictions.label))
+        if len(predictions)
+        else float("nan"),
+    }
+
+
+def _scores(config: Config, state: EvalState, threshold: float, dataset: DatasetSpec) -> dict:
+    """The scores part of `metrics.json`: binary (`murajax.metrics`) or multi-class
+    (`murajax.multiclass_metrics`), the per-group part under the dataset's key (MURA's
+    `by_body_part`; none without groups)."""
+    e = config.eval
+    options = {
+        "aggregation": e.aggregation,
+        "bootstrap_samples": e.bootstrap_samples,
+        "confidence": e.confidence,
+        "seed": config.seed,
+    }
+    if state.multiclass:
+        scores, _ = multiclass_metrics.evaluate_predictions(
+            state.study_id,
+            state.prob,
+            state.label,
+            state.group,
+            class_names=dataset.label_names,
+            group_names=dataset.group_names,
+            kappa_weights=e.kappa_weights,
+            **options,
+        )
+    else:
+        scores = state.compute(threshold=threshold, group_names=dataset.group_names, **options)
+    by_group = scores.pop("by_group", {})
+    if dataset.by_group_key:
+        scores[dataset.by_group_key] = by_group
+    return scores
+
+
+def default_dataset(predictions: Predictions) -> DatasetSpec:
+    """The spec assumed for predictions given without one: MURA-shaped labels where they
+    are binary ("normal", "abnormal"), else class numbers; no groups."""
+    state = EvalState.from_dict(predictions)
+    if state.multiclass:
+        names = tuple(str(k) for k in range(state.prob.shape[1]))
+    else:
+        names = ("normal", "abnormal")
+    return DatasetSpec(name="predictions", label_names=names)
+
+
 def metrics_body(
     config: Config,
     split: str,
@@ -185,18 +266,15 @@ def metrics_body(
     step: int,
     threshold: float,
     model: ModelInputs | None = None,
+    dataset: DatasetSpec | None = None,
 ) -> dict[str, Any]:
     """The `metrics.json` body of `predictions` scored at `threshold` (see module doc);
-    `model` (its `ModelSpec`) says whether a prediction is of an image or of a study."""
+    `model` (its `ModelSpec`) says whether a prediction is of an image or of a study,
+    `dataset` (its `DatasetSpec`) names the labels and groups."""
     state = EvalState.from_dict(predictions)
+    dataset = dataset or default_dataset(state)
     e = config.eval
-    scores = state.compute(
-        aggregation=e.aggregation,
-        threshold=threshold,
-        bootstrap_samples=e.bootstrap_samples,
-        confidence=e.confidence,
-        seed=config.seed,
-    )
+    scores = _scores(config, state, threshold, dataset)
     loss = state.mean_loss()
     scores["study"]["loss"] = loss  # the mean image loss, also under "image"
     scores["image"]["loss"] = loss
@@ -207,6 +285,10 @@ def metrics_body(
         "threshold": float(threshold),
         "threshold_method": e.threshold_method,
     }
+    if state.multiclass:
+        del body["threshold"], body["threshold_method"]  # the most probable class
+        body["classes"] = list(dataset.label_names)
+        body["kappa_weights"] = e.kappa_weights
     if model is not None and model.study_level:
         # One prediction per study: its "image" scores are its study scores (one row each).
         body["predicts"] = "studies"
@@ -236,32 +318,35 @@ def write_evaluation(
     writer: Any | None = None,
     plots: bool = True,
     model: ModelInputs | None = None,
+    dataset: DatasetSpec | None = None,
 ) -> dict[str, Any]:
     """Scores image-level `predictions` of `split` and writes `eval/<split>/` (process 0).
 
-    `predictions`: an `EvalState` or a dict of image arrays `study_id`, `body_part`,
+    `predictions`: an `EvalState` or a dict of image arrays `study_id`, `group`,
     `label`, `prob`, optionally `image_path` and `loss` (all processes must pass the whole
     split, e.g. from `predict_state`). `threshold`: None takes `eval.threshold` ('fixed'),
     or with 'youden' chooses it on `predictions` if `split == 'holdout'` and otherwise
     raises (pass `choose_threshold(config, holdout_predictions)`). `writer`: a
     `writers.MetricWriter` that also logs the study-level scalars to `metrics.jsonl`.
-    `model`: the `ModelSpec` that predicted (None: an image model). Returns the
+    `model`: the `ModelSpec` that predicted (None: an image model); `dataset`: the
+    `DatasetSpec` of the labels and groups (None: `default_dataset`). Returns the
     `metrics.json` body.
     """
     state = check_finite(EvalState.from_dict(predictions), split)
+    dataset = dataset or default_dataset(state)
     if threshold is None:
         threshold = resolve_threshold(config, split, predictions=state)
-    body = metrics_body(config, split, state, step, threshold, model)
+    body = metrics_body(config, split, state, step, threshold, model, dataset)
     if jax.process_index() != 0:
         return body
     out = workdir_lib.eval_dir(workdir, split)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, workdir_lib.METRICS_FILE), body)
     studies = state.studies(config.eval.aggregation, threshold)
-    write_study_predictions(os.path.join(out, workdir_lib.STUDY_PREDICTIONS_FILE), studies)
-    write_image_predictions(os.path.join(out, workdir_lib.IMAGE_PREDICTIONS_FILE), state)
+    write_study_predictions(os.path.join(out, workdir_lib.STUDY_PREDICTIONS_FILE), studies, dataset)
+    write_image_predictions(os.path.join(out, workdir_lib.IMAGE_PREDICTIONS_FILE), state, dataset)
     if plots:
-        write_plots(out, state, studies, body)
+        write_plots(out, state, studies, body, dataset)
     if writer is not None:
         scalars = {k: v for k, v in body["study"].items() if _scalar(v)}
         writer.write(step, split, {**scalars, "threshold": threshold})
@@ -275,6 +360,7 @@ def evaluate_and_write(
     state: Any,
     eval_fn: EvalFn,
     model: ModelInputs | None,
+    dataset: DatasetSpec | None = None,
     *,
     step: int,
     writer: Any | None = None,
@@ -292,89 +378,120 @@ def evaluate_and_write(
             holdout=lambda: predict_state(config, state, eval_fn, "holdout", model),
         )
     return write_evaluation(
-        config, workdir, split, predictions, step, threshold=threshold, writer=writer, model=model
+        config,
+        workdir,
+        split,
+        predictions,
+        step,
+        threshold=threshold,
+        writer=writer,
+        model=model,
+        dataset=dataset,
     )
 
 
 # --------------------------------------------------------------------------- files
 
 
-def write_study_predictions(path: str, studies: Mapping[str, np.ndarray]) -> None:
-    """One row per study: study_id, body_part, label, prob, pred, n_images (1 = abnormal)."""
+def _group_columns(dataset: DatasetSpec) -> list[str]:
+    return [dataset.group_column] if dataset.group_column else []
+
+
+def _prob_header(dataset: DatasetSpec, multiclass: bool) -> list[str]:
+    """`prob` (of class 1) for a binary dataset; `prob_<class>` per class for more."""
+    return [f"prob_{name}" for name in dataset.label_names] if multiclass else ["prob"]
+
+
+def _prob_cells(probs: np.ndarray) -> list[str]:
+    return [f"{p:.6f}" for p in np.atleast_1d(probs)]
+
+
+def write_study_predictions(
+    path: str, studies: Mapping[str, np.ndarray], dataset: DatasetSpec | None = None
+) -> None:
+    """One row per study: study_id, the group (MURA's body_part), label, prob, pred, n_images
+    (1 = abnormal). Multi-class: label and pred are class indices, followed by their names
+    (`label_name`, `pred_name`) and one `prob_<class>` column per class."""
+    multiclass = np.ndim(studies["prob"]) == 2
+    dataset = dataset or default_dataset({"prob": studies["prob"]})
     with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["study_id", "body_part", "label", "prob", "pred", "n_images"])
+        if multiclass:
+            header = ["study_id", *_group_columns(dataset), "label", "label_name", "pred"]
+            header += ["pred_name", *_prob_header(dataset, True), "n_images"]
+        else:
+            header = ["study_id", *_group_columns(dataset), "label", "prob", "pred", "n_images"]
+        out.writerow(header)
         for i in range(len(studies["study_id"])):
-            out.writerow(
-                [
-                    studies["study_id"][i],
-                    _body_part_name(studies["body_part"][i]),
-                    int(studies["label"][i]),
-                    f"{studies['prob'][i]:.6f}",
-                    int(studies["pred"][i]),
-                    int(studies["n_images"][i]),
-                ]
-            )
+            group = [dataset.group_name(int(studies["group"][i]))] if dataset.group_column else []
+            label, pred = int(studies["label"][i]), int(studies["pred"][i])
+            if multiclass:
+                names = [dataset.label_names[label], pred, dataset.label_names[pred]]
+                row = [studies["study_id"][i], *group, label, *names]
+                row += [*_prob_cells(studies["prob"][i]), int(studies["n_images"][i])]
+            else:
+                row = [studies["study_id"][i], *group, label, f"{studies['prob'][i]:.6f}", pred]
+                row += [int(studies["n_images"][i])]
+            out.writerow(row)
 
 
-def write_image_predictions(path: str, predictions: Predictions) -> None:
-    """One row per image: image_path, study_id, body_part, label, prob (1 = abnormal)."""
+def write_image_predictions(
+    path: str, predictions: Predictions, dataset: DatasetSpec | None = None
+) -> None:
+    """One row per image: image_path, study_id, the group (MURA's body_part), label, prob
+    (1 = abnormal); multi-class: `prob_<class>` per class."""
     state = EvalState.from_dict(predictions)
+    dataset = dataset or default_dataset(state)
     with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["image_path", "study_id", "body_part", "label", "prob"])
+        probs = _prob_header(dataset, state.multiclass)
+        out.writerow(["image_path", "study_id", *_group_columns(dataset), "label", *probs])
         for i in range(len(state)):
+            group = [dataset.group_name(int(state.group[i]))] if dataset.group_column else []
             out.writerow(
                 [
                     state.image_path[i],
                     state.study_id[i],
-                    _body_part_name(state.body_part[i]),
+                    *group,
                     int(state.label[i]),
-                    f"{state.prob[i]:.6f}",
+                    *_prob_cells(state.prob[i]),
                 ]
             )
 
 
 def write_plots(
-    directory: str, state: EvalState, studies: Mapping[str, np.ndarray], body: Mapping[str, Any]
+    directory: str,
+    state: EvalState,
+    studies: Mapping[str, np.ndarray],
+    body: Mapping[str, Any],
+    dataset: DatasetSpec | None = None,
 ) -> dict[str, str]:
-    """The evaluation's plots (see `workdir.PLOT_FILES`) into `directory`; returns name -> path.
+    """The evaluation's plots (see `workdir.plot_files`) into `directory`; returns name -> path.
 
     A plot that fails is reported and skipped: the metrics are written already.
     """
-    from murajax import plots  # local: matplotlib only when plotting
-
-    part = np.asarray(studies["body_part"])
-    curves = {"overall": (studies["label"], studies["prob"])}
-    for index, name in enumerate(BODY_PARTS):
-        rows = part == index
-        if rows.any():
-            curves[name] = (studies["label"][rows], studies["prob"][rows])
-    image_curve = {"images": (state.label, state.prob)}
-    names = list(body["by_body_part"])
+    dataset = dataset or default_dataset(state)
     split = body["split"]
-    jobs: dict[str, Callable[[str], str]] = {
-        "roc": lambda p: plots.roc_curves(curves, p, title=f"ROC, studies ({split})"),
-        "confusion_matrix": lambda p: plots.confusion_matrix(
-            studies["label"],
-            studies["pred"],
-            p,
-            title=f"Studies ({split}), threshold {body['threshold']:.3g}",
-        ),
-        "calibration": lambda p: plots.calibration(
-            {"studies": curves["overall"], **image_curve}, p, title=f"Calibration ({split})"
-        ),
-        "kappa_by_body_part": lambda p: plots.kappa_by_body_part(
+    if state.multiclass:
+        jobs = _multiclass_plot_jobs(studies, body, dataset)
+    else:
+        jobs = _binary_plot_jobs(state, studies, body, dataset)
+    if dataset.by_group_key:
+        names = list(body[dataset.by_group_key])
+        groups = body[dataset.by_group_key]
+        jobs["kappa_by_group"] = lambda p: _plots().kappa_by_group(
             ["overall", *names],
-            [body["study"]["kappa"]] + [body["by_body_part"][n]["kappa"] for n in names],
-            [body["study"]["kappa_ci"]] + [body["by_body_part"][n]["kappa_ci"] for n in names],
+            [body["study"]["kappa"]] + [groups[n]["kappa"] for n in names],
+            [body["study"]["kappa_ci"]] + [groups[n]["kappa_ci"] for n in names],
             p,
-            title=f"Study kappa by body part ({split})",
-        ),
-    }
+            reference=dataset.reference_kappa,
+            reference_label=dataset.reference_label,
+            title=f"Study kappa by {dataset.group_feature.replace('_', ' ')} ({split})",
+        )
+    files_by_name = workdir_lib.plot_files(dataset.group_feature, binary=not state.multiclass)
     written = {}
     for name, job in jobs.items():
-        path = os.path.join(directory, workdir_lib.PLOT_FILES[name])
+        path = os.path.join(directory, files_by_name[name])
         try:
             written[name] = job(path)
         except Exception as error:  # noqa: BLE001  (a plot must not lose an evaluation)
@@ -382,9 +499,66 @@ def write_plots(
     return written
 
 
-def _body_part_name(index: Any) -> str:
-    index = int(index)
-    return BODY_PARTS[index] if 0 <= index < len(BODY_PARTS) else str(index)
+def _plots() -> Any:
+    from murajax import plots  # local: matplotlib only when plotting
+
+    return plots
+
+
+def _binary_plot_jobs(
+    state: EvalState,
+    studies: Mapping[str, np.ndarray],
+    body: Mapping[str, Any],
+    dataset: DatasetSpec,
+) -> dict[str, Callable[[str], str]]:
+    plots = _plots()
+    group = np.asarray(studies["group"])
+    curves = {"overall": (studies["label"], studies["prob"])}
+    for index, name in enumerate(dataset.group_names):
+        rows = group == index
+        if rows.any():
+            curves[name] = (studies["label"][rows], studies["prob"][rows])
+    image_curve = {"images": (state.label, state.prob)}
+    split = body["split"]
+    return {
+        "roc": lambda p: plots.roc_curves(curves, p, title=f"ROC, studies ({split})"),
+        "confusion_matrix": lambda p: plots.confusion_matrix(
+            studies["label"],
+            studies["pred"],
+            p,
+            title=f"Studies ({split}), threshold {body['threshold']:.3g}",
+            class_names=dataset.label_names,
+        ),
+        "calibration": lambda p: plots.calibration(
+            {"studies": curves["overall"], **image_curve},
+            p,
+            title=f"Calibration ({split})",
+            positive=dataset.label_names[1],
+        ),
+    }
+
+
+def _multiclass_plot_jobs(
+    studies: Mapping[str, np.ndarray], body: Mapping[str, Any], dataset: DatasetSpec
+) -> dict[str, Callable[[str], str]]:
+    from murajax import plots_multiclass  # local: matplotlib only when plotting
+
+    split = body["split"]
+    return {
+        "roc": lambda p: plots_multiclass.roc_curves(
+            studies["label"],
+            studies["prob"],
+            dataset.label_names,
+            p,
+            title=f"ROC one-vs-rest, studies ({split})",
+        ),
+        "confusion_matrix": lambda p: plots_multiclass.confusion_matrix(
+            np.asarray(body["study"]["confusion"]),
+            dataset.label_names,
+            p,
+            title=f"Studies ({split}), most probable class",
+        ),
+    }
 
 
 def _scalar(value: Any) -> bool:

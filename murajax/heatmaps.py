@@ -46,7 +46,27 @@ from murajax.models.layers import FEATURES
 from murajax.models.multiview import MultiView
 
 ABNORMAL = 1
-"""The class index whose evidence the heatmaps show (label 1 = abnormal)."""
+"""The class index whose evidence the heatmaps of a binary model show (label 1 = abnormal)."""
+
+PREDICTED = None
+"""`target=PREDICTED`: each image's map explains its most probable class (multi-class)."""
+
+Target = int | None
+
+
+def target_class(num_classes: int) -> Target:
+    """The class a model's heatmaps explain: class 1 (MURA's abnormal) for two classes, each
+    image's predicted class for more (`PREDICTED`)."""
+    return ABNORMAL if num_classes == 2 else PREDICTED
+
+
+def _target_logits(logits: jax.Array, target: Target) -> jax.Array:
+    """The logit of `target` per image (N,); of its most probable class for `PREDICTED`."""
+    if target is not None:
+        return logits[:, target]
+    picked = jnp.argmax(logits, axis=-1)[:, None]
+    return jnp.take_along_axis(logits, picked, axis=1)[:, 0]
+
 
 PERTURBATIONS = "perturbations"  # the collections that `mark_features` writes
 INTERMEDIATES = "intermediates"
@@ -118,7 +138,7 @@ def feature_site(model: nn.Module, variables: Variables, images: Any) -> Path:
 
 
 def _features_and_gradients(
-    model: nn.Module, variables: Variables, images: jax.Array, target: int
+    model: nn.Module, variables: Variables, images: jax.Array, target: Target
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(features F, d logits[:, target] / dF, logits) in eval mode, F and its gradient in
     float32 (N, h, w, K), each image's own gradient."""
@@ -136,7 +156,7 @@ def _features_and_gradients(
         )
         (features,) = _at(state[INTERMEDIATES], site)
         # Images are independent in eval mode, so the gradient of the sum is per image.
-        return jnp.sum(logits[:, target].astype(jnp.float32)), (features, logits)
+        return jnp.sum(_target_logits(logits, target).astype(jnp.float32)), (features, logits)
 
     grads, (features, logits) = jax.grad(score, has_aux=True)(zeros)
     return features.astype(jnp.float32), _at(grads, site).astype(jnp.float32), logits
@@ -146,17 +166,19 @@ def _features_and_gradients(
 
 
 def _gradcam_and_probs(
-    model: nn.Module, variables: Variables, images: jax.Array, target: int
+    model: nn.Module, variables: Variables, images: jax.Array, target: Target
 ) -> tuple[jax.Array, jax.Array]:
-    """Raw Grad-CAM maps (N, h, w) and the probabilities of `target` (N,)."""
+    """Raw Grad-CAM maps (N, h, w) and the probabilities of `target` (N,) (of each image's
+    predicted class for `PREDICTED`)."""
     features, grads, logits = _features_and_gradients(model, variables, images, target)
     alpha = jnp.mean(grads, axis=(1, 2))  # (N, K): global-average-pooled gradients
     maps = jax.nn.relu(jnp.einsum("nhwk,nk->nhw", features, alpha))
-    return maps, jax.nn.softmax(logits.astype(jnp.float32))[:, target]
+    probs = jax.nn.softmax(logits.astype(jnp.float32))
+    return maps, _target_logits(probs, target) if target is None else probs[:, target]
 
 
 def gradcam_maps(
-    model: nn.Module, variables: Variables, images: Any, *, target: int = ABNORMAL
+    model: nn.Module, variables: Variables, images: Any, *, target: Target = ABNORMAL
 ) -> np.ndarray:
     """Raw Grad-CAM maps (N, h, w) at the feature map's resolution, >= 0, not normalised."""
     images = jnp.asarray(images)
@@ -165,7 +187,7 @@ def gradcam_maps(
 
 
 def _gap_linear_weights(
-    model: nn.Module, variables: Variables, images: jax.Array, target: int
+    model: nn.Module, variables: Variables, images: jax.Array, target: Target
 ) -> jax.Array | None:
     """The head's linear weights (K,) if it behaves as GAP + linear on these inputs, else None.
 
@@ -188,7 +210,7 @@ def _gap_linear_weights(
 
 
 def cam_maps(
-    model: nn.Module, variables: Variables, images: Any, *, target: int = ABNORMAL
+    model: nn.Module, variables: Variables, images: Any, *, target: Target = ABNORMAL
 ) -> np.ndarray | None:
     """Raw class activation maps (N, h, w), signed, or None where CAM is not defined.
 
@@ -222,7 +244,7 @@ def normalize_maps(maps: Any, size: tuple[int, int]) -> np.ndarray:
 
 
 def make_gradcam_fn(
-    model: nn.Module, variables: Variables, sample_images: Any, *, target: int = ABNORMAL
+    model: nn.Module, variables: Variables, sample_images: Any, *, target: Target = ABNORMAL
 ) -> Callable[[Variables, Any], tuple[np.ndarray, np.ndarray]]:
     """A `(variables, images) -> (heatmaps (N, H, W) in [0, 1], probabilities (N,))` function.
 
@@ -242,18 +264,19 @@ def make_gradcam_fn(
 
 
 def gradcam(
-    model: nn.Module, variables: Variables, images: Any, *, target: int = ABNORMAL
+    model: nn.Module, variables: Variables, images: Any, *, target: Target = ABNORMAL
 ) -> np.ndarray:
     """Grad-CAM heatmaps (N, H, W) in [0, 1] at the size of `images` (N, H, W, C).
 
     `variables` are the model's (`{'params': ..., 'batch_stats': ...}`); the model runs in
-    eval mode. `target` is the class whose logit is explained (1 = abnormal).
+    eval mode. `target` is the class whose logit is explained (1 = abnormal), or
+    `PREDICTED`: each image's most probable class (`target_class`).
     """
     return make_gradcam_fn(model, variables, images, target=target)(variables, images)[0]
 
 
 def cam(
-    model: nn.Module, variables: Variables, images: Any, *, target: int = ABNORMAL
+    model: nn.Module, variables: Variables, images: Any, *, target: Target = ABNORMAL
 ) -> np.ndarray:
     """Class activation maps (N, H, W) in [0, 1] (positive evidence for `target`).
 

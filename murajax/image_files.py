@@ -5,7 +5,7 @@
     model_view(config, gray) -> uint8 (S, S)               the square the model sees
     heatmap_to_original(heatmap, shape, size, mode)        an (S, S) map back onto (H, W)
     collect_studies(inputs, skip) -> {study folder: [files]}   a study = the images of one folder
-    body_part_of(path) -> 'XR_WRIST' | ''
+    group_of(path, names) -> 'XR_WRIST' | ''
 
 Used by `murajax.predict`; reads files, writes none. An image is opened lazily (Pillow reads
 its header) and refused before decoding if it has more than `MAX_IMAGE_PIXELS` pixels, so
@@ -24,8 +24,6 @@ from PIL import Image, UnidentifiedImageError
 from murajax.config import Config
 from murajax.data import ModelInputs, pipeline, preprocess
 from murajax.errors import WorkdirError
-from tfds_mura.features import BODY_PARTS
-from tfds_mura.mura.mura_dataset_builder import image_to_grayscale
 
 
 class InputError(WorkdirError):
@@ -46,9 +44,11 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def gray_of(image: Image.Image) -> np.ndarray:
-    """A decoded image as uint8 (H, W) grayscale: the `mura` builder's `image_to_grayscale`
+    """A decoded image as uint8 (H, W) grayscale: the builders' `image_to_grayscale`
     (16-bit and 32-bit `I` images by their high byte, clipped to [0, 255], in the image's own
     integer type, with no int64 copy of a large image)."""
+    from tfds_mura.images import image_to_grayscale  # late: `tfds_mura` imports its builders
+
     return image_to_grayscale(image)
 
 
@@ -188,9 +188,6 @@ def collect_studies(inputs: Iterable[str], skip: Iterable[str] = ()) -> dict[str
     return {folder: sorted(files) for folder, files in sorted(studies.items())}
 
 
-_BODY_PART = re.compile(r"XR_[A-Z]+")
-
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 
@@ -200,8 +197,12 @@ def looks_like_image(path: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
 
 
-def body_part_of(path: str) -> str:
-    """The MURA body part a path names (`XR_ELBOW` ... `XR_WRIST`, the last one if several),
-    or '' if it names none."""
-    found = [p for p in _BODY_PART.findall(path.upper()) if p in BODY_PARTS]
-    return found[-1] if found else ""
+def group_of(path: str, names: Sequence[str]) -> str:
+    """The group a path names (one of `names`, the dataset's groups: MURA's `XR_ELBOW` ...
+    `XR_WRIST`), case-insensitively as a whole word of the path; the last one if several,
+    '' if none."""
+    found = []
+    for name in names:
+        pattern = rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])"
+        found += [(m.start(), name) for m in re.finditer(pattern, path, re.IGNORECASE)]
+    return max(found)[1] if found else ""

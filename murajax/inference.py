@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax
 
 from murajax import checkpoint as ckpt
-from murajax import freeze, models, steps
+from murajax import data, freeze, models, steps
 from murajax import workdir as workdir_lib
 from murajax.config import Config
+from murajax.data import DatasetSpec
 from murajax.errors import WorkdirError
 
 
@@ -31,6 +32,7 @@ class Loaded:
     model: nn.Module
     steps: tuple[int, ...]
     states: tuple[steps.TrainState, ...]
+    dataset: DatasetSpec  # the labels and groups it was trained on (`dataset.json`)
     note: str | None = None
 
     def variables(self, member: int = 0) -> dict[str, Any]:
@@ -57,8 +59,9 @@ def load(
     Raises `WorkdirError` for a workdir, config or checkpoint that cannot be used.
     """
     config = workdir_lib.read_config(workdir)
+    dataset = data.spec_for_workdir(workdir, config.data)  # its dataset.json
     try:
-        spec = models.resolve(config.model)  # the one lookup of `model.name`
+        spec = models.resolve(config.model, num_classes=dataset.num_classes)  # `model.name`
     except ValueError as e:
         raise WorkdirError(str(e)) from None
     model = model if model is not None else spec.build()
@@ -69,7 +72,7 @@ def load(
         states = tuple(_restore(manager, step, template) for step in selection.steps)
     finally:
         manager.close()
-    return Loaded(config, spec, model, selection.steps, states, selection.note)
+    return Loaded(config, spec, model, selection.steps, states, dataset, selection.note)
 
 
 def _restore(manager: Any, step: int, template: steps.TrainState) -> steps.TrainState:

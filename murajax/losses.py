@@ -1,6 +1,7 @@
 """Losses: (class-weighted, label-smoothed) softmax cross-entropy and an L2 penalty on kernels.
 
-Models emit logits z over the classes {0: normal, 1: abnormal}; the loss applies the softmax.
+Models emit logits z over the dataset's classes (MURA: {0: normal, 1: abnormal}); the loss
+applies the softmax.
 For one example with one-hot (or smoothed) target y,
 
     L(z) = -sum_k y_k log softmax(z)_k,        dL/dz = softmax(z) - y.
@@ -12,9 +13,11 @@ For one example with one-hot (or smoothed) target y,
 
 with m_i the mask (0 for padding) and w_i the example's class weight. The MURA paper's class
 weights (Rajpurkar et al. 2017) make the two classes count equally in expectation: with N normal
-and A abnormal training examples, w_abnormal = N / (A + N) and w_normal = A / (A + N).
+and A abnormal training examples, w_abnormal = N / (A + N) and w_normal = A / (A + N); for K
+classes, w_c is proportional to 1 / n_c and the weights sum to 1 (`balanced_class_weights`).
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-NUM_CLASSES = 2
-"""Labels: 0 = normal, 1 = abnormal (`tfds_mura.LABEL_NAMES`)."""
-
-NUM_BODY_PARTS = 7
-"""Body parts: `tfds_mura.BODY_PARTS` (XR_ELBOW ... XR_WRIST), in that order."""
-
-CLASS_WEIGHTINGS = ("none", "global", "body_part")
+CLASS_WEIGHTINGS = ("none", "global", "group", "body_part")
+"""`train.class_weighting`: "group" weighs each group (MURA's body part) by its own counts;
+"body_part" is MURA's name for it."""
 
 
 # --------------------------------------------------------------------------- class weights
@@ -52,68 +51,91 @@ def class_weights(num_normal: int, num_abnormal: int) -> tuple[float, float]:
     return num_abnormal / total, num_normal / total
 
 
-def count_classes(
-    labels: Any, body_parts: Any = None, num_body_parts: int = NUM_BODY_PARTS
-) -> np.ndarray:
-    """Counts examples per class: shape (2,), or (num_body_parts, 2) given `body_parts`.
+def balanced_class_weights(counts: Any) -> tuple[float, ...]:
+    """The MURA paper's weights for any number of classes: w_c proportional to 1 / n_c over
+    the classes present, summing to 1 (so n_c * w_c is the same for every present class; a
+    class without examples gets 0). For two classes these are `class_weights`, bit for bit.
 
-    `counts[c]` (or `counts[b, c]`) is the number of examples of label c (of body part b).
+    >>> balanced_class_weights([1, 2, 2])
+    (0.5, 0.25, 0.25)
     """
+    counts = [int(c) for c in np.asarray(counts).reshape(-1)]
+    if len(counts) == 2:
+        return class_weights(*counts)
+    if min(counts) < 0 or sum(counts) == 0:
+        raise ValueError(f"class weights need counts >= 0 and one example, got {counts}")
+    present = [c for c in counts if c > 0]
+    # w_c = prod_{j != c} n_j / sum_i prod_{j != i} n_j, exactly (Python ints), then rounded.
+    products = [math.prod(present) // c if c > 0 else 0 for c in counts]
+    total = sum(products)
+    return tuple(p / total for p in products)
+
+
+def count_classes(
+    labels: Any, groups: Any = None, num_groups: int = 1, num_classes: int = 2
+) -> np.ndarray:
+    """Counts examples per class: shape (num_classes,), or (num_groups, num_classes) given
+    `groups` (MURA's body parts). `counts[c]` (or `counts[g, c]`) is the number of examples of
+    label c (of group g)."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if body_parts is None:
-        return np.bincount(labels, minlength=NUM_CLASSES).astype(np.int64)
-    body_parts = np.asarray(body_parts, dtype=np.int64).reshape(-1)
-    counts = np.zeros((num_body_parts, NUM_CLASSES), np.int64)
-    np.add.at(counts, (body_parts, labels), 1)
+    num_classes = max(num_classes, int(labels.max(initial=-1)) + 1)
+    if groups is None:
+        return np.bincount(labels, minlength=num_classes).astype(np.int64)
+    groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+    num_groups = max(num_groups, int(groups.max(initial=-1)) + 1)
+    counts = np.zeros((num_groups, num_classes), np.int64)
+    np.add.at(counts, (groups, labels), 1)
     return counts
 
 
-def body_part_class_weights(counts: Any) -> np.ndarray:
-    """A (num_body_parts, 2) table of `class_weights`, row b from `counts[b] = (N_b, A_b)`.
+def group_class_weights(counts: Any) -> np.ndarray:
+    """A (num_groups, num_classes) table of `balanced_class_weights`, row g from `counts[g]`.
 
-    A body part whose counts lack a class (the formula would give the class it has weight 0,
-    and no signal) gets the global weights from the summed counts instead.
+    A group whose counts lack a class that the whole split has (the formula would give it
+    weight 0 there) gets the global weights from the summed counts instead.
     """
     counts = np.asarray(counts, dtype=np.int64)
-    if counts.ndim != 2 or counts.shape[1] != NUM_CLASSES:
-        raise ValueError(f"counts must have shape (num_body_parts, 2), got {counts.shape}")
-    global_weights = class_weights(*counts.sum(axis=0))
+    if counts.ndim != 2 or counts.shape[1] < 2:
+        raise ValueError(f"counts must have shape (num_groups, num_classes), got {counts.shape}")
+    totals = counts.sum(axis=0)
+    global_weights = balanced_class_weights(totals)
     table = np.empty(counts.shape, np.float32)
-    for b, (n, a) in enumerate(counts):
-        table[b] = class_weights(n, a) if n > 0 and a > 0 else global_weights
+    for g, row in enumerate(counts):
+        complete = np.all((row > 0) | (totals == 0))
+        table[g] = balanced_class_weights(row) if complete else global_weights
     return table
 
 
 def class_weight_table(weighting: str, counts: Any) -> np.ndarray:
-    """The (body parts, 2) loss-weight table for `TrainConfig.class_weighting`, from the
-    training split's (body parts, 2) [normal, abnormal] counts.
+    """The (groups, classes) loss-weight table for `TrainConfig.class_weighting`, from the
+    training split's (groups, classes) counts (one row for a dataset without groups).
 
     "none": ones; "global": the MURA paper's weights of the whole split in every row;
-    "body_part": one row per body part (`body_part_class_weights`). Index it as
-    `table[body_part, label]` (`cross_entropy_loss(class_weights=table, body_parts=...)`).
+    "group" (or MURA's "body_part"): one row per group (`group_class_weights`). Index it as
+    `table[group, label]` (`cross_entropy_loss(class_weights=table, groups=...)`).
     """
     counts = np.asarray(counts)
     if weighting == "none":
         return np.ones(counts.shape, np.float32)
     if weighting == "global":
         table = np.empty(counts.shape, np.float32)
-        table[:] = class_weights(*counts.sum(axis=0))
+        table[:] = balanced_class_weights(counts.sum(axis=0))
         return table
-    if weighting == "body_part":
-        return body_part_class_weights(counts)
+    if weighting in ("group", "body_part"):
+        return group_class_weights(counts)
     raise ValueError(f"unknown class weighting {weighting!r}: expected one of {CLASS_WEIGHTINGS}")
 
 
 def example_weights(
     labels: jax.Array,
     class_weights: jax.Array | np.ndarray | None = None,
-    body_parts: jax.Array | None = None,
+    groups: jax.Array | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Per-example weights m_i * w_i: class weight (by label, or by body part and label) x mask.
+    """Per-example weights m_i * w_i: class weight (by label, or by group and label) x mask.
 
-    `class_weights` is None (all 1), shape (2,) indexed by label, or shape (P, 2) indexed by
-    `[body_parts, labels]`. `mask` (bool or float, shape like `labels`) zeroes padding.
+    `class_weights` is None (all 1), shape (K,) indexed by label, or shape (G, K) indexed by
+    `[groups, labels]`. `mask` (bool or float, shape like `labels`) zeroes padding.
     """
     labels = jnp.asarray(labels)
     if class_weights is None:
@@ -123,11 +145,11 @@ def example_weights(
         if table.ndim == 1:
             weights = table[labels]
         elif table.ndim == 2:
-            if body_parts is None:
-                raise ValueError("a (num_body_parts, 2) class-weight table needs body_parts")
-            weights = table[jnp.asarray(body_parts), labels]
+            if groups is None:
+                raise ValueError("a (num_groups, num_classes) class-weight table needs groups")
+            weights = table[jnp.asarray(groups), labels]
         else:
-            raise ValueError(f"class_weights must have shape (2,) or (P, 2), got {table.shape}")
+            raise ValueError(f"class_weights must have shape (K,) or (G, K), got {table.shape}")
     if mask is not None:
         weights = weights * jnp.asarray(mask, jnp.float32)
     return weights
@@ -156,7 +178,7 @@ def cross_entropy_loss(
     labels: jax.Array,
     *,
     class_weights: jax.Array | np.ndarray | None = None,
-    body_parts: jax.Array | None = None,
+    groups: jax.Array | None = None,
     mask: jax.Array | None = None,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
@@ -164,9 +186,9 @@ def cross_entropy_loss(
 
     Args:
       logits: (B, num_classes) model outputs, any float dtype.
-      labels: (B,) integer labels (0 normal, 1 abnormal).
-      class_weights: None, (2,) or (P, 2); see `example_weights` and `class_weight_table`.
-      body_parts: (B,) body-part indices, needed with a (P, 2) table.
+      labels: (B,) integer class indices (MURA: 0 normal, 1 abnormal).
+      class_weights: None, (K,) or (G, K); see `example_weights` and `class_weight_table`.
+      groups: (B,) group indices (MURA's body parts), needed with a (G, K) table.
       mask: (B,) 1 for real examples, 0 for padding; None means all real.
       label_smoothing: passed to `softmax_cross_entropy`.
 
@@ -174,7 +196,7 @@ def cross_entropy_loss(
     loss as in the MURA paper (and a batch-size change does not).
     """
     losses = softmax_cross_entropy(logits, labels, label_smoothing)
-    weights = example_weights(labels, class_weights, body_parts, mask)
+    weights = example_weights(labels, class_weights, groups, mask)
     count = jnp.float32(labels.shape[0]) if mask is None else jnp.sum(mask, dtype=jnp.float32)
     return jnp.sum(weights * losses) / jnp.maximum(count, 1.0)
 

@@ -1,6 +1,7 @@
 """Evaluation as radiology judges it: per study and per body part, with bootstrap CIs.
 
-Image probabilities of abnormality are aggregated into one probability per study (the mean
+Binary datasets (MURA; multi-class ones: `murajax.multiclass_metrics`). Image probabilities of
+abnormality are aggregated into one probability per study (the mean
 of its images, as in the MURA paper, or their max) and thresholded (0.5, or a threshold
 chosen on the holdout by Youden's J). Both levels, images and studies, are scored with
 accuracy, sensitivity, specificity, precision, F1, AUROC and Cohen's kappa, overall and per
@@ -29,8 +30,6 @@ from typing import Any
 import numpy as np
 from jax.experimental import multihost_utils
 from sklearn import metrics as skm
-
-from tfds_mura.features import BODY_PARTS
 
 Scores = dict[str, Any]
 Arrays = dict[str, np.ndarray]
@@ -66,31 +65,54 @@ def study_index(
     return unique, first, inverse.reshape(-1)
 
 
+def _aggregate(probs: np.ndarray, inverse: np.ndarray, n: int, aggregation: str) -> np.ndarray:
+    """The mean or max of each study's image probabilities (N,) -> (n,)."""
+    counts = np.bincount(inverse, minlength=n)
+    if aggregation == "mean":
+        return np.bincount(inverse, weights=probs, minlength=n) / np.maximum(counts, 1)
+    agg = np.full(n, -np.inf)
+    np.maximum.at(agg, inverse, probs)
+    return agg
+
+
+def aggregate_probs(
+    probs: np.ndarray, inverse: np.ndarray, n: int, aggregation: str = "mean"
+) -> np.ndarray:
+    """Study probabilities from image probabilities: (N,) -> (n,) as `aggregation` says, or
+    class-probability vectors (N, K) -> (n, K), each class aggregated on its own ("max" then
+    renormalised so that each study's vector sums to 1). `inverse[i]` is image i's study."""
+    if probs.ndim == 1:
+        return _aggregate(probs, inverse, n, aggregation)
+    columns = [_aggregate(probs[:, k], inverse, n, aggregation) for k in range(probs.shape[1])]
+    agg = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
+    if aggregation == "max":
+        agg = agg / np.maximum(agg.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    return agg
+
+
 def aggregate_studies(
     study_ids: Sequence[str] | np.ndarray,
     probs: np.ndarray,
     labels: np.ndarray,
-    body_parts: np.ndarray,
+    groups: np.ndarray,
     aggregation: str = "mean",
 ) -> Arrays:
     """Groups image predictions by study: one row per study, sorted by study id.
 
-    Returns `study_id`, `prob` (the mean or max of the study's image probabilities),
-    `label`, `body_part` and `n_images` arrays. Raises if the images of a study disagree
-    on label or body part, or if `aggregation` is unknown.
+    `probs` are the images' probabilities of class 1 (N,) (MURA's abnormal), or their class
+    probability vectors (N, K). Returns `study_id`, `prob` (the mean or max of the study's
+    image probabilities, see `aggregate_probs`), `label`, `group` (MURA's body part) and
+    `n_images` arrays. Raises if the images of a study disagree on label or group, or if
+    `aggregation` is unknown.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}: expected 'mean' or 'max'")
     unique, first, inverse = study_index(study_ids)
     n = len(unique)
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    probs = as_probs(probs)
     counts = np.bincount(inverse, minlength=n)
-    if aggregation == "mean":
-        agg = np.bincount(inverse, weights=probs, minlength=n) / np.maximum(counts, 1)
-    else:
-        agg = np.full(n, -np.inf)
-        np.maximum.at(agg, inverse, probs)
-    columns = {"label": np.asarray(labels), "body_part": np.asarray(body_parts)}
+    agg = aggregate_probs(probs, inverse, n, aggregation)
+    columns = {"label": np.asarray(labels), "group": np.asarray(groups)}
     per_study = {}
     for name, values in columns.items():
         values = values.astype(np.int64).reshape(-1)
@@ -103,16 +125,25 @@ def aggregate_studies(
         "study_id": unique,
         "prob": agg,
         "label": per_study["label"],
-        "body_part": per_study["body_part"],
+        "group": per_study["group"],
         "n_images": counts,
     }
+
+
+def as_probs(values: Any) -> np.ndarray:
+    """Probabilities as float64: (N,) of class 1, or (N, K) class vectors (kept 2-D)."""
+    array = np.asarray(values, dtype=np.float64)
+    return array if array.ndim == 2 else array.reshape(-1)
 
 
 # --------------------------------------------------------------------------- point estimates
 
 
 def predict(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Hard predictions: 1 (abnormal) where `probs >= threshold`, else 0."""
+    """Hard predictions: 1 (abnormal) where `probs >= threshold`, else 0; for class vectors
+    (N, K), the most probable class (the threshold is a binary notion)."""
+    if np.ndim(probs) == 2:
+        return np.argmax(probs, axis=1).astype(np.int64)
     return (np.asarray(probs, dtype=np.float64) >= threshold).astype(np.int64)
 
 
@@ -364,24 +395,26 @@ def evaluate_predictions(
     study_ids: Sequence[str] | np.ndarray,
     probs: np.ndarray,
     labels: np.ndarray,
-    body_parts: np.ndarray,
+    groups: np.ndarray,
     *,
     aggregation: str = "mean",
     threshold: float = 0.5,
     bootstrap_samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-    body_part_names: Sequence[str] = BODY_PARTS,
+    group_names: Sequence[str] = (),
 ) -> tuple[Scores, Arrays]:
-    """Scores image predictions per study and per image, overall and per body part.
+    """Scores binary image predictions per study and per image, overall and per group
+    (MURA's body parts, named by `group_names`).
 
     Returns the scores part of `metrics.json`, `{"study": {...}, "image": {...},
-    "by_body_part": {name: {study-level scores..., "image": {...}}}}` (body parts without
-    studies are left out), and the per-study table of `aggregate_studies` with `pred`
-    added. Each score `x` comes with `x_ci`, its bootstrap interval over studies (NaNs when
+    "by_group": {name: {study-level scores..., "image": {...}}}}` (groups without studies
+    are left out; the caller names the key after the dataset's grouping feature, MURA's
+    `by_body_part`), and the per-study table of `aggregate_studies` with `pred` added. Each
+    score `x` comes with `x_ci`, its bootstrap interval over studies (NaNs when
     `bootstrap_samples` is 0); every group draws its own seeded resamples.
     """
-    studies = aggregate_studies(study_ids, probs, labels, body_parts, aggregation)
+    studies = aggregate_studies(study_ids, probs, labels, groups, aggregation)
     studies["pred"] = predict(studies["prob"], threshold)
     _, _, image_study = study_index(study_ids)
     images = {
@@ -390,9 +423,9 @@ def evaluate_predictions(
     }
     options = {"threshold": threshold, "samples": bootstrap_samples, "confidence": confidence}
     overall = score_group(studies, images, image_study, rng=_group_rng(seed, 0), **options)
-    result: Scores = {"study": overall["study"], "image": overall["image"], "by_body_part": {}}
-    for index, name in enumerate(body_part_names):
-        study_rows = np.flatnonzero(studies["body_part"] == index)
+    result: Scores = {"study": overall["study"], "image": overall["image"], "by_group": {}}
+    for index, name in enumerate(group_names):
+        study_rows = np.flatnonzero(studies["group"] == index)
         if len(study_rows) == 0:
             continue
         image_rows = np.flatnonzero(np.isin(image_study, study_rows))
@@ -405,13 +438,13 @@ def evaluate_predictions(
             rng=_group_rng(seed, 1 + index),
             **options,
         )
-        result["by_body_part"][name] = {**group["study"], "image": group["image"]}
+        result["by_group"][name] = {**group["study"], "image": group["image"]}
     return result, studies
 
 
 # --------------------------------------------------------------------------- mergeable state
 
-_STATE_FIELDS = ("study_id", "body_part", "label", "prob", "image_path", "loss")
+_STATE_FIELDS = ("study_id", "group", "label", "prob", "image_path", "loss")
 
 
 def _column(values: Any, dtype: Any) -> np.ndarray:
@@ -432,9 +465,9 @@ class EvalState:
     """
 
     study_id: np.ndarray  # str (N,)
-    body_part: np.ndarray  # int64 (N,)
-    label: np.ndarray  # int64 (N,), 1 = abnormal
-    prob: np.ndarray  # float64 (N,), probability of abnormal
+    group: np.ndarray  # int64 (N,), the dataset's group (MURA's body part); 0 without groups
+    label: np.ndarray  # int64 (N,), the class (MURA: 1 = abnormal)
+    prob: np.ndarray  # float64 (N,) probability of class 1 (abnormal), or (N, K) per class
     image_path: np.ndarray  # str (N,)
     loss: np.ndarray | None = None  # float64 (N,), per-image loss
 
@@ -448,7 +481,7 @@ class EvalState:
         cls,
         *,
         study_id: Any,
-        body_part: Any,
+        group: Any,
         label: Any,
         prob: Any,
         image_path: Any = None,
@@ -460,9 +493,9 @@ class EvalState:
             image_path = np.full(len(study_id), "", dtype=str)
         return cls(
             study_id=study_id,
-            body_part=_column(body_part, np.int64),
+            group=_column(group, np.int64),
             label=_column(label, np.int64),
-            prob=_column(prob, np.float64),
+            prob=as_probs(prob),
             image_path=_column(image_path, str),
             loss=None if loss is None else _column(loss, np.float64),
         )
@@ -472,7 +505,7 @@ class EvalState:
         """A state with no images (the identity of `merge`)."""
         return cls.create(
             study_id=[],
-            body_part=[],
+            group=[],
             label=[],
             prob=[],
             image_path=[],
@@ -485,7 +518,7 @@ class EvalState:
     ) -> "EvalState":
         """The state of one eval batch: its rows where `batch['mask']` is true (all if absent).
 
-        `batch` holds `study_id`, `body_part`, `label`, `image_path` (and `mask`); `prob`
+        `batch` holds `study_id`, `group`, `label`, `image_path` (and `mask`); `prob`
         (and optionally `loss`) come from `outputs` (the eval step's) or else from `batch`.
         """
         merged = {**batch, **(outputs or {})}
@@ -498,9 +531,9 @@ class EvalState:
 
         return cls.create(
             study_id=rows("study_id"),
-            body_part=rows("body_part"),
+            group=rows("group"),
             label=rows("label"),
-            prob=rows("prob"),
+            prob=as_probs(merged["prob"])[mask],
             image_path=rows("image_path"),
             loss=rows("loss"),
         )
@@ -519,14 +552,20 @@ class EvalState:
     def __len__(self) -> int:
         return len(self.label)
 
+    @property
+    def multiclass(self) -> bool:
+        """Whether the predictions are class-probability vectors (more than two classes)."""
+        return self.prob.ndim == 2
+
     def merge(self, other: "EvalState") -> "EvalState":
         """Both states' images; `loss` survives only if both have it."""
         with_loss = self.loss is not None and other.loss is not None
+        probs = [p for p in (self.prob, other.prob) if len(p)] or [self.prob]
         return EvalState(
             study_id=np.concatenate([self.study_id, other.study_id]).astype(str),
-            body_part=np.concatenate([self.body_part, other.body_part]),
+            group=np.concatenate([self.group, other.group]),
             label=np.concatenate([self.label, other.label]),
-            prob=np.concatenate([self.prob, other.prob]),
+            prob=np.concatenate(probs),
             image_path=np.concatenate([self.image_path, other.image_path]).astype(str),
             loss=np.concatenate([self.loss, other.loss]) if with_loss else None,
         )
@@ -547,9 +586,7 @@ class EvalState:
 
     def studies(self, aggregation: str = "mean", threshold: float = 0.5) -> Arrays:
         """The per-study table (see `aggregate_studies`) with hard predictions `pred`."""
-        studies = aggregate_studies(
-            self.study_id, self.prob, self.label, self.body_part, aggregation
-        )
+        studies = aggregate_studies(self.study_id, self.prob, self.label, self.group, aggregation)
         studies["pred"] = predict(studies["prob"], threshold)
         return studies
 
@@ -561,18 +598,21 @@ class EvalState:
         bootstrap_samples: int = 1000,
         confidence: float = 0.95,
         seed: int = 0,
+        group_names: Sequence[str] = (),
     ) -> Scores:
-        """The scores part of `metrics.json` (see `evaluate_predictions`)."""
+        """The binary scores part of `metrics.json` (see `evaluate_predictions`; class
+        vectors are scored by `murajax.multiclass_metrics`)."""
         result, _ = evaluate_predictions(
             self.study_id,
             self.prob,
             self.label,
-            self.body_part,
+            self.group,
             aggregation=aggregation,
             threshold=threshold,
             bootstrap_samples=bootstrap_samples,
             confidence=confidence,
             seed=seed,
+            group_names=group_names,
         )
         return result
 
@@ -638,7 +678,7 @@ def pack_state(state: EvalState, rows: int, width: int) -> Arrays:
         "count": np.asarray([len(state)], dtype=np.int64),
         "study_id": pad(encode_strings(state.study_id, width)),
         "image_path": pad(encode_strings(state.image_path, width)),
-        "body_part": pad(state.body_part),
+        "group": pad(state.group),
         "label": pad(state.label),
         "prob": pad(state.prob),
         "loss": pad(loss),
@@ -655,7 +695,7 @@ def unpack_states(gathered: Mapping[str, np.ndarray]) -> EvalState:
         states.append(
             EvalState(
                 study_id=decode_strings(gathered["study_id"][p][:n]),
-                body_part=np.asarray(gathered["body_part"][p][:n], np.int64),
+                group=np.asarray(gathered["group"][p][:n], np.int64),
                 label=np.asarray(gathered["label"][p][:n], np.int64),
                 prob=np.asarray(gathered["prob"][p][:n], np.float64),
                 image_path=decode_strings(gathered["image_path"][p][:n]),

@@ -16,21 +16,6 @@ from sklearn import metrics as skm
 
 from murajax import files
 
-# Cohen's kappa of the MURA paper's DenseNet-169 on its (hidden) test set, Rajpurkar et al.
-# 2017, "MURA: Large Dataset for Abnormality Detection in Musculoskeletal Radiographs",
-# Table 2 (model row). A reference only: that test set is not the data evaluated here.
-PAPER_KAPPA: dict[str, float] = {
-    "overall": 0.705,
-    "XR_ELBOW": 0.710,
-    "XR_FINGER": 0.389,
-    "XR_FOREARM": 0.737,
-    "XR_HAND": 0.851,
-    "XR_HUMERUS": 0.600,
-    "XR_SHOULDER": 0.729,
-    "XR_WRIST": 0.931,
-}
-PAPER_AUROC = 0.929  # overall, same source
-PAPER_LABEL = "MURA paper, DenseNet-169 (its test set: a reference, not the same data)"
 DPI = 100
 
 
@@ -75,9 +60,15 @@ def roc_curves(
 
 
 def confusion_matrix(
-    labels: np.ndarray, preds: np.ndarray, path: str, *, title: str = "Confusion matrix"
+    labels: np.ndarray,
+    preds: np.ndarray,
+    path: str,
+    *,
+    title: str = "Confusion matrix",
+    class_names: Sequence[str] = ("normal", "abnormal"),
 ) -> str:
-    """The 2x2 confusion matrix (rows: truth, columns: prediction), counts and row shares."""
+    """The 2x2 confusion matrix (rows: truth, columns: prediction), counts and row shares;
+    `class_names` are the dataset's two labels (MURA's by default)."""
     matrix = skm.confusion_matrix(np.asarray(labels), np.asarray(preds), labels=[0, 1])
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     figure = Figure(figsize=(4.5, 4))
@@ -86,8 +77,8 @@ def confusion_matrix(
     for (i, j), count in np.ndenumerate(matrix):
         color = "white" if shares[i, j] > 0.5 else "black"
         ax.text(j, i, f"{count}\n({shares[i, j]:.0%})", ha="center", va="center", color=color)
-    ax.set_xticks([0, 1], ["normal", "abnormal"])
-    ax.set_yticks([0, 1], ["normal", "abnormal"])
+    ax.set_xticks([0, 1], list(class_names))
+    ax.set_yticks([0, 1], list(class_names))
     ax.set(xlabel="predicted", ylabel="radiologist's label", title=title)
     figure.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
     return _save(figure, path)
@@ -99,9 +90,11 @@ def calibration(
     *,
     n_bins: int = 10,
     title: str = "Calibration",
+    positive: str = "abnormal",
 ) -> str:
     """Reliability diagram (`sklearn.calibration.calibration_curve`, uniform bins) of
-    `{name: (labels, probs)}`, with the Brier score in the legend."""
+    `{name: (labels, probs)}`, with the Brier score in the legend; `probs` are of the class
+    named `positive` (label 1)."""
     figure = Figure(figsize=(6, 6))
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="perfectly calibrated")
@@ -114,8 +107,8 @@ def calibration(
         brier = skm.brier_score_loss(labels, probs, labels=[0, 1])
         ax.plot(predicted, true, marker="o", label=f"{name}: Brier {brier:.3f} (n={len(labels)})")
     ax.set(
-        xlabel="mean predicted probability of abnormal",
-        ylabel="fraction abnormal",
+        xlabel=f"mean predicted probability of {positive}",
+        ylabel=f"fraction {positive}",
         title=title,
     )
     ax.set_xlim(0, 1)
@@ -125,22 +118,21 @@ def calibration(
     return _save(figure, path)
 
 
-def kappa_by_body_part(
+def kappa_by_group(
     names: Sequence[str],
     kappas: Sequence[float | None],
     intervals: Sequence[Sequence[float | None]],
     path: str,
     *,
     reference: Mapping[str, float] | None = None,
-    reference_label: str = PAPER_LABEL,
+    reference_label: str = "",
     title: str = "Cohen's kappa by body part",
 ) -> str:
-    """Kappa with CI error bars per group, beside `reference` values where known.
-
-    `reference` defaults to the MURA paper's DenseNet-169 test kappas (`PAPER_KAPPA`);
+    """Kappa with CI error bars per group (MURA's body parts), beside `reference` values
+    where known (`DatasetSpec.reference_kappa`: the MURA paper's DenseNet-169 test kappas);
     undefined (None/NaN) kappas are marked 'n/a'.
     """
-    reference = PAPER_KAPPA if reference is None else reference
+    reference = reference or {}
     x = np.arange(len(names), dtype=np.float64)
     values = np.array([np.nan if k is None else k for k in kappas], dtype=np.float64)
     low = np.array([np.nan if c[0] is None else c[0] for c in intervals], dtype=np.float64)

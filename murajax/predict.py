@@ -5,11 +5,13 @@ of one folder (`image_files.collect_studies`); each readable image is preprocess
 evaluation does and scored, and a study's probability is its images' mean (or
 `eval.aggregation`); a study model ("multiview") scores all images of a study at once.
 Columns: `study`, `n_images`, `prob`, `pred` (1 = abnormal at the config's threshold), `label`
-('normal' / 'abnormal') and `body_part`. Files that cannot be read are warned about and
-skipped; with `heatmaps_dir`, a Grad-CAM overlay per image is written in the inputs' folder
-structure (`<file name>_gradcam.png`: `image1.png_gradcam.png`, so that `image1.png` and
-`image1.jpg` have their own). The CSV and the heatmaps folder are never read as inputs, also
-where they lie inside an input folder.
+('normal' / 'abnormal') and the group the path names (MURA's `body_part`, where the dataset has
+groups). A dataset of more than two classes gives `pred` (the most probable class's index),
+`label` (its name) and `prob_<class>` per class (`csv_columns`). Files that cannot be read are
+warned about and skipped; with `heatmaps_dir`, a Grad-CAM overlay per image is written in the
+inputs' folder structure (`<file name>_gradcam.png`: `image1.png_gradcam.png`, so that
+`image1.png` and `image1.jpg` have their own). The CSV and the heatmaps folder are never read
+as inputs, also where they lie inside an input folder.
 """
 
 import csv
@@ -20,14 +22,24 @@ from typing import Any
 
 import numpy as np
 
-from murajax import evaluation, heatmaps, image_files, inference, reevaluate, steps
+from murajax import evaluation, heatmaps, image_files, inference, metrics, reevaluate, steps
 from murajax import workdir as workdir_lib
+from murajax.data import DatasetSpec
 from murajax.errors import WorkdirError
 from murajax.files import replacing
-from tfds_mura.features import LABEL_NAMES
 
 CSV_COLUMNS = ("study", "n_images", "prob", "pred", "label", "body_part")
+"""The columns of a binary dataset grouped by body part (MURA's); see `csv_columns`."""
 HEATMAP_SUFFIX = "_gradcam.png"
+
+
+def csv_columns(dataset: DatasetSpec) -> tuple[str, ...]:
+    """The CSV's columns for `dataset`: MURA's `CSV_COLUMNS`; `prob_<class>` per class instead
+    of `prob` for more than two classes; the group column named after the dataset's grouping
+    feature, and none without groups."""
+    probs = ("prob",) if dataset.binary else tuple(f"prob_{n}" for n in dataset.label_names)
+    group = (dataset.group_column,) if dataset.group_column else ()
+    return ("study", "n_images", *probs, "pred", "label", *group)
 
 
 Warn = Callable[[str], None]
@@ -84,10 +96,11 @@ def score_images(
     warn: Warn = warn_stderr,
     heatmaps_dir: str | None = None,
     root: str = "",
-) -> dict[str, float]:
-    """The abnormality probability of every readable image in `paths` (the others are
-    warned about and left out). With `heatmaps_dir`, a Grad-CAM overlay of each image on
-    its original pixels is written there (see `heatmap_path`)."""
+) -> dict[str, Any]:
+    """The probability of every readable image in `paths` (the others are warned about and
+    left out): of class 1 (abnormal) for a binary dataset, else its class vector. With
+    `heatmaps_dir`, a Grad-CAM overlay of each image on its original pixels is written there
+    (see `heatmap_path`): of the abnormal class, or of the predicted class for more classes."""
 
     config = loaded.config
     batch_size = config.eval.batch_size
@@ -95,7 +108,7 @@ def score_images(
     if not loaded.spec.study_level:
         eval_fn = steps.make_eval_fn(loaded.model, len(loaded.states))
     gradcam_fn = None
-    probs: dict[str, float] = {}
+    probs: dict[str, Any] = {}
     for chunk in _chunks(read_all(paths, warn), batch_size):
         images = _pad(
             image_files.prepare_batch(config, loaded.spec, [gray for _, gray in chunk]), batch_size
@@ -104,11 +117,14 @@ def score_images(
             labels = np.zeros(batch_size, np.int32)
             out = eval_fn(loaded.states, {"image": images, "label": labels})
             for (path, _), prob in zip(chunk, np.asarray(out["prob"]), strict=False):
-                probs[path] = float(prob)
+                probs[path] = _prob_value(prob)
         if heatmaps_dir is None:
             continue
         if gradcam_fn is None:
-            gradcam_fn = heatmaps.make_gradcam_fn(loaded.model, loaded.variables(), images)
+            target = heatmaps.target_class(loaded.dataset.num_classes)
+            gradcam_fn = heatmaps.make_gradcam_fn(
+                loaded.model, loaded.variables(), images, target=target
+            )
         maps, _ = gradcam_fn(loaded.variables(), images)
         for (path, gray), heat in zip(chunk, maps, strict=False):
             original = image_files.heatmap_to_original(
@@ -118,9 +134,15 @@ def score_images(
     return probs
 
 
+def _prob_value(prob: np.ndarray) -> Any:
+    """An image's probability: a float (class 1 of two), or a float64 class vector."""
+    prob = np.asarray(prob)
+    return float(prob) if prob.ndim == 0 else prob.astype(np.float64)
+
+
 def score_studies(
     loaded: inference.Loaded, studies: dict[str, list[str]], *, warn: Warn = warn_stderr
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """A study model's ("multiview") abnormality probability of each study, from all of
     its readable images at once (one study batch per study), given to each of those images
     (so that `study_rows` aggregates them to the study's own probability)."""
@@ -137,7 +159,7 @@ def score_studies(
             "label": np.zeros(1, np.int32),
             "view_mask": np.ones((1, len(readable)), bool),
         }
-        prob = float(np.asarray(eval_fn(loaded.states, batch)["prob"])[0])
+        prob = _prob_value(np.asarray(eval_fn(loaded.states, batch)["prob"])[0])
         probs.update((path, prob) for path, _ in readable)
     return probs
 
@@ -157,25 +179,29 @@ def threshold_of(loaded: inference.Loaded, workdir: str) -> float:
     )
 
 
-def aggregate(probs: Sequence[float], how: str) -> float:
-    """A study's probability from its images': 'mean' (the MURA paper) or 'max'."""
-    if how == "mean":
-        return float(np.mean(probs))
-    if how == "max":
-        return float(np.max(probs))
-    raise ValueError(f"unknown aggregation {how!r}: expected 'mean' or 'max'")
+def aggregate(probs: Sequence[Any], how: str) -> Any:
+    """A study's probability from its images': 'mean' (the MURA paper) or 'max'; class
+    vectors as `metrics.aggregate_probs` aggregates them."""
+    if how not in ("mean", "max"):
+        raise ValueError(f"unknown aggregation {how!r}: expected 'mean' or 'max'")
+    if np.ndim(probs[0]) == 1:
+        inverse = np.zeros(len(probs), dtype=np.int64)
+        return metrics.aggregate_probs(np.stack(probs), inverse, 1, how)[0]
+    return float(np.mean(probs)) if how == "mean" else float(np.max(probs))
 
 
 def study_rows(
     studies: dict[str, list[str]],
-    probs: dict[str, float],
+    probs: dict[str, Any],
     *,
     aggregation: str,
     threshold: float,
+    dataset: DatasetSpec,
     warn: Warn = warn_stderr,
 ) -> list[dict[str, Any]]:
-    """One row per study with at least one scored image (`CSV_COLUMNS`). A folder with no
-    scored image is no study; if its files were named like images, that is warned about."""
+    """One row per study with at least one scored image (`csv_columns`). A folder with no
+    scored image is no study; if its files were named like images, that is warned about.
+    `dataset` (the workdir's `DatasetSpec`) names the labels and groups."""
     rows = []
     for study, files in studies.items():
         scored = [probs[f] for f in files if f in probs]
@@ -184,30 +210,33 @@ def study_rows(
                 warn(f"study {study} left out: none of its {len(files)} file(s) could be read")
             continue
         prob = aggregate(scored, aggregation)
-        pred = int(prob >= threshold)
-        rows.append(
-            {
-                "study": study,
-                "n_images": len(scored),
-                "prob": prob,
-                "pred": pred,
-                "label": LABEL_NAMES[pred],
-                "body_part": image_files.body_part_of(study),
-            }
-        )
+        row: dict[str, Any] = {"study": study, "n_images": len(scored)}
+        if np.ndim(prob) == 1:
+            pred = int(np.argmax(prob))
+            row |= {f"prob_{n}": p for n, p in zip(dataset.label_names, prob, strict=True)}
+        else:
+            pred = int(prob >= threshold)
+            row["prob"] = prob
+        row |= {"pred": pred, "label": dataset.label_names[pred]}
+        if dataset.group_column:
+            row[dataset.group_column] = image_files.group_of(study, dataset.group_names)
+        rows.append(row)
     return rows
 
 
-def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Writes `rows` with `CSV_COLUMNS` (probabilities with 6 decimals)."""
+def write_csv(
+    path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS
+) -> None:
+    """Writes `rows` with `columns` (`csv_columns`; probabilities with 6 decimals)."""
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
     with replacing(path) as part, open(part, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        out = csv.DictWriter(f, fieldnames=list(columns))
         out.writeheader()
         for row in rows:
-            out.writerow({**row, "prob": f"{row['prob']:.6f}"})
+            probs = {k: f"{v:.6f}" for k, v in row.items() if k.startswith("prob")}
+            out.writerow({**row, **probs})
 
 
 def check_outputs(output: str, heatmaps_dir: str | None = None) -> None:
@@ -274,8 +303,14 @@ def predict(
             f"{', '.join(inputs)}"
         )
     threshold = threshold_of(loaded, workdir)
+    dataset = loaded.dataset
     rows = study_rows(
-        studies, probs, aggregation=loaded.config.eval.aggregation, threshold=threshold, warn=warn
+        studies,
+        probs,
+        aggregation=loaded.config.eval.aggregation,
+        threshold=threshold,
+        warn=warn,
+        dataset=dataset,
     )
-    write_csv(output, rows)
+    write_csv(output, rows, csv_columns(dataset))
     return rows

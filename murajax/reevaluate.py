@@ -80,6 +80,7 @@ def _reevaluate(
         threshold=threshold,
         plots=plots,
         model=loaded.spec,
+        dataset=loaded.dataset,
     )
     body.update(steps=list(loaded.steps), checkpoint=checkpoint, ensemble=len(loaded.steps))
     if loaded.note:

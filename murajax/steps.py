@@ -113,9 +113,9 @@ def train_step(
     skip_nonfinite: bool = False,
     axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One optimiser step on `batch` ({'image', 'label', 'body_part'}); pure and jittable.
+    """One optimiser step on `batch` ({'image', 'label', 'group'}); pure and jittable.
 
-    `weight_table[body_part, label]` is each example's loss weight (class weighting).
+    `weight_table[group, label]` is each example's loss weight (class weighting).
     `batch_stats_mask` (`freeze.batch_stats_mask`: a pytree like `batch_stats` of Python
     bools) keeps the running statistics where it is False (frozen BatchNorm layers) as they
     were; None updates them all.
@@ -148,7 +148,7 @@ def train_step(
             logits,
             batch["label"],
             class_weights=weight_table,
-            body_parts=batch["body_part"],
+            groups=batch["group"],
             label_smoothing=label_smoothing,
         )
         if l2_weight:
@@ -194,20 +194,26 @@ def train_step(
     return new_state, metrics
 
 
+def reported_probabilities(probs: jax.Array) -> jax.Array:
+    """What evaluation keeps of (B, K) class probabilities: for two classes the probability
+    of class 1 (B,) (MURA's abnormal), as binary scores and files use it; else all (B, K)."""
+    return probs[:, 1] if probs.shape[-1] == 2 else probs
+
+
 def _probabilities(state: TrainState, batch: Batch, model: nn.Module) -> jax.Array:
-    """The model's (B, 2) class probabilities for `batch`, in float32, in inference mode."""
+    """The model's (B, K) class probabilities for `batch`, in float32, in inference mode."""
     logits = model.apply(state_variables(state), batch["image"], **model_kwargs(batch), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32))
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]:
-    """Abnormality probability and unweighted cross-entropy of each image (of each study,
-    for a study batch); pure."""
+    """Class probabilities (`reported_probabilities`: MURA's abnormality probability) and
+    unweighted cross-entropy of each image (of each study, for a study batch); pure."""
     logits = model.apply(
         state_variables(state), batch["image"], **model_kwargs(batch), train=False
     ).astype(jnp.float32)
     return {
-        "prob": jax.nn.softmax(logits)[:, 1],
+        "prob": reported_probabilities(jax.nn.softmax(logits)),
         "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
     }
 
@@ -220,7 +226,7 @@ def ensemble_eval_step(
     mean = jnp.mean(jnp.stack([_probabilities(s, batch, model) for s in states]), axis=0)
     label = jnp.asarray(batch["label"], jnp.int32)
     picked = jnp.take_along_axis(mean, label[:, None], axis=1)[:, 0]
-    return {"prob": mean[:, 1], "loss": -jnp.log(jnp.clip(picked, 1e-12, 1.0))}
+    return {"prob": reported_probabilities(mean), "loss": -jnp.log(jnp.clip(picked, 1e-12, 1.0))}
 
 
 def make_eval_fn(model: nn.Module, members: int = 1) -> EvalFn:

@@ -40,24 +40,26 @@ from murajax import (
 )
 from murajax import workdir as workdir_lib
 from murajax.config import Config
-from tfds_mura.features import BODY_PARTS
+from murajax.data import DatasetSpec
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 
-def class_weight_table(config: Config, spec: models.ModelSpec) -> np.ndarray:
-    """A (body parts, 2) table of loss weights (`losses.class_weight_table`) from the training
-    split's label counts: of images, or of studies for a study model (`spec`) such as
+def class_weight_table(config: Config, spec: models.ModelSpec, dataset: DatasetSpec) -> np.ndarray:
+    """A (groups, classes) table of loss weights (`losses.class_weight_table`) from the
+    training split's label counts (one row for a dataset without groups; MURA: its 7 body
+    parts x normal, abnormal): of images, or of studies for a study model (`spec`) such as
     "multiview", whose examples are studies."""
+    rows = max(len(dataset.group_names), 1)
     if config.train.class_weighting == "none":  # (no need to read the split)
-        return losses.class_weight_table("none", np.zeros((len(BODY_PARTS), 2)))
-    by_part = data.split_info(config.data, "train")["by_body_part"]
+        return losses.class_weight_table("none", np.zeros((rows, dataset.num_classes)))
+    info = data.split_info(
+        config.data, "train", label_names=dataset.label_names, group_names=dataset.group_names
+    )
     counted = "study_label_counts" if spec.study_level else "label_counts"
-    counts = [
-        [by_part.get(n, {}).get(counted, {}).get(c, 0) for c in ("normal", "abnormal")]
-        for n in BODY_PARTS
-    ]
+    groups = [info["by_group"].get(n, {}) for n in dataset.group_names] or [info]
+    counts = [[g.get(counted, {}).get(c, 0) for c in dataset.label_names] for g in groups]
     return losses.class_weight_table(config.train.class_weighting, counts)
 
 
@@ -108,9 +110,14 @@ def _train_and_evaluate(
     config: Config, workdir: str, model: nn.Module | None, signals: interrupt.StopSignals
 ) -> dict:
     """`train_and_evaluate` after the config checks, with `signals` installed."""
-    spec = models.resolve(config.model)  # the one lookup of `model.name`
+    dataset = data.resolve(config.data)  # the dataset's labels and groups, from its features
+    models.check_num_classes(config.model, dataset.num_classes)
+    evaluation.check_dataset(config, dataset)
+    spec = models.resolve(config.model, num_classes=dataset.num_classes)  # `model.name`, once
     model = model if model is not None else spec.build()
     process_index, process_count = jax.process_index(), jax.process_count()
+    if process_index == 0:
+        data.save_spec(dataset, workdir)
 
     layer_order = freeze.config_layer_order(config, spec, model)
     tx = freeze.make_train_optimizer(config, spec, order=layer_order)
@@ -154,6 +161,7 @@ def _train_and_evaluate(
                     config,
                     workdir,
                     spec,
+                    dataset,
                     model,
                     tx,
                     state,
@@ -169,12 +177,14 @@ def _train_and_evaluate(
                 raise _interrupted(stopped, int(state.step), workdir)
         else:
             print(f"[murajax] training already finished at step {start}; evaluating only")
-        state, results = _evaluate_splits(config, workdir, spec, model, state, manager, writer)
+        state, results = _evaluate_splits(
+            config, workdir, spec, dataset, model, state, manager, writer
+        )
     finally:
         writer.close()
         manager.close()
     if process_index == 0:
-        _write_report(config, workdir, spec, model, state)
+        _write_report(config, workdir, spec, dataset, model, state)
     return results
 
 
@@ -202,6 +212,7 @@ def _evaluate_splits(
     config: Config,
     workdir: str,
     spec: models.ModelSpec,
+    dataset: DatasetSpec,
     model: nn.Module,
     state: steps.TrainState,
     manager: Any,
@@ -216,7 +227,15 @@ def _evaluate_splits(
         state, _ = ckpt.restore(manager, step, state, None)
     for split in config.eval.splits:
         results[split] = evaluation.evaluate_and_write(
-            config, workdir, split, state, eval_fn, spec, step=int(state.step), writer=writer
+            config,
+            workdir,
+            split,
+            state,
+            eval_fn,
+            spec,
+            dataset,
+            step=int(state.step),
+            writer=writer,
         )
         study = results[split]["study"]
         print(
@@ -231,13 +250,19 @@ def _write_report(
     config: Config,
     workdir: str,
     spec: models.ModelSpec,
+    dataset: DatasetSpec,
     model: nn.Module,
     state: steps.TrainState,
 ) -> None:
     """`report.md` in the workdir; a failure is reported, not raised (the results are saved)."""
     try:
         path = report.write_report(
-            config, workdir, spec=spec, model=model, variables=steps.state_variables(state)
+            config,
+            workdir,
+            spec=spec,
+            dataset=dataset,
+            model=model,
+            variables=steps.state_variables(state),
         )
         print(f"[murajax] report: {path}")
     except Exception as error:  # noqa: BLE001
@@ -271,6 +296,7 @@ def _train_loop(
     config: Config,
     workdir: str,
     spec: models.ModelSpec,
+    dataset: DatasetSpec,
     model: nn.Module,
     tx: optax.GradientTransformation,
     state: steps.TrainState,
@@ -299,7 +325,7 @@ def _train_loop(
     t = config.train
     signals = signals if signals is not None else interrupt.StopSignals()  # none installed
     carry = carry or {}
-    weight_table = class_weight_table(config, spec)
+    weight_table = class_weight_table(config, spec, dataset)
     batch_stats_mask = _batch_stats_mask(config, spec, state, layer_order)
     step_fn = functools.partial(
         steps.train_step,
@@ -359,7 +385,7 @@ def _train_loop(
             eval_metrics = None
             if evaluate:
                 host = dp.host_state(state)
-                eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn, spec)
+                eval_metrics = evaluation.evaluate_holdout(config, host, eval_fn, spec, dataset)
                 writer.write(step, "holdout", eval_metrics)
                 opt_state = optim.observe_holdout_loss(
                     host.opt_state, eval_metrics["loss"], config.optim

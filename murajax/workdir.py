@@ -58,6 +58,7 @@ PLOT_FILES = {
     "calibration": "calibration.png",
     "kappa_by_body_part": "kappa_by_body_part.png",
 }
+"""The plots of a binary evaluation grouped by body part (MURA's); see `plot_files`."""
 REPORT_FILE = "report.md"
 REPORT_ASSETS_DIR = "report"  # the report's own images, next to report.md
 EXAMPLES_FILE = "examples.png"
@@ -68,6 +69,18 @@ SWEEP_CSV = "sweep.csv"
 SWEEP_MD = "sweep.md"
 SWEEP_ROC = "sweep_roc.png"
 SPLIT_ORDER = ("validation", "holdout")  # how evaluations are listed: these first, then others
+
+
+def plot_files(group_feature: str | None, *, binary: bool = True) -> dict[str, str]:
+    """The plot files of an evaluation in `eval/<split>/`, by name: ROC curves, the confusion
+    matrix, calibration (binary datasets only) and kappa by group, named after the dataset's
+    grouping feature (`kappa_by_body_part.png` for MURA; none without groups)."""
+    names = {k: v for k, v in PLOT_FILES.items() if k != "kappa_by_body_part"}
+    if not binary:
+        del names["calibration"]
+    if group_feature:
+        names["kappa_by_group"] = f"kappa_by_{group_feature}.png"
+    return names
 
 
 def config_path(workdir: str) -> str:

@@ -19,6 +19,26 @@ BODY_PARTS: tuple[str, ...] = (
 
 SPLITS: tuple[str, ...] = ("train", "validation")
 
+PAPER_REFERENCE: dict = {
+    "kappa": {
+        "overall": 0.705,
+        "XR_ELBOW": 0.710,
+        "XR_FINGER": 0.389,
+        "XR_FOREARM": 0.737,
+        "XR_HAND": 0.851,
+        "XR_HUMERUS": 0.600,
+        "XR_SHOULDER": 0.729,
+        "XR_WRIST": 0.931,
+    },
+    "auroc": 0.929,
+    "label": "MURA paper, DenseNet-169 (its test set: a reference, not the same data)",
+    "source": "Rajpurkar et al. 2017, Table 2",
+}
+"""Cohen's kappa (per body part and overall) and AUROC of the MURA paper's DenseNet-169 on
+its hidden test set: Rajpurkar et al. 2017, "MURA: Large Dataset for Abnormality Detection in
+Musculoskeletal Radiographs", Table 2 (model row). murajax's plots and reports show them beside
+its own scores (the builders' `REFERENCE_SCORES`): a reference only, not the same data."""
+
 
 def mura_features() -> tfds.features.FeaturesDict:
     """Returns the feature spec of one MURA image (one row of `*_image_paths.csv`).

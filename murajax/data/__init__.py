@@ -1,5 +1,8 @@
 """The input pipeline: grain over `tfds.data_source`, with numpy/Pillow preprocessing ops.
 
+`resolve(data_config) -> DatasetSpec`: the dataset's labels, groups and keys, from its features
+(`murajax.data.spec`), as `models.resolve` gives a `ModelSpec`.
+
 Splits: 'train' and 'holdout' (a patient-disjoint slice of TFDS train, see `splits`), and
 'validation' (TFDS validation, MURA's official valid set).
 
@@ -27,12 +30,16 @@ from murajax.data.pipeline import (
     train_dataset,
 )
 from murajax.data.sources import DataError, open_sources, prepare
+from murajax.data.spec import DatasetSpec, resolve
+from murajax.data.spec import for_workdir as spec_for_workdir
+from murajax.data.spec import save as save_spec
 from murajax.data.splits import SPLITS
 from murajax.data.studies import study_groups
 
 __all__ = [
     "SPLITS",
     "DataError",
+    "DatasetSpec",
     "ModelInputs",
     "PreprocessSpec",
     "eval_dataset",
@@ -42,7 +49,10 @@ __all__ = [
     "open_sources",
     "prepare",
     "preprocess_spec",
+    "resolve",
+    "save_spec",
     "split_info",
+    "spec_for_workdir",
     "split_source",
     "study_groups",
     "train_dataset",

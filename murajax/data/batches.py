@@ -44,10 +44,11 @@ def make_train_iterator(
     """An endless iterator of augmented train batches for this process.
 
     Image batches: `{'image': float32 (B_local, S, S, C), 'label': int32 (B_local,),
-    'body_part': int32 (B_local,)}` with `B_local = batch_size // process_count`
-    (`batch_size` is global). Study batches (a study-level `model`): `batch_size` counts
-    studies, images are (B_local, V, S, S, C) with a `view_mask` (B_local, V) and V =
-    `data_config.max_views` (see `murajax.data.studies`).
+    'group': int32 (B_local,)}` (the dataset's grouping feature: MURA's body part) with
+    `B_local = batch_size // process_count` (`batch_size` is global). Study batches (a
+    study-level `model`): `batch_size` counts studies, images are (B_local, V, S, S, C)
+    with a `view_mask` (B_local, V) and V = `data_config.max_views` (see
+    `murajax.data.studies`).
 
     The batches depend only on (`seed`, step), not on `num_workers` or the process layout:
     concatenating the processes' batches gives the single-process batch. The iterator's
@@ -102,7 +103,7 @@ def make_eval_batches(
     its contiguous `batch_size // process_count` rows of every global batch, so all
     processes see the same number of batches of the same shapes. Each batch: 'image' float32
     (B_local, S, S, C), or (B_local, V, S, S, C) studies with a 'view_mask' where V is the
-    split's largest study; 'label' int32, 'body_part' int32, 'patient_id' int64, 'study_id'
+    split's largest study; 'label' int32, 'group' int32, 'patient_id' int64, 'study_id'
     str, 'image_path' str (a study's folder), and 'mask' bool (False for padding rows, whose
     other fields are zeros / '' / -1).
     """

@@ -51,13 +51,13 @@ from murajax.data import sources as sources_lib
 from murajax.errors import DataError
 
 DATA_CACHES: tuple[str, ...] = ("none", "memory", "disk")  # `data.cache`
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the records' `body_part` became the dataset's `group`
 IMAGES_FILE = "images.array_record"
 METADATA_FILE = "metadata.npz"
 MANIFEST_FILE = "manifest.json"
 WRITER_OPTIONS = "group_size:1,uncompressed"  # random access, one image a record
 BUILD_CHUNK = 256  # records read and decoded at a time while building
-META_FIELDS = ("label", "body_part", "patient_id", "study_id", "image_path")
+META_FIELDS = ("label", "group", "patient_id", "study_id", "image_path")
 
 
 # --------------------------------------------------------------------------- pixel stores
@@ -218,7 +218,7 @@ class CachedSource(Sequence):
             {
                 "image": images[k],
                 "label": int(m["label"][p]),
-                "body_part": int(m["body_part"][p]),
+                "group": int(m["group"][p]),
                 "patient_id": int(m["patient_id"][p]),
                 "study_id": str(m["study_id"][p]),
                 "image_path": str(m["image_path"][p]),
@@ -262,21 +262,22 @@ def iter_resized(
             yield records, images
 
 
-def _meta_of(records: Iterable[Mapping[str, Any]]) -> dict[str, list]:
+def _meta_of(records: Iterable[Mapping[str, Any]], start: int) -> dict[str, list]:
+    """The metadata of `records`, the first of which is record `start` of its source."""
     meta: dict[str, list] = {k: [] for k in META_FIELDS}
-    for r in records:
+    for position, r in enumerate(records, start):
         meta["label"].append(int(r["label"]))
-        meta["body_part"].append(int(r["body_part"]))
-        meta["patient_id"].append(int(r["patient_id"]))
-        meta["study_id"].append(sources_lib.as_str(r["study_id"]))
-        meta["image_path"].append(sources_lib.as_str(r["image_path"]))
+        meta["group"].append(sources_lib.example_group(r))
+        meta["patient_id"].append(int(r.get("patient_id", -1)))
+        meta["study_id"].append(sources_lib.example_study(r, position))
+        meta["image_path"].append(sources_lib.example_text(r, "image_path"))
     return meta
 
 
 def _meta_arrays(meta: Mapping[str, list]) -> dict[str, np.ndarray]:
     return {
         "label": np.asarray(meta["label"], dtype=np.int32),
-        "body_part": np.asarray(meta["body_part"], dtype=np.int32),
+        "group": np.asarray(meta["group"], dtype=np.int32),
         "patient_id": np.asarray(meta["patient_id"], dtype=np.int64),
         "study_id": np.asarray(meta["study_id"], dtype=str),
         "image_path": np.asarray(meta["image_path"], dtype=str),
@@ -325,7 +326,7 @@ def build_memory(
     for records, images in iter_resized(source, size, resize):
         pixels.array[row : row + len(images)] = np.stack(images)
         row += len(images)
-        for key, values in _meta_of(records).items():
+        for key, values in _meta_of(records, row - len(images)).items():
             meta[key] += values
     print(f"murajax: cached {label} in {time.perf_counter() - start:.1f} s", flush=True)
     return _wrap(pixels, _meta_arrays(meta), source)
@@ -456,7 +457,7 @@ def write_entry(folder: str, key: DiskKey, source: sources_lib.Source, label: st
             for records, images in iter_resized(source, key.image_size, key.resize):
                 for image in images:
                     writer.write(np.ascontiguousarray(image).tobytes())
-                for field, values in _meta_of(records).items():
+                for field, values in _meta_of(records, len(meta["label"])).items():
                     meta[field] += values
         finally:
             writer.close()

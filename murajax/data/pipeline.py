@@ -179,7 +179,7 @@ class LoadTrainBatch:
         return {
             "image": prepare_images(examples, self.spec, rngs),
             "label": np.asarray([int(e["label"]) for e in examples], dtype=np.int32),
-            "body_part": np.asarray([int(e["body_part"]) for e in examples], dtype=np.int32),
+            "group": np.asarray([sources_lib.example_group(e) for e in examples], np.int32),
         }
 
 
@@ -194,21 +194,23 @@ class LoadEvalBatch:
         mask = batch["record"] >= 0
         real = read_records(self.source, batch["record"][mask])
         size = len(mask)
-        pad = {"image": np.zeros((1, 1, 1), np.uint8), "label": 0, "body_part": 0}
+        pad = {"image": np.zeros((1, 1, 1), np.uint8), "label": 0, "group": 0}
         pad |= {"patient_id": -1, "study_id": "", "image_path": ""}
         examples = [pad] * size
         for k, example in zip(np.flatnonzero(mask), real, strict=True):
             examples[k] = example
+        records = batch["record"]
         return {
             "image": prepare_images(examples, self.spec),
             "label": np.asarray([int(e["label"]) for e in examples], dtype=np.int32),
-            "body_part": np.asarray([int(e["body_part"]) for e in examples], dtype=np.int32),
-            "patient_id": np.asarray([int(e["patient_id"]) for e in examples], dtype=np.int64),
+            "group": np.asarray([sources_lib.example_group(e) for e in examples], np.int32),
+            "patient_id": np.asarray([int(e.get("patient_id", -1)) for e in examples], np.int64),
             "study_id": np.asarray(
-                [sources_lib.as_str(e["study_id"]) for e in examples], dtype=str
+                [sources_lib.example_study(e, r) for e, r in zip(examples, records, strict=True)],
+                dtype=str,
             ),
             "image_path": np.asarray(
-                [sources_lib.as_str(e["image_path"]) for e in examples], dtype=str
+                [sources_lib.example_text(e, "image_path") for e in examples], dtype=str
             ),
             "mask": mask,
         }
@@ -432,20 +434,35 @@ def num_examples(
 
 
 def split_info(
-    config: DataConfig, split: str, *, sources: Mapping[str, Any] | None = None
+    config: DataConfig,
+    split: str,
+    *,
+    sources: Mapping[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
+    group_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Counts of `split`, computed from metadata (no image is decoded):
 
-    `{'split', 'num_images', 'num_studies', 'num_patients', 'normal', 'abnormal',
+    `{'split', 'num_images', 'num_studies', 'num_patients', <count per label name>,
     'label_counts': {'normal': n, 'abnormal': n}, 'study_label_counts': {...},
-    'by_body_part': {'XR_ELBOW': {the same counts}, ...}}`. `normal` / `abnormal` (also in
-    `label_counts`) count images, as the MURA paper's class weights do; `study_label_counts`
-    counts studies.
+    'by_group': {'XR_ELBOW': {the same counts}, ...}}`. The flat per-label counts (MURA's
+    `normal` / `abnormal`, also in `label_counts`) count images, as the MURA paper's class
+    weights do; `study_label_counts` counts studies. Label and group names default to the
+    dataset's (`DatasetSpec.label_names` / `group_names`), read from the source's features.
     """
     source, positions = split_source(config, split, sources)
     meta = sources_lib.metadata(source).take(positions)
-    names = sources_lib.class_names(source, "body_part") or splits.DEFAULT_BODY_PARTS
-    return {"split": split, **splits.summarize(meta, names)}
+    if label_names is None:
+        label_names = sources_lib.class_names(source, "label") or _index_names(meta.label)
+    if group_names is None:
+        feature = sources_lib.group_feature(sources_lib.source_features(source))
+        group_names = (sources_lib.class_names(source, feature) if feature else None) or ()
+    return {"split": split, **splits.summarize(meta, label_names, group_names)}
+
+
+def _index_names(labels: np.ndarray) -> tuple[str, ...]:
+    """Labels named by their index ("0", "1", ...), for a source without dataset info."""
+    return tuple(str(i) for i in range(max(2, int(labels.max(initial=0)) + 1)))
 
 
 # --------------------------------------------------------------------------- one pass

@@ -1,8 +1,9 @@
 """Opening the TFDS dataset and reading its per-image metadata without decoding images.
 
 A *source* is any random-access sequence of feature dicts, as `tfds.data_source` returns:
-`{'image': PNG bytes or uint8 (H, W, 1), 'label': int, 'body_part': int, 'patient_id': int,
-'study_id': bytes | str, 'image_path': bytes | str}`. `open_sources` gives the TFDS splits
+`{'image': PNG bytes or uint8 (H, W, 1), 'label': int, 'patient_id': int, 'study_id': bytes |
+str, 'image_path': bytes | str}` and the dataset's grouping feature, if any (`body_part` in
+MURA, `group` in `image_folder`; see `GROUP_FEATURES`). `open_sources` gives the TFDS splits
 `train` and `validation` as such sources, with image decoding skipped (the pipeline decodes
 PNGs itself, with Pillow, where it also resizes them).
 
@@ -31,15 +32,28 @@ from murajax.errors import DataError
 
 Source = Sequence[Mapping[str, Any]]
 TFDS_SPLITS: tuple[str, ...] = ("train", "validation")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: `body_part` became the dataset's `group`
+
+
+GROUP_FEATURES: tuple[str, ...] = ("body_part", "group")
+"""The ClassLabel features that group a dataset's studies (MURA's body parts; `image_folder`'s
+groups), in the order they are looked for: a dataset has one or none."""
+
+
+def group_feature(features: Mapping[str, Any] | None) -> str | None:
+    """The grouping feature among a dataset's `features` (see `GROUP_FEATURES`), or None."""
+    for name in GROUP_FEATURES:
+        if features is not None and name in features:
+            return name
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class Metadata:
     """Per-image metadata of one source, in record order."""
 
-    label: np.ndarray  # int32 (N,), 0 = normal, 1 = abnormal
-    body_part: np.ndarray  # int32 (N,)
+    label: np.ndarray  # int32 (N,), the class index (MURA: 0 = normal, 1 = abnormal)
+    group: np.ndarray  # int32 (N,), the grouping feature's index (MURA's body part); 0 without
     patient_id: np.ndarray  # int64 (N,)
     study_id: np.ndarray  # str (N,)
 
@@ -58,27 +72,57 @@ def as_str(value: bytes | str | np.ndarray) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def source_features(source: Source) -> Mapping[str, Any] | None:
+    """The TFDS features of `source` where it carries dataset info, else None."""
+    info = getattr(source, "dataset_info", None)
+    return getattr(info, "features", None)
+
+
+def example_group(example: Mapping[str, Any]) -> int:
+    """The grouping feature's index of one record (the first of `GROUP_FEATURES` it has), or
+    0 for a dataset without groups."""
+    feature = group_feature(example)
+    return int(example[feature]) if feature else 0
+
+
+def example_study(example: Mapping[str, Any], position: int) -> str:
+    """A record's `study_id`; `image<position>` in a dataset without studies (one image per
+    study, as `read_metadata` numbers them)."""
+    return as_str(example["study_id"]) if "study_id" in example else f"image{position}"
+
+
+def example_text(example: Mapping[str, Any], key: str) -> str:
+    """A record's text feature `key` (`image_path`), or "" where the dataset has none."""
+    return as_str(example[key]) if key in example else ""
+
+
 def read_metadata(source: Source, chunk: int = 1024) -> Metadata:
-    """Reads label, body part, patient and study of every record, in order.
+    """Reads label, group, patient and study of every record, in order.
 
     Uses the source's batched `__getitems__` where it has one. The images are not decoded
-    when the source skips image decoding (as `open_sources`' sources do).
+    when the source skips image decoding (as `open_sources`' sources do). A dataset without
+    `study_id` has one image per study (the record's position), one without `patient_id` one
+    study per patient.
     """
     getitems = getattr(source, "__getitems__", None)
-    labels, parts, patients, studies = [], [], [], []
+    labels, groups, patients, studies = [], [], [], []
     for start in range(0, len(source), chunk):
         keys = list(range(start, min(start + chunk, len(source))))
         examples = getitems(keys) if getitems else [source[k] for k in keys]
-        for example in examples:
+        for key, example in zip(keys, examples, strict=True):
             labels.append(int(example["label"]))
-            parts.append(int(example["body_part"]))
-            patients.append(int(example["patient_id"]))
-            studies.append(as_str(example["study_id"]))
+            groups.append(example_group(example))
+            patients.append(int(example["patient_id"]) if "patient_id" in example else -1)
+            studies.append(example_study(example, key))
+    patient_id = np.asarray(patients, dtype=np.int64)
+    study_id = np.asarray(studies, dtype=str)
+    if len(patient_id) and (patient_id < 0).all():  # no patients: each study its own
+        patient_id = np.unique(study_id, return_inverse=True)[1].astype(np.int64)
     return Metadata(
         label=np.asarray(labels, dtype=np.int32),
-        body_part=np.asarray(parts, dtype=np.int32),
-        patient_id=np.asarray(patients, dtype=np.int64),
-        study_id=np.asarray(studies, dtype=str),
+        group=np.asarray(groups, dtype=np.int32),
+        patient_id=patient_id,
+        study_id=study_id,
     )
 
 
@@ -89,7 +133,7 @@ def _load_cached(path: str, num_records: int) -> Metadata | None:
                 return None
             return Metadata(
                 label=data["label"],
-                body_part=data["body_part"],
+                group=data["group"],
                 patient_id=data["patient_id"],
                 study_id=data["study_id"],
             )
@@ -233,6 +277,12 @@ def _builder(
                 f" ({reason}); delete {folder} to rebuild it"
             ) from e
         raise DataError(f"cannot open dataset {name!r}{where}: {reason}{_configs(name)}") from e
+
+
+def builder(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `config.dataset` (not prepared: its info and features only).
+    Raises `DataError` for an unknown or damaged dataset."""
+    return _builder(config.dataset, config.data_dir, config.manual_dir, config.manifest)
 
 
 def _first_line(error: Exception) -> str:

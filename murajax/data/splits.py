@@ -19,11 +19,8 @@ from typing import Any
 import numpy as np
 
 from murajax.data.sources import Metadata
-from tfds_mura.features import BODY_PARTS, LABEL_NAMES
 
 SPLITS: tuple[str, ...] = ("train", "holdout", "validation")
-DEFAULT_BODY_PARTS: tuple[str, ...] = BODY_PARTS
-"""MURA's study types (used when a source has no TFDS dataset info to name them)."""
 
 
 def patient_hash(patient_ids: np.ndarray) -> np.ndarray:
@@ -58,19 +55,20 @@ def train_holdout_positions(
     return np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
 
 
-def _label_counts(labels: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(labels, minlength=len(LABEL_NAMES))
-    return {name: int(counts[i]) for i, name in enumerate(LABEL_NAMES)}
+def _label_counts(labels: np.ndarray, label_names: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(label_names))
+    return {name: int(counts[i]) for i, name in enumerate(label_names)}
 
 
-def _counts(meta: Metadata) -> dict[str, Any]:
+def _counts(meta: Metadata, label_names: Sequence[str]) -> dict[str, Any]:
     """Image, study and patient counts and label counts, per image and per study.
 
-    The image label counts appear twice: as `label_counts` and flat as `normal` / `abnormal`.
+    The image label counts appear twice: as `label_counts` and flat by label name (MURA's
+    `normal` / `abnormal`).
     """
     _, first = np.unique(meta.study_id, return_index=True)
-    image_labels = _label_counts(meta.label)
-    study_labels = _label_counts(meta.label[first])
+    image_labels = _label_counts(meta.label, label_names)
+    study_labels = _label_counts(meta.label[first], label_names)
     return {
         "num_images": int(len(meta)),
         "num_studies": int(len(first)),
@@ -81,11 +79,14 @@ def _counts(meta: Metadata) -> dict[str, Any]:
     }
 
 
-def summarize(meta: Metadata, body_parts: Sequence[str] = DEFAULT_BODY_PARTS) -> dict[str, Any]:
-    """Counts of a split, overall and per body part (see `murajax.data.split_info`)."""
-    info = _counts(meta)
-    info["by_body_part"] = {
-        name: _counts(meta.take(np.flatnonzero(meta.body_part == i)))
-        for i, name in enumerate(body_parts)
+def summarize(
+    meta: Metadata, label_names: Sequence[str], group_names: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Counts of a split, overall and per group (MURA's body parts; see
+    `murajax.data.split_info`). `by_group` is empty for a dataset without groups."""
+    info = _counts(meta, label_names)
+    info["by_group"] = {
+        name: _counts(meta.take(np.flatnonzero(meta.group == i)), label_names)
+        for i, name in enumerate(group_names)
     }
     return info

@@ -4,7 +4,7 @@ A study batch holds B studies of V views each:
 
     'image'      float32 (B, V, S, S, C)
     'view_mask'  bool (B, V): which views are real
-    'label'      int32 (B,), 'body_part' int32 (B,)
+    'label'      int32 (B,), 'group' int32 (B,)
     eval only: 'patient_id' int64, 'study_id' str, 'image_path' str (the study's folder),
                'num_views' int32, 'mask' bool (B,) (False for padding studies)
 
@@ -105,14 +105,14 @@ class LoadTrainStudies:
             "image": images.reshape(len(chosen), self.max_views, *images.shape[1:]),
             "view_mask": np.arange(self.max_views)[None, :] < np.asarray(counts)[:, None],
             "label": np.asarray([int(e["label"]) for e in first], dtype=np.int32),
-            "body_part": np.asarray([int(e["body_part"]) for e in first], dtype=np.int32),
+            "group": np.asarray([sources_lib.example_group(e) for e in first], dtype=np.int32),
         }
 
 
 _BLANK = {
     "image": np.zeros((1, 1, 1), np.uint8),
     "label": 0,
-    "body_part": 0,
+    "group": 0,
     "patient_id": -1,
     "study_id": "",
     "image_path": "",
@@ -149,11 +149,15 @@ class LoadEvalStudies:
             "image": images.reshape(len(studies), views, *images.shape[1:]),
             "view_mask": view_mask,
             "label": np.asarray([int(e["label"]) for e in first], dtype=np.int32),
-            "body_part": np.asarray([int(e["body_part"]) for e in first], dtype=np.int32),
-            "patient_id": np.asarray([int(e["patient_id"]) for e in first], dtype=np.int64),
-            "study_id": np.asarray([sources_lib.as_str(e["study_id"]) for e in first], dtype=str),
+            "group": np.asarray([sources_lib.example_group(e) for e in first], dtype=np.int32),
+            "patient_id": np.asarray([int(e.get("patient_id", -1)) for e in first], np.int64),
+            "study_id": np.asarray(
+                [sources_lib.example_study(e, int(flat[k * views])) for k, e in enumerate(first)],
+                dtype=str,
+            ),
             "image_path": np.asarray(
-                [os.path.dirname(sources_lib.as_str(e["image_path"])) for e in first], dtype=str
+                [os.path.dirname(sources_lib.example_text(e, "image_path")) for e in first],
+                dtype=str,
             ),
             "num_views": view_mask.sum(axis=1).astype(np.int32),
             "mask": real_studies,

@@ -4,16 +4,24 @@ Built-in: "cnn" (the thesis's CNN from scratch), "vgg16" and "densenet169" (Kera
 applications, layer for layer; `load_keras_weights` fills them from Keras's ImageNet files and
 `pretrained_variables` puts those into a model's initial variables when `model.weights` is
 set), and "multiview" (a study model: one shared encoder over all views of a study, pooled
-into one prediction). A user's own module becomes available to configs (`model.name`) by
-registering a factory:
+into one prediction). Each model's own config fields are a dataclass beside it (`CNNConfig`,
+`VGG16Config`, `DenseNet169Config`, `MultiViewConfig`, the last also taking its backbone's);
+`config.model` holds the shared fields and the chosen model's. A user's own module becomes
+available to configs (`model.name`) by registering a factory, with its own fields if it has
+any:
 
-    @murajax.models.register("tiny")
-    def tiny(num_classes=2, **kwargs):
-        return MyModule(num_classes=num_classes)
+    @dataclasses.dataclass
+    class TinyConfig:
+        width: int = 16  # config.model.width, --config.model.width=32
+
+    @murajax.models.register("tiny", config=TinyConfig)
+    def tiny(num_classes=2, *, width=16, **kwargs):
+        return MyModule(num_classes=num_classes, width=width)
 
 A config's model is resolved once, `spec = models.resolve(config.model)`: the `ModelSpec`
 says how the model wants its images, whether it takes studies, which parameters form its
-head, and builds the module (`spec.build()`).
+head, holds its config dataclass filled (`spec.options`), and builds the module
+(`spec.build()`).
 
 A module holds no weights, so `create(name, weights=path)` raises (a `TypeError` that says
 what to call instead); pretrained weights are variables:
@@ -36,8 +44,8 @@ from murajax.models import (  # noqa: F401  (register the built-in models)
     multiview,
     vgg,
 )
-from murajax.models.cnn import CNN
-from murajax.models.densenet import DenseNet
+from murajax.models.cnn import CNN, CNNConfig
+from murajax.models.densenet import DenseNet, DenseNet169Config
 from murajax.models.keras_save import save_keras_weights
 from murajax.models.keras_weights import (
     WeightsError,
@@ -46,10 +54,11 @@ from murajax.models.keras_weights import (
     weights_file,
 )
 from murajax.models.layers import mark_features, max_pool_2x2, with_bn_axis
-from murajax.models.multiview import MultiView
+from murajax.models.multiview import MultiView, MultiViewConfig
 from murajax.models.registry import (
     ModelSpec,
     check_config,
+    check_num_classes,
     create,
     create_from_config,
     input_spec,
@@ -59,16 +68,21 @@ from murajax.models.registry import (
     registered_names,
     resolve,
 )
-from murajax.models.vgg import VGG16
+from murajax.models.vgg import VGG16, VGG16Config
 
 __all__ = [
     "CNN",
+    "CNNConfig",
     "DenseNet",
+    "DenseNet169Config",
     "MultiView",
+    "MultiViewConfig",
     "ModelSpec",
     "VGG16",
+    "VGG16Config",
     "WeightsError",
     "check_config",
+    "check_num_classes",
     "create",
     "create_from_config",
     "input_spec",

@@ -23,18 +23,27 @@ from murajax import config as config_lib
 from murajax import data, heatmaps, writers
 from murajax import workdir as workdir_lib
 from murajax.config import Config
-from murajax.data import ModelInputs, pipeline, preprocess
+from murajax.data import DatasetSpec, ModelInputs, pipeline, preprocess
 from murajax.data import sources as sources_lib
 from murajax.report.markdown import format_score, link, table
-from tfds_mura.features import BODY_PARTS, LABEL_NAMES
 
 DATA_SPLITS: tuple[str, ...] = ("train", "holdout", "validation")
 PLOT_TITLES = {
     "roc": "ROC curves",
     "confusion_matrix": "Confusion matrix (studies)",
     "calibration": "Calibration",
-    "kappa_by_body_part": "Kappa by body part",
+    "kappa_by_group": "Kappa by {group}",
 }
+
+
+def group_title(dataset: DatasetSpec) -> str:
+    """The grouping feature as a column title: "Body part" (MURA), "Group"."""
+    return (dataset.group_feature or "group").replace("_", " ").capitalize()
+
+
+def _slashed(counts: Mapping[str, Any], names: Sequence[str]) -> str:
+    """`12 / 30` (MURA's normal / abnormal): counts in label order."""
+    return " / ".join(str(counts.get(n, 0)) for n in names)
 
 
 # --------------------------------------------------------------------------- sections
@@ -45,68 +54,72 @@ def config_section(config: Config) -> str:
     return "## Configuration\n\n```json\n" + config_lib.to_json(config) + "\n```\n"
 
 
-def data_tables(infos: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown tables of `murajax.data.split_info` results, by split and by body part."""
+def data_tables(infos: Mapping[str, Mapping[str, Any]], dataset: DatasetSpec) -> str:
+    """Markdown tables of `murajax.data.split_info` results, by split and by group (MURA's
+    body parts; no second table without groups)."""
     splits = list(infos)
+    names = dataset.label_names
+    slashed = " / ".join(names)
     overall = [
         [
             split,
             info["num_images"],
             info["num_studies"],
             info["num_patients"],
-            "{normal} / {abnormal}".format(**info["study_label_counts"]),
-            "{normal} / {abnormal}".format(**info["label_counts"]),
+            _slashed(info["study_label_counts"], names),
+            _slashed(info["label_counts"], names),
         ]
         for split, info in infos.items()
     ]
     text = table(
-        [
-            "Split",
-            "Images",
-            "Studies",
-            "Patients",
-            "Studies normal / abnormal",
-            "Images normal / abnormal",
-        ],
+        ["Split", "Images", "Studies", "Patients", f"Studies {slashed}", f"Images {slashed}"],
         overall,
     )
     rows = []
-    names = list(dict.fromkeys(n for info in infos.values() for n in info["by_body_part"]))
-    for name in names:
+    groups = list(dict.fromkeys(n for info in infos.values() for n in info["by_group"]))
+    for name in groups:
         row: list[Any] = [name]
         for split in splits:
-            part = infos[split]["by_body_part"].get(name)
+            part = infos[split]["by_group"].get(name)
             if part is None:
                 row.append("-")
                 continue
-            counts = part["study_label_counts"]
+            counts = _slashed(part["study_label_counts"], names)
             row.append(
-                f"{part['num_studies']} ({counts['normal']} / {counts['abnormal']})"
-                f" · {part['num_images']} · {part['num_patients']}"
+                f"{part['num_studies']} ({counts}) · {part['num_images']} · {part['num_patients']}"
             )
         rows.append(row)
-    legend = "By body part: studies (normal / abnormal) · images · patients."
-    return text + f"\n\n{legend}\n\n" + table(["Body part", *splits], rows)
+    if not rows:
+        return text
+    title = group_title(dataset)
+    legend = f"By {title.lower()}: studies ({slashed}) · images · patients."
+    return text + f"\n\n{legend}\n\n" + table([title, *splits], rows)
 
 
-def data_section(config: Config, splits: Sequence[str] = DATA_SPLITS) -> str:
-    """Images, studies and patients per split, body part and label (no image decoded)."""
+def data_section(config: Config, dataset: DatasetSpec, splits: Sequence[str] = DATA_SPLITS) -> str:
+    """Images, studies and patients per split, group and label (no image decoded)."""
     infos, problems = {}, []
     for split in splits:
         try:
-            infos[split] = data.split_info(config.data, split)
+            infos[split] = data.split_info(
+                config.data,
+                split,
+                label_names=dataset.label_names,
+                group_names=dataset.group_names,
+            )
         except Exception as error:  # noqa: BLE001  (the report says what it could not read)
             problems.append(f"{split}: {type(error).__name__}: {error}")
     lines = ["## Data", ""]
+    labels = ", ".join(f"{i} = {n}" for i, n in enumerate(dataset.label_names))
     lines.append(
         f"Dataset `{config.data.dataset}`. The holdout is a patient-disjoint"
         f" {config.data.holdout_fraction:.0%} of the patients of TFDS train, used for model"
-        " selection; validation is the official MURA valid set, never used to choose"
-        " anything. Labels: 1 = abnormal."
+        " selection; validation is the dataset's validation split (MURA's official valid"
+        f" set), never used to choose anything. Labels: {labels}."
     )
     lines.append("")
     if infos:
-        lines.append(data_tables(infos))
+        lines.append(data_tables(infos, dataset))
         lines.append("")
     for problem in problems:
         lines.append(f"> Not available: {problem}")
@@ -115,24 +128,25 @@ def data_section(config: Config, splits: Sequence[str] = DATA_SPLITS) -> str:
 
 
 def example_radiographs(
-    config: Config, split: str = "validation", per_cell: int = 2
+    config: Config, dataset: DatasetSpec, split: str = "validation", per_cell: int = 2
 ) -> tuple[list[list[np.ndarray | None]], list[str], list[str]]:
-    """Up to `per_cell` radiographs per body part (rows) and label (columns) of `split`.
+    """Up to `per_cell` radiographs per group (rows: MURA's body parts; one row "all" without
+    groups) and label (columns) of `split`.
 
     Each from a different study, the first ones in record order (deterministic). Returns the
     image grid (uint8 (H, W) arrays, None where a cell has no image), row and column labels.
     """
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
-    names = sources_lib.class_names(source, "body_part") or BODY_PARTS
+    names = dataset.group_names or ("all",)
     rows, row_labels = [], []
     for part, name in enumerate(names):
-        if not np.any(meta.body_part == part):
+        if not np.any(meta.group == part):
             continue
         row: list[np.ndarray | None] = []
-        for label in range(len(LABEL_NAMES)):
+        for label in range(dataset.num_classes):
             chosen, seen = [], set()
-            for k in np.flatnonzero((meta.body_part == part) & (meta.label == label)):
+            for k in np.flatnonzero((meta.group == part) & (meta.label == label)):
                 if meta.study_id[k] not in seen:
                     seen.add(meta.study_id[k])
                     chosen.append(int(positions[k]))
@@ -143,30 +157,33 @@ def example_radiographs(
             row += images + [None] * (per_cell - len(images))
         rows.append(row)
         row_labels.append(name)
-    columns = [f"{label} {i + 1}" for label in LABEL_NAMES for i in range(per_cell)]
+    columns = [f"{label} {i + 1}" for label in dataset.label_names for i in range(per_cell)]
     return rows, row_labels, columns
 
 
-def examples_section(config: Config, workdir: str, split: str = "validation") -> str:
+def examples_section(
+    config: Config, workdir: str, dataset: DatasetSpec, split: str = "validation"
+) -> str:
     """The example grid (`report/examples.png`) and its caption."""
     from murajax import plots  # here: matplotlib is slow to import
 
     lines = ["## Example radiographs", ""]
+    by_what = group_title(dataset).lower() if dataset.group_names else "split"
     try:
-        grid, row_labels, columns = example_radiographs(config, split)
+        grid, row_labels, columns = example_radiographs(config, dataset, split)
         path = plots.image_grid(
             grid,
             workdir_lib.report_asset(workdir, workdir_lib.EXAMPLES_FILE),
             row_labels=row_labels,
             column_labels=columns,
-            title=f"{config.data.dataset} {split}: examples per body part and label",
+            title=f"{config.data.dataset} {split}: examples per {by_what} and label",
         )
     except Exception as error:  # noqa: BLE001
         lines += [f"> Not available: {type(error).__name__}: {error}", ""]
         return "\n".join(lines)
     lines += [
-        f"Radiographs of the {split} split, rows by body part, columns normal then abnormal"
-        " (each from a different study):",
+        f"Radiographs of the {split} split, rows by {by_what}, columns"
+        f" {' then '.join(dataset.label_names)} (each from a different study):",
         "",
         f"![Example radiographs]({link(path, workdir)})",
         "",
@@ -174,43 +191,92 @@ def examples_section(config: Config, workdir: str, split: str = "validation") ->
     return "\n".join(lines)
 
 
-def metrics_table(body: Mapping[str, Any]) -> str:
-    """The paper-style table: per body part and overall, studies, kappa and AUROC with CIs,
-    sensitivity, specificity, and the MURA paper's kappa for reference."""
-    from murajax.plots import PAPER_KAPPA  # here: plots imports matplotlib, slow to import
+def metrics_table(body: Mapping[str, Any], dataset: DatasetSpec) -> str:
+    """The paper-style table: per group (MURA's body parts) and overall, studies, kappa and
+    AUROC with CIs, sensitivity, specificity, and the reference kappa where the dataset has
+    one (the MURA paper's). More than two classes: see `multiclass_tables`."""
+    reference = dataset.reference_kappa
 
     def row(name: str, scores: Mapping[str, Any]) -> list[Any]:
-        return [
+        cells = [
             name,
             f"{scores.get('n', '-')} ({scores.get('normal', '-')} / {scores.get('abnormal', '-')})",
             format_score(scores.get("kappa"), scores.get("kappa_ci")),
             format_score(scores.get("auroc"), scores.get("auroc_ci")),
             format_score(scores.get("sensitivity"), scores.get("sensitivity_ci")),
             format_score(scores.get("specificity"), scores.get("specificity_ci")),
-            format_score(PAPER_KAPPA.get(name)),
         ]
+        return cells + ([format_score(reference.get(name))] if reference else [])
 
-    rows = [row(name, scores) for name, scores in body.get("by_body_part", {}).items()]
+    rows = [row(name, scores) for name, scores in _by_group(body, dataset).items()]
     rows.append(row("overall", body["study"]))
     rows[-1][0] = "**overall**"
-    return table(
+    negative, positive = dataset.label_names
+    header = [
+        group_title(dataset) if dataset.group_names else "",
+        f"Studies ({negative} / {positive})",
+        "Kappa [95% CI]",
+        "AUROC [95% CI]",
+        "Sensitivity [95% CI]",
+        "Specificity [95% CI]",
+    ]
+    return table(header + (["Reference kappa*"] if reference else []), rows)
+
+
+def _by_group(body: Mapping[str, Any], dataset: DatasetSpec) -> Mapping[str, Any]:
+    return body.get(dataset.by_group_key, {}) if dataset.by_group_key else {}
+
+
+def multiclass_tables(body: Mapping[str, Any], dataset: DatasetSpec) -> str:
+    """More than two classes: kappa, macro AUROC and accuracy per group and overall, then
+    each class's one-vs-rest AUROC and sensitivity with CIs, and the confusion matrix."""
+
+    def row(name: str, scores: Mapping[str, Any]) -> list[Any]:
+        return [
+            name,
+            scores.get("n", "-"),
+            format_score(scores.get("kappa"), scores.get("kappa_ci")),
+            format_score(scores.get("auroc"), scores.get("auroc_ci")),
+            format_score(scores.get("accuracy"), scores.get("accuracy_ci")),
+        ]
+
+    rows = [row(name, scores) for name, scores in _by_group(body, dataset).items()]
+    rows.append(row("overall", body["study"]))
+    rows[-1][0] = "**overall**"
+    kappa = f"Kappa ({body.get('kappa_weights', 'none')} weights) [95% CI]"
+    first = group_title(dataset) if dataset.group_names else ""
+    text = table([first, "Studies", kappa, "AUROC macro, one-vs-rest [95% CI]", "Accuracy"], rows)
+    study = body["study"]
+    aurocs, sensitivities = study.get("auroc_by_class", {}), study.get("sensitivity_by_class", {})
+    counts = study.get("class_counts", {})
+    per_class = [
         [
-            "Body part",
-            "Studies (normal / abnormal)",
-            "Kappa [95% CI]",
-            "AUROC [95% CI]",
-            "Sensitivity [95% CI]",
-            "Specificity [95% CI]",
-            "Paper's kappa*",
-        ],
-        rows,
+            name,
+            counts.get(name, "-") if isinstance(counts, Mapping) else "-",
+            format_score(aurocs.get(name), study.get("auroc_by_class_ci", {}).get(name)),
+            format_score(
+                sensitivities.get(name), study.get("sensitivity_by_class_ci", {}).get(name)
+            ),
+        ]
+        for name in dataset.label_names
+    ]
+    text += "\n\n" + table(
+        ["Class", "Studies", "AUROC [95% CI]", "Sensitivity [95% CI]"], per_class
     )
+    confusion = study.get("confusion")
+    if confusion:
+        names = dataset.label_names
+        matrix = [[f"true {names[i]}", *row] for i, row in enumerate(confusion)]
+        text += "\n\n" + table(["", *(f"predicted {n}" for n in names)], matrix)
+    return text
 
 
 def levels_table(body: Mapping[str, Any]) -> str:
     """Every score at the study and the image level, overall, with CIs (the study level only
     for a model that predicts whole studies)."""
     names = ["kappa", "auroc", "accuracy", "sensitivity", "specificity", "precision", "f1"]
+    if "classes" in body:  # more than two classes
+        names = ["kappa", "auroc", "accuracy"]
     rows = []
     levels = ("study",) if body.get("predicts") == "studies" else ("study", "image")
     for level in levels:
@@ -223,15 +289,16 @@ def levels_table(body: Mapping[str, Any]) -> str:
     return table(["Level", "n"] + [n.capitalize() for n in names], rows)
 
 
-def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) -> str:
+def results_section(
+    workdir: str, evaluations: Mapping[str, Mapping[str, Any]], dataset: DatasetSpec
+) -> str:
     """One subsection per evaluated split: the tables and links to its plots."""
-    from murajax.plots import PAPER_LABEL  # here: plots imports matplotlib, slow to import
-
     lines = ["## Results", ""]
     if not evaluations:
         lines += ["> No evaluation found (`eval/<split>/metrics.json`).", ""]
         return "\n".join(lines)
     for split, body in evaluations.items():
+        multiclass = "classes" in body
         threshold = body.get("threshold")
         method = body.get("threshold_method", "fixed")
         chosen = " (chosen on the holdout by Youden's J)" if method == "youden" else ""
@@ -243,24 +310,36 @@ def results_section(workdir: str, evaluations: Mapping[str, Mapping[str, Any]]) 
             )
         else:
             how = f"{body.get('aggregation', 'mean')} of its images' probabilities"
+        if multiclass:
+            decision = "the predicted class is the most probable one"
+            tables = [multiclass_tables(body, dataset)]
+        else:
+            decision = f"{dataset.label_names[1]} if >= {format_score(threshold)}{chosen}"
+            tables = [metrics_table(body, dataset)]
+            if dataset.reference_kappa:
+                source = f": {dataset.reference_source}" if dataset.reference_source else ""
+                tables += ["", f"\\* {dataset.reference_label}{source}."]
         lines += [
             f"### {split} (checkpoint step {body.get('step')})",
             "",
-            f"Study probability = {how}; abnormal if >= {format_score(threshold)}{chosen}. 95% CIs:"
+            f"Study probability = {how}; {decision}. 95% CIs:"
             f" percentile bootstrap over studies ({boot.get('samples', '?')} resamples,"
             f" seed {boot.get('seed', '?')}).",
             "",
-            metrics_table(body),
-            "",
-            f"\\* {PAPER_LABEL}: Rajpurkar et al. 2017, Table 2.",
+            *tables,
             "",
             levels_table(body),
             "",
         ]
         directory = workdir_lib.eval_dir(workdir, split)
+        plot_files = workdir_lib.plot_files(dataset.group_feature, binary=not multiclass)
         files = [
-            (title, os.path.join(directory, workdir_lib.PLOT_FILES[name]))
+            (
+                title.format(group=group_title(dataset).lower()),
+                os.path.join(directory, plot_files[name]),
+            )
             for name, title in PLOT_TITLES.items()
+            if name in plot_files
         ]
         present = [(t, p) for t, p in files if os.path.isfile(p)]
         if present:
@@ -308,17 +387,19 @@ def pick_studies(rows: Sequence[Mapping[str, str]], count: int = 4) -> list[tupl
     and half wrong where there are enough of each.
 
     Returns (study_id, kind) pairs, kind in 'true positive', 'true negative', 'false
-    positive', 'false negative': the most confident of each kind first, the kinds taken in
+    positive', 'false negative' (more than two classes: 'correct <class>', 'wrong <class>',
+    by the predicted class): the most confident of each kind first, the kinds taken in
     turn; missing wrong (or correct) studies are made up for by the others.
     """
 
     def kind(row: Mapping[str, str]) -> str:
         label, pred = int(row["label"]), int(row["pred"])
+        if "prob" not in row:
+            return ("correct " if label == pred else "wrong ") + row["pred_name"]
         return ("true " if label == pred else "false ") + ("positive" if pred else "negative")
 
     def confidence(row: Mapping[str, str]) -> float:
-        prob = float(row["prob"])
-        return prob if int(row["pred"]) else 1 - prob
+        return study_probability(row)
 
     ranked: dict[str, list[str]] = {}
     for row in sorted(rows, key=confidence, reverse=True):
@@ -333,11 +414,29 @@ def pick_studies(rows: Sequence[Mapping[str, str]], count: int = 4) -> list[tupl
                     chosen.append((pools[k].pop(0), k))
                     want -= 1
 
-    correct, wrong = ("true positive", "true negative"), ("false positive", "false negative")
+    correct = tuple(k for k in ranked if k.startswith(("true", "correct")))
+    wrong = tuple(k for k in ranked if k.startswith(("false", "wrong")))
+    if not any(k.startswith(("correct", "wrong")) for k in ranked):  # binary: a fixed order
+        correct, wrong = ("true positive", "true negative"), ("false positive", "false negative")
     take(correct, count // 2)
     take(wrong, count - len(chosen))
     take(correct + wrong, count - len(chosen))  # too few of one kind: more of the other
     return chosen
+
+
+def _shown_probability(row: Mapping[str, str]) -> float:
+    """The probability shown beside a heatmap: binary, the study's `prob` (of class 1); more
+    classes, that of its predicted class."""
+    return float(row["prob"]) if "prob" in row else study_probability(row)
+
+
+def study_probability(row: Mapping[str, str]) -> float:
+    """The probability of a `predictions.csv` row's predicted class (binary: of class 1 where
+    it is predicted, else of class 0; more classes: `prob_<predicted class>`)."""
+    if "prob" in row:
+        prob = float(row["prob"])
+        return prob if int(row["pred"]) else 1 - prob
+    return float(row[f"prob_{row['pred_name']}"])
 
 
 def heatmap_grid(
@@ -346,11 +445,13 @@ def heatmap_grid(
     model: Any,
     variables: Any,
     studies: Sequence[tuple[str, str, float]],
+    dataset: DatasetSpec,
     split: str = "validation",
 ) -> tuple[list[list[np.ndarray | None]], list[str]]:
     """For each (study_id, kind, prob): its first image and the overlay of its Grad-CAM
-    (`murajax.heatmaps`; `spec`, the model's `models.ModelSpec`, says how to prepare the
-    image), and the row labels."""
+    (`murajax.heatmaps`: of class 1, MURA's abnormal, or of the predicted class for more
+    classes; `spec`, the model's `models.ModelSpec`, says how to prepare the image), and the
+    row labels."""
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
     preprocessing = pipeline.preprocess_spec(config.data, spec)
@@ -360,13 +461,13 @@ def heatmap_grid(
         if len(found) == 0:
             continue
         records += pipeline.read_records(source, [int(positions[found[0]])])
-        part = BODY_PARTS[int(meta.body_part[found[0]])]
-        labels.append(f"{kind}\n{part}, p={prob:.2f}")
+        group = dataset.group_name(int(meta.group[found[0]])) + ", " if dataset.group_names else ""
+        labels.append(f"{kind}\n{group}p={prob:.2f}")
     if not records:
         return [], []
-    maps = np.asarray(
-        heatmaps.gradcam(model, variables, pipeline.prepare_images(records, preprocessing))
-    )
+    target = heatmaps.target_class(dataset.num_classes)
+    images = pipeline.prepare_images(records, preprocessing)
+    maps = np.asarray(heatmaps.gradcam(model, variables, images, target=target))
     grid = []
     for record, heatmap in zip(records, maps, strict=True):
         picture = preprocess.resize_to_square(
@@ -383,6 +484,7 @@ def heatmaps_section(
     spec: ModelInputs | None = None,
     model: Any | None = None,
     variables: Any | None = None,
+    dataset: DatasetSpec,
     count: int = 4,
     split: str = "validation",
 ) -> str:
@@ -402,12 +504,12 @@ def heatmaps_section(
         lines += [f"> Heatmaps not drawn: {reason}", ""]
         return "\n".join(lines)
     rows = workdir_lib.read_csv(predictions)
-    probs = {r["study_id"]: float(r["prob"]) for r in rows}
+    probs = {r["study_id"]: _shown_probability(r) for r in rows}
     chosen = [(sid, kind, probs[sid]) for sid, kind in pick_studies(rows, count)]
     try:
         from murajax import plots  # here: matplotlib is slow to import
 
-        grid, labels = heatmap_grid(config, spec, model, variables, chosen, split)
+        grid, labels = heatmap_grid(config, spec, model, variables, chosen, dataset, split)
         path = plots.image_grid(
             grid,
             workdir_lib.report_asset(workdir, workdir_lib.HEATMAPS_FILE),
@@ -419,11 +521,20 @@ def heatmaps_section(
     except Exception as error:  # noqa: BLE001
         lines += [f"> Heatmaps not drawn: {type(error).__name__}: {error}", ""]
         return "\n".join(lines)
-    wrong = sum(label.startswith("false") for label in labels)
+    wrong = sum(label.startswith(("false", "wrong")) for label in labels)
+    if dataset.binary:
+        explained = (
+            f"p = the study's probability of {dataset.label_names[1]}; the map explains the"
+            f" {dataset.label_names[1]} logit"
+        )
+    else:
+        explained = (
+            "p = the study's probability of its predicted class; the map explains the"
+            " predicted class's logit"
+        )
     lines += [
         f"Grad-CAM of the first image of {len(grid)} {split} studies, {len(grid) - wrong}"
-        f" correct and {wrong} wrong, the most confident of each kind (p = the study's"
-        " probability of abnormal; the map explains the abnormal logit).",
+        f" correct and {wrong} wrong, the most confident of each kind ({explained}).",
         "",
         f"![Heatmaps]({link(path, workdir)})",
         "",
@@ -441,6 +552,7 @@ def write_report(
     spec: ModelInputs | None = None,
     model: Any | None = None,
     variables: Any | None = None,
+    dataset: DatasetSpec | None = None,
     examples: bool = True,
     heatmaps: int = 4,
 ) -> str:
@@ -448,9 +560,11 @@ def write_report(
     path.
 
     `spec`, `model` and `variables` (the `models.ModelSpec` of `config.model`, the Flax
-    module and its variables) enable the heatmaps section; `examples=False` skips the
-    example grid, `heatmaps=0` the heatmaps.
+    module and its variables) enable the heatmaps section; `dataset` is the run's
+    `DatasetSpec` (None: the workdir's `dataset.json`, else resolved from the config);
+    `examples=False` skips the example grid, `heatmaps=0` the heatmaps.
     """
+    dataset = dataset or data.spec_for_workdir(workdir, config.data)
     evaluations = workdir_lib.read_evaluations(workdir)
     steps = [body.get("step") for body in evaluations.values()]
     title = f"# murajax report: `{config.model.name}` on `{config.data.dataset}`"
@@ -466,16 +580,22 @@ def write_report(
         ]
     elif steps:
         summary += ["", f"Evaluated at step(s) {', '.join(map(str, steps))}."]
-    sections = ["\n".join(summary), results_section(workdir, evaluations)]
+    sections = ["\n".join(summary), results_section(workdir, evaluations, dataset)]
     if heatmaps:
         sections.append(
             heatmaps_section(
-                config, workdir, spec=spec, model=model, variables=variables, count=heatmaps
+                config,
+                workdir,
+                spec=spec,
+                model=model,
+                variables=variables,
+                dataset=dataset,
+                count=heatmaps,
             )
         )
-    sections += [training_section(workdir), data_section(config)]
+    sections += [training_section(workdir), data_section(config, dataset)]
     if examples:
-        sections.append(examples_section(config, workdir))
+        sections.append(examples_section(config, workdir, dataset))
     sections.append(config_section(config))
     contents = [s.splitlines()[0].removeprefix("## ") for s in sections[1:]]
     sections[0] += "\n\nContents: " + " · ".join(contents) + "\n"

@@ -26,12 +26,12 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from tfds_mura.features import BODY_PARTS, LABEL_NAMES, mura_features
+from tfds_mura.features import BODY_PARTS, LABEL_NAMES, PAPER_REFERENCE, mura_features
+from tfds_mura.images import encode_png, image_to_grayscale
 
 HOMEPAGE = "https://stanfordmlgroup.github.io/competitions/mura/"
 ROOT = "MURA-v1.1"
@@ -237,39 +237,6 @@ def parse_images(
     return rows
 
 
-def image_to_grayscale(image: Image.Image) -> np.ndarray:
-    """Returns `image` as an (H, W) uint8 array of grey levels.
-
-    Modes: `L` as is; `1` and `P`/`PA` via their palette; RGB-like modes as ITU-R 601-2
-    luma (Pillow's `convert("L")`, exact for R = G = B); alpha is dropped (`LA`, `RGBA`,
-    `PA`); 16-bit (`I;16*`, and `I` clipped to [0, 65535]) scaled to 8 bits by `value >> 8`.
-
-    Raises:
-      ValueError: a mode that has no grayscale meaning here (e.g. float `F`).
-    """
-    mode = image.mode
-    if mode == "L":
-        return np.asarray(image, dtype=np.uint8)
-    if mode.startswith("I;16") or mode == "I":
-        # In the image's own integer type: an int64 copy of a 100 Mpx image would take 800 MB.
-        high = np.asarray(image) >> 8
-        return np.clip(high, 0, 255, out=high).astype(np.uint8)
-    if mode in ("LA", "La"):
-        return np.asarray(image.getchannel("L"), dtype=np.uint8)
-    if mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    if mode == "F":
-        raise ValueError("float images (mode F) are not supported")
-    return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def encode_png(gray: np.ndarray) -> bytes:
-    """Encodes an (H, W) uint8 array as an 8-bit grayscale PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(gray, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def to_grayscale_png(data: bytes, name: str) -> bytes:
     """Decodes image bytes with Pillow and re-encodes them as an 8-bit grayscale PNG.
 
@@ -405,6 +372,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for MURA v1.1 (manual download); splits `train` and `validation`."""
 
     VERSION = tfds.core.Version("1.1.0")
+    REFERENCE_SCORES = PAPER_REFERENCE  # what murajax shows beside its scores
     RELEASE_NOTES = {
         "1.1.0": "MURA v1.1: 8-bit grayscale PNG images, study-level labels from the CSVs.",
     }

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tfds_mura.features import BODY_PARTS, mura_features
+from tfds_mura.features import BODY_PARTS, PAPER_REFERENCE, mura_features
 from tfds_mura.mura_synthetic import render
 
 SEED = 171206957
@@ -153,6 +153,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    REFERENCE_SCORES = PAPER_REFERENCE  # what murajax shows beside its scores
     BUILDER_CONFIGS = [
         MuraSyntheticConfig(
             name="default",
