@@ -12,7 +12,9 @@ are converted to 8-bit grayscale as the `mura` dataset builder does and preproce
 as evaluation does. Columns: `study` (the folder), `n_images`, `prob` (the study's
 abnormality probability: the images' mean, or `eval.aggregation`; a "multiview" model
 scores all images of the study at once), `pred` (1 = abnormal, at the config's threshold),
-`label` ('normal' / 'abnormal') and `body_part` (XR_ELBOW ... where the path names one).
+`label` ('normal' / 'abnormal') and `body_part` (XR_ELBOW ... where the path names one); for
+another dataset its label names and group column (none without groups), and for more than two
+classes `prob_<class>` per class with `pred` the most probable class.
 Files that cannot be read (not images, truncated, junk such as `._image1.png`, images over
 67 Mpx) are named on stderr and skipped; the command fails only if nothing could be scored.
 `--heatmaps=DIR` writes a Grad-CAM overlay per image, `<file name>_gradcam.png`

@@ -36,7 +36,7 @@ def train_step_throughput(
     batch = {
         "image": rng.random(shape, dtype=np.float32),
         "label": rng.integers(0, 2, batch_size).astype(np.int32),
-        "body_part": rng.integers(0, 7, batch_size).astype(np.int32),
+        "group": rng.integers(0, 7, batch_size).astype(np.int32),  # MURA's body parts
     }
     for _ in range(3):  # compile, then warm up
         state, metrics = dp.step(state, dp.put_batch(batch))

@@ -33,7 +33,7 @@ def host_batch(workload: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     b, s, c = workload.batch_size, workload.image_size, workload.channels
     batch = {
         "label": rng.integers(0, 2, b).astype(np.int32),
-        "body_part": rng.integers(0, 7, b).astype(np.int32),
+        "group": rng.integers(0, 7, b).astype(np.int32),  # MURA's body parts
     }
     if workload.views > 1:
         batch["image"] = rng.random((b, workload.views, s, s, c), dtype=np.float32)
