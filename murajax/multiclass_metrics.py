@@ -207,20 +207,18 @@ def point_scores(labels: np.ndarray, probs: np.ndarray, *, kappa_weights: str = 
     nan = float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns on each undefined score
+        kappa = accuracy = nan
+        recall = precision = np.full(k, nan)
+        confusion = np.zeros((k, k))
         if len(y):
             kappa = float(skm.cohen_kappa_score(y, pred, labels=classes, weights=weights))
             accuracy = float(skm.accuracy_score(y, pred))
-        else:
-            kappa = accuracy = nan
+            per_class = {"labels": classes, "average": None, "zero_division": nan}
+            recall = skm.recall_score(y, pred, **per_class)
+            precision = skm.precision_score(y, pred, **per_class)
+            confusion = skm.confusion_matrix(y, pred, labels=classes)
         by_class = [_binary_auroc(y == c, probs[:, c]) for c in classes]
         defined = [a for a in by_class if not np.isnan(a)]
-        recall, precision = (
-            np.full(k, nan)
-            if not len(y)
-            else fn(y, pred, labels=classes, average=None, zero_division=nan)
-            for fn in (skm.recall_score, skm.precision_score)
-        )
-        confusion = skm.confusion_matrix(y, pred, labels=classes) if len(y) else np.zeros((k, k))
     return {
         "kappa": kappa,
         "auroc": float(np.mean(defined)) if defined else nan,
