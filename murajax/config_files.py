@@ -33,8 +33,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from murajax import validation
-from murajax.config import Config, ConfigError
+from murajax import models, validation
+from murajax.config import SHARED_MODEL_FIELDS, Config, ConfigError, ModelConfig, model_fields
 
 
 class SweepError(ConfigError):
@@ -114,17 +114,38 @@ def load_config(spec: str, texts: Mapping[str, str] | None = None) -> Config:
 # --------------------------------------------------------------------------- overrides
 
 
+MODEL_CHOICE_FIELDS: tuple[str, ...] = ("model.name", "model.backbone")
+"""Fields that choose the model, and so which other `model.` fields exist: overrides set
+them first (`apply_overrides`) and parse the others against the model they choose."""
+
+
+def _canonical(field: str) -> str:
+    """`model.options.widths` (as `config.json` nests it) is `model.widths`."""
+    return (
+        "model." + field[len("model.options.") :] if field.startswith("model.options.") else field
+    )
+
+
 def _owner(config: Config, field: str) -> tuple[Any, str]:
     """The dataclass that holds the dotted `field` of `config`, and the field's own name.
 
-    Raises `ConfigError` for a field that does not exist or that names a whole section.
+    A model's own field (`model.widths`) is held by `config.model` (its `options`) whenever
+    some registered model takes it, so that a config may set it before choosing the model
+    (validation refuses it if the chosen model does not take it). Raises `ConfigError` for a
+    field that does not exist or that names a whole section.
     """
     owner: Any = config
-    parts = field.split(".")
+    parts = _canonical(field).split(".")
     for depth, part in enumerate(parts):
         if not dataclasses.is_dataclass(owner):
             where = ".".join(parts[:depth])
             raise ConfigError(f"unknown config field {field!r}: {where} is not a section")
+        if isinstance(owner, ModelConfig) and depth == len(parts) - 1:
+            if part == "options":
+                raise ConfigError(f"{field!r} is a config section: name one of its fields")
+            if part in SHARED_MODEL_FIELDS or part in owner.options or part in _model_fields():
+                return owner, part
+            raise ConfigError(f"unknown config field {field!r}: {_no_model_field(owner, part)}")
         names = {f.name for f in dataclasses.fields(owner)}
         if part not in names:
             where = ".".join(parts[:depth]) or "config"
@@ -137,9 +158,32 @@ def _owner(config: Config, field: str) -> tuple[Any, str]:
     return owner, parts[-1]
 
 
+def _model_fields() -> dict[str, Any]:
+    """Every registered model's own fields, with their type annotations (the first model, by
+    name, that has a field gives its type)."""
+    fields: dict[str, Any] = {}
+    for name in models.registered_names():
+        for key, annotation in (model_fields(ModelConfig(name)) or {}).items():
+            fields.setdefault(key, annotation)
+    return fields
+
+
+def _no_model_field(model: ModelConfig, field: str) -> str:
+    """Why no model has `field`: what the chosen model takes."""
+    own = list(model_fields(model) or {})
+    takes = ", ".join([*SHARED_MODEL_FIELDS, *own])
+    return f"no model has a field {field!r} (model {model.name!r} takes: {takes})"
+
+
 def field_type(config: Config, field: str) -> Any:
-    """The type annotation of the dotted `field` (`int`, `str | None`, `tuple[int, ...]`)."""
+    """The type annotation of the dotted `field` (`int`, `str | None`, `tuple[int, ...]`).
+
+    A model's own field has the chosen model's type for it, else (a field that model does
+    not take, which validation will refuse) that of a model that has it."""
     owner, name = _owner(config, field)
+    if isinstance(owner, ModelConfig) and name not in SHARED_MODEL_FIELDS:
+        own = model_fields(owner) or {}
+        return own[name] if name in own else _model_fields().get(name, Any)
     return typing.get_type_hints(type(owner))[name]
 
 
@@ -159,19 +203,30 @@ def _coerce(value: Any, annotation: Any) -> Any:
 
 
 def set_field(config: Config, field: str, value: Any) -> None:
-    """Sets the dotted `field` (`"seed"`, `"data.image_size"`) of `config` in place."""
+    """Sets the dotted `field` (`"seed"`, `"data.image_size"`, `"model.widths"`) of
+    `config` in place."""
     owner, name = _owner(config, field)
-    setattr(owner, name, _coerce(value, typing.get_type_hints(type(owner))[name]))
+    setattr(owner, name, _coerce(value, field_type(config, field)))
+
+
+def model_choices_first(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` with `MODEL_CHOICE_FIELDS` first: every other model field is then set on
+    the model they choose, whatever order a command line or a sweep gives them in (setting
+    `model.name` after `model.widths` would otherwise drop the widths as the old model's)."""
+    canonical = {_canonical(f) if isinstance(f, str) else f: f for f in overrides}
+    first = [canonical[f] for f in MODEL_CHOICE_FIELDS if f in canonical]
+    return {f: overrides[f] for f in [*first, *(f for f in overrides if f not in first)]}
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
-    """A validated copy of `config` with `overrides` (`{"data.image_size": 64}`) applied.
+    """A validated copy of `config` with `overrides` (`{"data.image_size": 64}`) applied,
+    the model's choice (`model.name`, `model.backbone`) first (`model_choices_first`).
 
     Raises a one-line `ConfigError` naming the field: an unknown section or field, or a
     value `validation.validate` rejects.
     """
     result = copy.deepcopy(config)
-    for field, value in overrides.items():
+    for field, value in model_choices_first(overrides).items():
         if not isinstance(field, str) or not field:
             raise ConfigError(f"a field name must be a string, got {field!r}")
         set_field(result, field, value)
@@ -193,15 +248,20 @@ def format_value(value: Any) -> str:
 
 def parse_overrides(config: Config, texts: Mapping[str, str]) -> dict[str, Any]:
     """Command-line `texts` (`{"optim.learning_rate": "3e-4"}`) as values of their fields'
-    types in `config`. A text that does not parse is a one-line `ConfigError`."""
+    types in `config`, a model's own fields in the model that `texts` choose
+    (`--config.model.name=cnn --config.model.widths=8,16` on a VGG16 config). A text that
+    does not parse is a one-line `ConfigError`."""
+    chosen = copy.deepcopy(config)
     values = {}
-    for field, text in texts.items():
-        annotation = field_type(config, field)
+    for field, text in model_choices_first(texts).items():
+        annotation = field_type(chosen, field)
         try:
             values[field] = parse_value(text, annotation)
         except (ValueError, SyntaxError) as e:
             raise ConfigError(f"flag --config.{field}={text}: {e}") from None
-    return values
+        if _canonical(field) in MODEL_CHOICE_FIELDS:
+            set_field(chosen, field, values[field])
+    return {field: values[field] for field in texts}
 
 
 def parse_value(text: str, annotation: Any) -> Any:

@@ -13,15 +13,17 @@ from murajax import evaluation, freeze, losses, metrics, models, nonfinite, ops,
 from murajax import workdir as workdir_lib
 from murajax.config import Config, check_choice, check_fields
 from murajax.data import cache, preprocess
-from murajax.models import layers, multiview
+from murajax.models import layers
 
 
 def validate(config: Config) -> Config:
     """Checks every field of `config`; returns it unchanged or raises `ConfigError`.
 
-    Types and ranges first (`config.check_fields`), then the choices each implementing
-    module offers, then what needs the model registry (`model.name`, `model.backbone`,
-    `model.weights`) and the syntax of `model.freeze`. Reads no file and starts no device.
+    Types and ranges first (`config.check_fields`, with each model's own fields checked by
+    its config dataclass: a field the chosen model does not take is refused there), then the
+    choices each implementing module offers, then what needs the model registry
+    (`model.name`, `model.backbone`, `model.weights`) and the syntax of `model.freeze`. Reads
+    no file and starts no device.
     """
     check_fields(config)
     d, m, o, t, e = config.data, config.model, config.optim, config.train, config.eval
@@ -33,8 +35,6 @@ def validate(config: Config) -> Config:
     models.check_config(m)
     check_choice("model.dtype", m.dtype, layers.DTYPES)
     check_choice("model.conv_impl", m.conv_impl, ops.CONV_IMPLS)
-    check_choice("model.pooling", m.pooling, layers.CNN_POOLINGS)
-    check_choice("model.view_pooling", m.view_pooling, multiview.VIEW_POOLINGS)
     freeze.check_syntax(m.freeze)
 
     check_choice("optim.name", o.name, optim.OPTIMIZERS)

@@ -237,21 +237,18 @@ def train_step_flops(workload: Workload) -> int | None:
 
 def peer_spec(workload: Workload) -> dict[str, Any]:
     """What a peer (`keras_peer`, `torch_peer`) needs to train `workload`, as plain JSON data:
-    the model's architecture fields from its murajax config (for the multi-view model also
-    its backbone, view pooling, attention width and views per study), the input and batch,
+    the model's own fields from its murajax config (`config.model.options`: for the
+    multi-view model its backbone, view pooling, attention width and its backbone's fields,
+    and views per study), the input and batch,
     Adam's learning rate and the analytic FLOPs of a step."""
     config = workload.config()
     model = config.model
     spec = {
         "name": model.name,
         "num_classes": model.num_classes,
-        "widths": list(model.widths),
-        "convs_per_block": model.convs_per_block,
-        "batch_norm": model.batch_norm,
-        "bn_momentum": model.bn_momentum,
-        "pooling": model.pooling,
-        "dense": list(model.dense),
-        "dropout_rate": model.dropout_rate,
+        # The model's own fields (`config.model.options`: a multi-view model's with its
+        # backbone's), tuples as lists.
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in model.options.items()},
         "image_size": workload.image_size,
         "batch_size": workload.batch_size,
         "channels": workload.channels,
@@ -260,10 +257,5 @@ def peer_spec(workload: Workload) -> dict[str, Any]:
         "step_flops": train_step_flops(workload),
     }
     if model.name == "multiview":
-        spec.update(
-            backbone=model.backbone,
-            view_pooling=model.view_pooling,
-            attention_dim=model.attention_dim,
-            views=workload.views,
-        )
+        spec.update(views=workload.views)
     return spec

@@ -4,6 +4,7 @@
         --config.data.manual_dir=/path/holding/MURA-v1.1
 """
 
+import murajax.models  # noqa: F401  (registers the models, whose own fields config.model sets)
 from murajax.config import Config
 
 

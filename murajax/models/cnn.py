@@ -10,6 +10,7 @@ Kernels are Glorot-uniform and biases zero (`murajax.initializers`). Parameters 
 float32 whatever the computation dtype.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from murajax import config as config_lib
 from murajax.models.layers import (
     CNN_POOLINGS,
     as_dtype,
@@ -110,7 +112,34 @@ class CNN(nn.Module):
         return x.astype(jnp.float32)
 
 
-@register("cnn", normalization="unit", channels=1, head=("dense*", "logits"))
+@dataclasses.dataclass
+class CNNConfig:
+    """The "cnn" model's own config fields (`config.model.<field>`; see `CNN`)."""
+
+    # Blocks of `convs_per_block` 3x3 conv + ReLU (+BN) + 2x2 max-pool, one per width.
+    widths: tuple[int, ...] = (32, 64, 128)
+    convs_per_block: int = 1
+    batch_norm: bool = False
+    bn_momentum: float = 0.99  # running-statistics decay (Keras: 0.99; short runs: 0.9)
+    pooling: str = "avg"  # global "avg" or "max" pooling, or "flatten"
+    dense: tuple[int, ...] = (128,)  # hidden dense layers, each ReLU + dropout
+    dropout_rate: float = 0.5
+
+    def check(self) -> None:
+        """Raises a one-line `ConfigError` naming the first field out of its range."""
+        if not self.widths:
+            raise config_lib.invalid("model.widths", self.widths, "at least one block width")
+        for i, width in enumerate(self.widths):
+            config_lib.check_positive(f"model.widths[{i}]", width)
+        for i, width in enumerate(self.dense):
+            config_lib.check_positive(f"model.dense[{i}]", width)
+        config_lib.check_at_least("model.convs_per_block", self.convs_per_block, 1)
+        config_lib.check_range("model.bn_momentum", self.bn_momentum, 0.0, 1.0, closed=False)
+        config_lib.check_choice("model.pooling", self.pooling, CNN_POOLINGS)
+        config_lib.check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, closed=False)
+
+
+@register("cnn", config=CNNConfig, normalization="unit", channels=1, head=("dense*", "logits"))
 def cnn(
     num_classes: int | None = 2,
     *,

@@ -17,6 +17,7 @@ murajax 'conv1_conv' and 'conv1_bn'; `load_keras_weights` reads both. The backbo
 `count_params()` with `include_top=False`. Keras's weights expect 'imagenet' inputs.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from murajax import config as config_lib
 from murajax.models.batchnorm import BatchNormReLU, BatchNormVariables
 from murajax.models.dense_block import GROWTH_RATE, LayerParams, dense_block
 from murajax.models.heads import ClassifierHead
@@ -178,7 +180,24 @@ class DenseNet(nn.Module):
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
 
 
-@register("densenet169", normalization="imagenet", channels=3, keras_weights=True)
+@dataclasses.dataclass
+class DenseNet169Config:
+    """The "densenet169" model's own config fields (`config.model.<field>`; see `DenseNet`)."""
+
+    dropout_rate: float = 0.5  # in the head, before the logits
+
+    def check(self) -> None:
+        """Raises a one-line `ConfigError` for a field out of its range."""
+        config_lib.check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, closed=False)
+
+
+@register(
+    "densenet169",
+    config=DenseNet169Config,
+    normalization="imagenet",
+    channels=3,
+    keras_weights=True,
+)
 def densenet169(
     num_classes: int | None = 2,
     *,

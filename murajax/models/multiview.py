@@ -18,14 +18,16 @@ it) and `head` (the attention pooling, if any, and the logits), so that
 `model.freeze='backbone'` freezes the encoder and trains the pooling and the logits.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from murajax import config as config_lib
 from murajax.models import registry
-from murajax.models.layers import as_dtype, dense, global_pool
+from murajax.models.layers import CNN_POOLINGS, as_dtype, dense, global_pool
 
 VIEW_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
 """How `pool_views` pools a study's view features into one (`model.view_pooling`)."""
@@ -164,7 +166,30 @@ class MultiView(nn.Module):
         return self.head(features, view_mask, train)
 
 
-@registry.register("multiview", study_level=True)
+@dataclasses.dataclass
+class MultiViewConfig:
+    """The "multiview" model's own config fields (`config.model.<field>`; see `MultiView`).
+
+    It also takes its backbone's fields (a multiview on the "cnn" takes `widths` and the
+    rest of `CNNConfig`); a name both have (`pooling`, `dropout_rate`) is the multiview's,
+    and the factory hands its `dropout_rate` to the backbone too."""
+
+    backbone: str = "cnn"  # the shared per-view encoder: a registered image model
+    pooling: str = "avg"  # per-view spatial pooling of the encoder's map: "avg", "max", "flatten"
+    view_pooling: str = "mean"  # the views into one study: "mean", "max" or "attention"
+    attention_dim: int = 128  # hidden width of the gated attention pooling
+    dropout_rate: float = 0.5  # on the pooled study features
+
+    def check(self) -> None:
+        """Raises a one-line `ConfigError` for a field out of its range or choices (the
+        backbone's name: `murajax.models.check_config`)."""
+        config_lib.check_choice("model.pooling", self.pooling, CNN_POOLINGS)
+        config_lib.check_choice("model.view_pooling", self.view_pooling, VIEW_POOLINGS)
+        config_lib.check_at_least("model.attention_dim", self.attention_dim, 1)
+        config_lib.check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, closed=False)
+
+
+@registry.register("multiview", config=MultiViewConfig, study_level=True)
 def multiview(
     num_classes: int | None = 2,
     *,

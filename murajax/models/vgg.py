@@ -11,12 +11,14 @@ Keras's ImageNet file. The backbone has 14,714,688 parameters, Keras's `count_pa
 [0, 255]): the registry tells the input pipeline so.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from murajax import config as config_lib
 from murajax.models.heads import ClassifierHead
 from murajax.models.layers import as_dtype, conv3x3, mark_features
 from murajax.models.registry import register
@@ -64,7 +66,18 @@ class VGG16(nn.Module):
         return ClassifierHead(self.num_classes, self.dropout_rate, dtype, name="head")(x, train)
 
 
-@register("vgg16", normalization="caffe", channels=3, keras_weights=True)
+@dataclasses.dataclass
+class VGG16Config:
+    """The "vgg16" model's own config fields (`config.model.<field>`; see `VGG16`)."""
+
+    dropout_rate: float = 0.5  # in the head, before the logits
+
+    def check(self) -> None:
+        """Raises a one-line `ConfigError` for a field out of its range."""
+        config_lib.check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, closed=False)
+
+
+@register("vgg16", config=VGG16Config, normalization="caffe", channels=3, keras_weights=True)
 def vgg16(
     num_classes: int | None = 2,
     *,
