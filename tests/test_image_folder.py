@@ -354,7 +354,7 @@ def test_manifest_relative_and_absolute_paths(tmp_path):
             "imgs/a.png,abnormal,s1,alice,hand,train",
             f"{absolute},abnormal,s1,alice,hand,train",
             "imgs/c.png,normal,s2,bob,knee,train",
-            "./imgs/d.png,normal,s3,carol,hand,validation",
+            "./imgs/d.png,normal,s3,carol,hand,Validation",
         ],
     )
     builder = build(tmp_path / "tfds", manifest=str(manifest))
@@ -522,6 +522,20 @@ def test_unreadable_image_fails_the_build_and_leaves_no_dataset(tmp_path):
         builder.download_and_prepare()  # truncated: found when decoded
     assert not builder.is_prepared()
     assert not list((tmp_path / "tfds/image_folder").glob("*/*incomplete*"))
+
+
+def test_manifest_unreadable_image_names_the_row_and_the_file(tmp_path):
+    write_png(tmp_path / "m/a.png", pixels(1))
+    write_png(tmp_path / "m/b.png", pixels(2))
+    (tmp_path / "m/c.png").write_bytes(b"\x89PNG but not really")
+    rows = ["path,label,split", "a.png,normal,train", "b.png,abnormal,train", "c.png,normal,valid"]
+    manifest = write_manifest(tmp_path / "m/m.csv", rows)
+    builder = tfds.builder("image_folder", data_dir=tmp_path / "tfds", manifest=str(manifest))
+    with pytest.raises(ImageFolderError) as info:
+        builder.download_and_prepare()
+    message = str(info.value)
+    assert f"{manifest}:4 ({tmp_path / 'm/c.png'}): unreadable image" in message
+    assert "\n" not in message and not builder.is_prepared()
 
 
 # ---------------------------------------------------------------------------- fingerprint

@@ -98,6 +98,11 @@ class Entry:
     size: int
     mtime_ns: int
 
+    @property
+    def image_where(self) -> str:
+        """For image errors: the file, or `manifest.csv:LINE (file)` for a manifest's row."""
+        return self.where if self.where == self.file else f"{self.where} ({self.file})"
+
 
 @dataclasses.dataclass(frozen=True)
 class Listing:
@@ -433,6 +438,8 @@ def read_manifest(manifest: str) -> tuple[list[Entry], bool]:
             raise ImageFolderError(
                 f"{where}: {_quote(given)} is not an image ({', '.join(IMAGE_SUFFIXES)} are read)"
             )
+        if "split" in values:
+            values["split"] = values["split"].lower()
         if "split" in values and values["split"] not in SPLIT_FOLDERS:
             raise ImageFolderError(
                 f"{where}: unknown split {_quote(values['split'])} (expected train, valid or "
@@ -658,8 +665,8 @@ def sixteen_bit_to_gray(pixels: np.ndarray) -> np.ndarray:
 
 def _first(value: Any) -> float:
     """The first value of a possibly multi-valued DICOM element, as float."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0]
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        value = value[0]  # pydicom's MultiValue, or a list
     return float(value)
 
 
@@ -825,7 +832,7 @@ def check_header(file: str, where: str) -> None:
 def make_example(entry: Entry, listing: Listing) -> dict[str, Any]:
     """The features of one image (see `Builder._info`)."""
     example = {
-        "image": encode_png(read_gray(entry.file, entry.where)),
+        "image": encode_png(read_gray(entry.file, entry.image_where)),
         "label": listing.label_names.index(entry.label),
         "patient_id": listing.patient_ids[entry.patient],
         "study_id": entry.study_id,
@@ -900,8 +907,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # For pickling (TFDS rebuilds a builder from this): the source, not the config object.
         self._original_state = {
             **{k: v for k, v in self._original_state.items() if k != "config"},
-            "root": None if root is None else os.fspath(root),
-            "manifest": None if manifest is None else os.fspath(manifest),
+            "root": self.listing.source if root is not None else None,
+            "manifest": self.listing.source if manifest is not None else None,
             "file_format": file_format or "array_record",
         }
 
@@ -939,7 +946,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "build what it holds now)"
             )
         for entry in listing.entries:
-            check_header(entry.file, entry.where)
+            check_header(entry.file, entry.image_where)
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str):
