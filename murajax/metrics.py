@@ -86,7 +86,8 @@ def aggregate_probs(
     columns = [_aggregate(probs[:, k], inverse, n, aggregation) for k in range(probs.shape[1])]
     agg = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
     if aggregation == "max":
-        agg = agg / np.maximum(agg.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        total = agg.sum(axis=1, keepdims=True)
+        agg = np.where(total > 0, agg / np.where(total > 0, total, 1), agg)  # zeros stay zero
     return agg
 
 

@@ -45,6 +45,7 @@ from murajax.metrics import (
     Scores,
     _divide,
     _group_rng,
+    aggregate_probs,
     bootstrap_counts,
     percentile_interval,
     study_index,
@@ -145,15 +146,7 @@ def aggregate_study_probs(
         raise ValueError(f"{len(y)} labels for {len(inverse)} images: expected one each")
     n = len(unique)
     counts = np.bincount(inverse, minlength=n)
-    if aggregation == "mean":
-        agg = np.zeros((n, probs.shape[1]))
-        np.add.at(agg, inverse, probs)
-        agg /= np.maximum(counts, 1)[:, None]
-    else:
-        agg = np.full((n, probs.shape[1]), -np.inf)
-        np.maximum.at(agg, inverse, probs)
-        total = agg.sum(axis=1, keepdims=True)
-        agg = np.where(total > 0, agg / np.where(total > 0, total, 1), agg)
+    agg = aggregate_probs(probs, inverse, n, aggregation)  # as `EvalState.studies` does
     if groups is None:
         groups = np.full(len(inverse), -1)
     per_study = {}

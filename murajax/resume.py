@@ -13,7 +13,8 @@ state, the data iterator's position) nor what the steps already taken meant:
   recomputed from the config at every step; the optimiser's other hyper-parameters, such as
   `b1` or `momentum`, live in its saved state, so a change there would be silently ignored);
 - `eval`: everything (evaluation reads the checkpoints, never writes them);
-- `data`: where the data lives, `data_dir`, `manual_dir`, `build_if_missing`, `cache_dir`;
+- `data`: where the data lives, `data_dir`, `manual_dir`, `manifest`, `build_if_missing`,
+  `cache_dir` (a workdir's `dataset.json` guards its labels and groups: `murajax.data.spec`);
 - `model.conv_impl` (which kernel computes the same convolution).
 
 Anything else (the seed, the model, the data and its augmentation, the batch, the loss, the
@@ -61,7 +62,10 @@ ALLOWED = frozenset(
             )
         ),
         *(f"eval.{f.name}" for f in dataclasses.fields(config_lib.EvalConfig)),
-        *(f"data.{name}" for name in ("data_dir", "manual_dir", "build_if_missing", "cache_dir")),
+        *(
+            f"data.{name}"
+            for name in ("data_dir", "manual_dir", "manifest", "build_if_missing", "cache_dir")
+        ),
         "model.conv_impl",
     ]
 )

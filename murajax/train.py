@@ -116,6 +116,7 @@ def _train_and_evaluate(
     spec = models.resolve(config.model, num_classes=dataset.num_classes)  # `model.name`, once
     model = model if model is not None else spec.build()
     process_index, process_count = jax.process_index(), jax.process_count()
+    data.check_spec_unchanged(dataset, workdir)  # a resumed run: the same labels
     if process_index == 0:
         data.save_spec(dataset, workdir)
 

@@ -31,6 +31,7 @@ from murajax.data.pipeline import (
 )
 from murajax.data.sources import DataError, open_sources, prepare
 from murajax.data.spec import DatasetSpec, resolve
+from murajax.data.spec import check_unchanged as check_spec_unchanged
 from murajax.data.spec import for_workdir as spec_for_workdir
 from murajax.data.spec import save as save_spec
 from murajax.data.splits import SPLITS
@@ -40,6 +41,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "DatasetSpec",
+    "check_spec_unchanged",
     "ModelInputs",
     "PreprocessSpec",
     "eval_dataset",

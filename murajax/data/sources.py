@@ -389,7 +389,7 @@ def check_readable(
         start += length
 
 
-_OPENED: dict[tuple[str, str | None], dict[str, Source]] = {}
+_OPENED: dict[tuple[str | None, ...], dict[str, Source]] = {}
 
 
 def open_sources(config: DataConfig) -> dict[str, Source]:
@@ -398,7 +398,7 @@ def open_sources(config: DataConfig) -> dict[str, Source]:
     Builds the dataset first if needed (see `prepare`). Opened once per process and
     (dataset, data_dir); the sources pickle, so grain workers can read them.
     """
-    key = (config.dataset, config.data_dir)
+    key = (config.dataset, config.data_dir, config.manual_dir, config.manifest)
     if key not in _OPENED:
         builder = prepare(config)
         decoders = {"image": tfds.decode.SkipDecoding()}

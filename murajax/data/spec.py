@@ -146,6 +146,24 @@ def load(workdir: str) -> DatasetSpec | None:
         return DatasetSpec.from_dict(json.load(f))
 
 
+def check_unchanged(spec: DatasetSpec, workdir: str) -> None:
+    """Raises a one-line `DataError` if `workdir` was trained on a dataset whose labels or
+    groups differ from `spec`'s (its `dataset.json`): its model's outputs mean other classes."""
+    saved = load(workdir)
+    if saved is None:
+        return
+    for field in ("label_names", "group_feature", "group_names"):
+        before, now = getattr(saved, field), getattr(spec, field)
+        if before != now:
+            raise sources_lib.DataError(
+                f"dataset {spec.name!r} is not the one --workdir={workdir} was trained on: its"
+                f" {field} are {list(now) if isinstance(now, tuple) else now!r}, the workdir's"
+                f" {os.path.join(workdir, SPEC_FILE)} says"
+                f" {list(before) if isinstance(before, tuple) else before!r}; train it in a"
+                " new workdir"
+            )
+
+
 def for_workdir(workdir: str, data_config: DataConfig) -> DatasetSpec:
     """The spec of a trained workdir: its `dataset.json`, else (older workdirs) resolved from
     its config's dataset."""

@@ -243,7 +243,8 @@ def multiclass_tables(body: Mapping[str, Any], dataset: DatasetSpec) -> str:
     rows = [row(name, scores) for name, scores in _by_group(body, dataset).items()]
     rows.append(row("overall", body["study"]))
     rows[-1][0] = "**overall**"
-    kappa = f"Kappa ({body.get('kappa_weights', 'none')} weights) [95% CI]"
+    weights = body.get("kappa_weights", "none")
+    kappa = "Kappa [95% CI]" if weights == "none" else f"Kappa ({weights}-weighted) [95% CI]"
     first = group_title(dataset) if dataset.group_names else ""
     text = table([first, "Studies", kappa, "AUROC macro, one-vs-rest [95% CI]", "Accuracy"], rows)
     study = body["study"]
@@ -462,6 +463,8 @@ def heatmap_grid(
             continue
         records += pipeline.read_records(source, [int(positions[found[0]])])
         group = dataset.group_name(int(meta.group[found[0]])) + ", " if dataset.group_names else ""
+        if kind.startswith("wrong"):  # more classes: say what it was
+            group = f"true {dataset.label_names[int(meta.label[found[0]])]}, {group}"
         labels.append(f"{kind}\n{group}p={prob:.2f}")
     if not records:
         return [], []
