@@ -228,7 +228,8 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> t
 def roc_inputs(
     workdir: str, names: Sequence[str], split: str | None
 ) -> dict[str, tuple[list[int], list[float]]]:
-    """`{name: (labels, probs)}` from each run's `eval/<split>/predictions.csv` (if any)."""
+    """`{name: (labels, probs)}` from each run's `eval/<split>/predictions.csv` (if any; runs
+    on a dataset of more than two classes have no one ROC curve and are left out)."""
     curves: dict[str, tuple[list[int], list[float]]] = {}
     if split is None:
         return curves
@@ -240,6 +241,8 @@ def roc_inputs(
             continue
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
+        if rows and "prob" not in rows[0]:  # more than two classes: no single ROC curve
+            continue
         curves[name] = ([int(r["label"]) for r in rows], [float(r["prob"]) for r in rows])
     return curves
 
