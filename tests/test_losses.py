@@ -1,4 +1,5 @@
-"""Cross-entropy (its gradient is softmax(z) - y), MURA class weights, L2 penalty."""
+"""Cross-entropy (its gradient is softmax(z) - y), MURA class weights (per group: MURA's body
+parts), L2 penalty."""
 
 import chex
 import jax
@@ -11,7 +12,7 @@ from murajax import losses, models
 
 LOGITS = jax.random.normal(jax.random.key(0), (6, 2)) * 2.0
 LABELS = jnp.array([0, 1, 1, 0, 1, 0])
-BODY_PARTS = jnp.array([0, 6, 3, 3, 0, 6])
+GROUPS = jnp.array([0, 6, 3, 3, 0, 6])  # MURA's body parts: 7 groups
 MASK = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
 
 
@@ -32,7 +33,7 @@ def test_class_weights_formula():
 
 def test_count_classes():
     np.testing.assert_array_equal(losses.count_classes(LABELS), [3, 3])
-    counts = losses.count_classes(LABELS, BODY_PARTS)
+    counts = losses.count_classes(LABELS, GROUPS, num_groups=7)
     chex.assert_shape(counts, (7, 2))
     expected = np.zeros((7, 2), int)
     expected[0] = [1, 1]
@@ -41,9 +42,9 @@ def test_count_classes():
     np.testing.assert_array_equal(counts, expected)
 
 
-def test_body_part_table():
+def test_group_table():
     counts = np.array([[30, 10], [5, 15], [8, 8], [3, 0], [0, 0], [1, 99], [40, 20]])
-    table = losses.body_part_class_weights(counts)
+    table = losses.group_class_weights(counts)
     chex.assert_shape(table, (7, 2))
     for b in (0, 1, 2, 5, 6):
         np.testing.assert_allclose(table[b], losses.class_weights(*counts[b]), rtol=1e-6)
@@ -51,34 +52,38 @@ def test_body_part_table():
     np.testing.assert_allclose(table[3], global_weights, rtol=1e-6)  # a class is missing
     np.testing.assert_allclose(table[4], global_weights, rtol=1e-6)  # no examples
     with pytest.raises(ValueError):
-        losses.body_part_class_weights(np.ones((7, 3)))
+        losses.group_class_weights(np.ones((7, 1)))  # one class
+    with pytest.raises(ValueError):
+        losses.group_class_weights(np.ones(7))  # not (groups, classes)
 
 
 def test_class_weight_table_modes():
     labels = np.array([0, 0, 0, 1])
     parts = np.array([0, 0, 1, 1])
-    counts = losses.count_classes(labels, parts)
+    counts = losses.count_classes(labels, parts, num_groups=7)
     np.testing.assert_array_equal(losses.class_weight_table("none", counts), np.ones((7, 2)))
     glob = losses.class_weight_table("global", counts)
     np.testing.assert_allclose(glob, np.tile([0.25, 0.75], (7, 1)))
-    table = losses.class_weight_table("body_part", counts)
+    table = losses.class_weight_table("group", counts)
     np.testing.assert_allclose(table[0], [0.25, 0.75])  # part 0 lacks abnormals: global
     np.testing.assert_allclose(table[1], [0.5, 0.5])
+    # "body_part" is MURA's name for "group".
+    np.testing.assert_array_equal(losses.class_weight_table("body_part", counts), table)
     with pytest.raises(ValueError):
         losses.class_weight_table("bogus", counts)
 
 
-def test_example_weights_index_by_label_and_body_part():
+def test_example_weights_index_by_label_and_group():
     table = jnp.arange(14, dtype=jnp.float32).reshape(7, 2)
-    w = losses.example_weights(LABELS, table, BODY_PARTS, MASK)
-    expected = table[BODY_PARTS, LABELS] * MASK
+    w = losses.example_weights(LABELS, table, GROUPS, MASK)
+    expected = table[GROUPS, LABELS] * MASK
     chex.assert_trees_all_close(w, expected)
     chex.assert_trees_all_close(
         losses.example_weights(LABELS, jnp.array([0.3, 0.7])),
         jnp.where(LABELS == 1, 0.7, 0.3),
     )
     chex.assert_trees_all_equal(losses.example_weights(LABELS), jnp.ones(6))
-    with pytest.raises(ValueError, match="body_parts"):
+    with pytest.raises(ValueError, match="needs groups"):
         losses.example_weights(LABELS, table)
 
 
@@ -114,9 +119,9 @@ def test_label_smoothing_targets():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_weighted_mean_loss_and_its_gradient(smoothing):
-    table = jnp.asarray(losses.body_part_class_weights(np.arange(1, 15).reshape(7, 2)))
-    kwargs = dict(class_weights=table, body_parts=BODY_PARTS, mask=MASK)
-    w = table[BODY_PARTS, LABELS] * MASK
+    table = jnp.asarray(losses.group_class_weights(np.arange(1, 15).reshape(7, 2)))
+    kwargs = dict(class_weights=table, groups=GROUPS, mask=MASK)
+    w = table[GROUPS, LABELS] * MASK
     per_example = losses.softmax_cross_entropy(LOGITS, LABELS, smoothing)
     loss = losses.cross_entropy_loss(LOGITS, LABELS, label_smoothing=smoothing, **kwargs)
     chex.assert_shape(loss, ())

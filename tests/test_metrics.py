@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 
 from murajax import metrics
 from murajax.metrics import EvalState
+from tfds_mura.features import BODY_PARTS
 
 SKLEARN_THRESHOLDED = {
     "kappa": skm.cohen_kappa_score,
@@ -40,7 +41,7 @@ def _images(n_studies: int, seed: int = 0, separation: float = 0.3) -> dict[str,
     prob = np.clip(separation * label + rng.uniform(0, 1 - separation, len(label)), 0, 1)
     return {
         "study_id": np.repeat([f"study{i:05d}" for i in range(n_studies)], per_study),
-        "body_part": np.repeat(rng.integers(0, 7, n_studies), per_study),
+        "group": np.repeat(rng.integers(0, 7, n_studies), per_study),  # MURA's body parts
         "label": label,
         "prob": prob.round(2),  # rounded: ties, as models' probabilities have
         "image_path": np.asarray([f"img{i}.png" for i in range(len(label))]),
@@ -50,7 +51,12 @@ def _images(n_studies: int, seed: int = 0, separation: float = 0.3) -> dict[str,
 
 def _evaluate(images: dict, **kw) -> tuple[dict, dict]:
     return metrics.evaluate_predictions(
-        images["study_id"], images["prob"], images["label"], images["body_part"], **kw
+        images["study_id"],
+        images["prob"],
+        images["label"],
+        images["group"],
+        group_names=BODY_PARTS,
+        **kw,
     )
 
 
@@ -115,7 +121,7 @@ def test_point_scores_single_class_are_nan_like_sklearn():
 def test_vectorised_bootstrap_equals_sklearn_on_every_resample():
     images = _images(150, seed=2)
     studies = metrics.aggregate_studies(
-        images["study_id"], images["prob"], images["label"], images["body_part"]
+        images["study_id"], images["prob"], images["label"], images["group"]
     )
     _, _, image_study = metrics.study_index(images["study_id"])
     counts = metrics.bootstrap_counts(len(studies["label"]), 60, np.random.default_rng(3))
@@ -194,14 +200,14 @@ def test_no_resamples_give_undefined_intervals():
 def test_body_parts_are_scored_on_their_own_studies():
     images = _images(200, seed=7)
     result, studies = _evaluate(images, bootstrap_samples=50)
-    assert sum(p["n"] for p in result["by_body_part"].values()) == result["study"]["n"] == 200
-    for index, (name, scores) in enumerate(result["by_body_part"].items()):
-        assert name == metrics.BODY_PARTS[index]
-        rows = studies["body_part"] == index
+    assert sum(p["n"] for p in result["by_group"].values()) == result["study"]["n"] == 200
+    for index, (name, scores) in enumerate(result["by_group"].items()):
+        assert name == BODY_PARTS[index]
+        rows = studies["group"] == index
         expected = _sklearn_scores(studies["label"][rows], studies["prob"][rows], 0.5)
         for score in metrics.SCORE_NAMES:
             _assert_close(scores[score], expected[score])
-        image_rows = images["body_part"] == index
+        image_rows = images["group"] == index
         assert scores["image"]["n"] == image_rows.sum()
         _assert_close(
             scores["image"]["auroc"],
@@ -227,7 +233,7 @@ def test_aggregation_by_mean_and_max():
     assert list(mean["study_id"]) == ["a", "b", "c"]  # sorted: independent of arrival order
     np.testing.assert_allclose(mean["prob"], [0.9, 0.5, 0.1])
     assert list(mean["n_images"]) == [1, 3, 1]
-    assert list(mean["label"]) == [0, 1, 0] and list(mean["body_part"]) == [0, 6, 3]
+    assert list(mean["label"]) == [0, 1, 0] and list(mean["group"]) == [0, 6, 3]
     maxed = metrics.aggregate_studies(ids, probs, labels, parts, "max")
     np.testing.assert_allclose(maxed["prob"], [0.9, 0.9, 0.1])
     result, studies = metrics.evaluate_predictions(
@@ -291,6 +297,9 @@ def test_merged_evaluation_equals_one_shot():
     merged = EvalState.merge_all(pieces)
     options = {"bootstrap_samples": 100, "seed": 3}
     assert merged.compute(**options) == whole.compute(**options)
+    grouped = {**options, "group_names": BODY_PARTS}
+    assert merged.compute(**grouped) == whole.compute(**grouped)
+    assert set(whole.compute(**grouped)["by_group"]) <= set(BODY_PARTS)
     for key, value in whole.as_dict().items():
         np.testing.assert_array_equal(merged.as_dict()[key], value)
     # Any order of merging (hosts may arrive in any order) gives the same metrics.
@@ -327,7 +336,7 @@ def test_from_dict_and_as_dict_round_trip():
     with pytest.raises(ValueError, match="differ in length"):
         EvalState(
             study_id=np.array(["a"]),
-            body_part=np.array([0, 1]),
+            group=np.array([0, 1]),
             label=np.array([0]),
             prob=np.array([0.1]),
             image_path=np.array(["x"]),
@@ -387,7 +396,7 @@ from murajax import metrics
 n = 3 + 4 * pid  # the hosts hold different numbers of images and string lengths
 state = metrics.EvalState.create(
     study_id=[f"host{pid}/stüdy{i // 2}" for i in range(n)],
-    body_part=[pid] * n,
+    group=[pid] * n,
     label=[(i // 2) % 2 for i in range(n)],
     prob=np.linspace(0.0, 1.0, n),
     image_path=[f"host{pid}/image{i}.png" + "x" * pid for i in range(n)],
