@@ -564,10 +564,15 @@ def write_report(
 
     `spec`, `model` and `variables` (the `models.ModelSpec` of `config.model`, the Flax
     module and its variables) enable the heatmaps section; `dataset` is the run's
-    `DatasetSpec` (None: the workdir's `dataset.json`, else resolved from the config);
-    `examples=False` skips the example grid, `heatmaps=0` the heatmaps.
+    `DatasetSpec` (None: the workdir's `dataset.json`, else resolved from the config, else,
+    where that dataset cannot be opened, two classes without groups: the data section says
+    why); `examples=False` skips the example grid, `heatmaps=0` the heatmaps.
     """
-    dataset = dataset or data.spec_for_workdir(workdir, config.data)
+    if dataset is None:
+        try:
+            dataset = data.spec_for_workdir(workdir, config.data)
+        except data.DataError:  # a report is still written (see the module docstring)
+            dataset = DatasetSpec(name=config.data.dataset, label_names=("normal", "abnormal"))
     evaluations = workdir_lib.read_evaluations(workdir)
     steps = [body.get("step") for body in evaluations.values()]
     title = f"# murajax report: `{config.model.name}` on `{config.data.dataset}`"
