@@ -16,6 +16,7 @@ from murajax import data, errors, image_files, inference, predict, reevaluate, t
 from murajax import workdir as workdir_lib
 from murajax.config import Config
 from tests.trivial_mura import trivial_config
+from tfds_mura.features import BODY_PARTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,11 +233,12 @@ def test_collect_studies_walks_nested_folders(tmp_path):
         image_files.collect_studies([str(tmp_path / "missing")])
 
 
-def test_body_part_of():
-    assert image_files.body_part_of("MURA-v1.1/valid/XR_WRIST/p1/study1/image1.png") == "XR_WRIST"
-    assert image_files.body_part_of("/data/xr_elbow/case3") == "XR_ELBOW"
-    assert image_files.body_part_of("/data/XR_KNEE/case3") == ""
-    assert image_files.body_part_of("/data/case3") == ""
+def test_group_of_mura_body_parts():
+    path = "MURA-v1.1/valid/XR_WRIST/p1/study1/image1.png"
+    assert image_files.group_of(path, BODY_PARTS) == "XR_WRIST"
+    assert image_files.group_of("/data/xr_elbow/case3", BODY_PARTS) == "XR_ELBOW"
+    assert image_files.group_of("/data/XR_KNEE/case3", BODY_PARTS) == ""
+    assert image_files.group_of("/data/case3", BODY_PARTS) == ""
 
 
 @pytest.mark.parametrize("mode", ["pad", "crop"])

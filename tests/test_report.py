@@ -14,11 +14,16 @@ from experiments.configs import quickstart
 from murajax import evaluation, plots, train, writers
 from murajax import metrics as metrics_lib
 from murajax import workdir as workdir_lib
+from murajax.data import spec as spec_lib
 from murajax.report import run as report
 from tests.trivial_mura import trivial_config
+from tfds_mura.features import BODY_PARTS, PAPER_REFERENCE, mura_features
 
 EVAL_FILES = {"metrics.json", "predictions.csv", "image_predictions.csv"}
 EVAL_FILES |= set(workdir_lib.PLOT_FILES.values())
+
+MURA = spec_lib.from_features("mura", mura_features(), PAPER_REFERENCE)
+"""MURA's `DatasetSpec` (labels, body parts, the paper's kappas), as `data.resolve` gives it."""
 
 
 def _assert_png(path: str) -> None:
@@ -36,7 +41,7 @@ def _predictions(n_studies: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
     n = len(labels)
     return {
         "study_id": np.repeat([f"valid/s{i}" for i in range(n_studies)], per_study),
-        "body_part": np.repeat(np.arange(n_studies) % 7, per_study),
+        "group": np.repeat(np.arange(n_studies) % 7, per_study),  # MURA's body parts
         "label": labels,
         "prob": np.clip(0.35 * labels + rng.uniform(0, 0.65, n), 0, 1),
         "image_path": np.asarray([f"MURA-v1.1/valid/x/image{i}.png" for i in range(n)]),
@@ -61,12 +66,15 @@ def test_every_plot_is_a_png(tmp_path):
         plots.roc_curves(curves, str(tmp_path / "roc.png")),
         plots.confusion_matrix(labels, probs >= 0.5, str(tmp_path / "confusion.png")),
         plots.calibration({"studies": (labels, probs)}, str(tmp_path / "calibration.png")),
-        plots.kappa_by_body_part(
+        plots.kappa_by_group(
             ["overall", "XR_WRIST", "XR_NEW"],
             [0.6, None, float("nan")],
             [[0.5, 0.7], [None, None], [float("nan")] * 2],
             str(tmp_path / "kappa.png"),
+            reference=PAPER_REFERENCE["kappa"],
+            reference_label=PAPER_REFERENCE["label"],
         ),
+        plots.kappa_by_group(["overall"], [0.6], [[0.5, 0.7]], str(tmp_path / "no_ref.png")),
         plots.training_curves(rows, str(tmp_path / "nested" / "curves.png")),
         plots.training_curves([], str(tmp_path / "empty_curves.png")),
         plots.image_grid(grid, str(tmp_path / "grid.png"), row_labels=["a", "b"]),
@@ -76,9 +84,12 @@ def test_every_plot_is_a_png(tmp_path):
 
 
 def test_paper_reference_kappas():
-    assert plots.PAPER_KAPPA["overall"] == 0.705
-    assert set(plots.PAPER_KAPPA) == {"overall", *metrics_lib.BODY_PARTS}
-    assert "not the same data" in plots.PAPER_LABEL
+    assert PAPER_REFERENCE["kappa"]["overall"] == 0.705
+    assert set(PAPER_REFERENCE["kappa"]) == {"overall", *BODY_PARTS}
+    assert "not the same data" in PAPER_REFERENCE["label"]
+    # They reach murajax as MURA's DatasetSpec.
+    assert MURA.reference_kappa == PAPER_REFERENCE["kappa"] and MURA.reference_auroc == 0.929
+    assert MURA.reference_label == PAPER_REFERENCE["label"]
 
 
 # --------------------------------------------------------------------------- write_evaluation
@@ -98,7 +109,14 @@ def test_write_evaluation_writes_the_contract_files(tmp_path):
     predictions = _predictions()
     writer = _Writer()
     body = evaluation.write_evaluation(
-        config, str(tmp_path), "validation", predictions, 7, threshold=0.4, writer=writer
+        config,
+        str(tmp_path),
+        "validation",
+        predictions,
+        7,
+        threshold=0.4,
+        writer=writer,
+        dataset=MURA,
     )
     out = tmp_path / "eval" / "validation"
     assert EVAL_FILES <= set(os.listdir(out))
@@ -113,7 +131,7 @@ def test_write_evaluation_writes_the_contract_files(tmp_path):
         for key in ("kappa", "auroc", "accuracy", "sensitivity", "specificity", "precision"):
             assert key in saved[level] and len(saved[level][f"{key}_ci"]) == 2
         assert "n" in saved[level] and "f1_ci" in saved[level]
-    assert set(saved["by_body_part"]) == set(metrics_lib.BODY_PARTS)
+    assert set(saved["by_body_part"]) == set(BODY_PARTS)
     assert "image" in saved["by_body_part"]["XR_WRIST"]
     assert saved["study"]["kappa"] == body["study"]["kappa"]
 
@@ -133,7 +151,7 @@ def test_write_evaluation_writes_the_contract_files(tmp_path):
         images = list(csv.DictReader(f))
     assert list(images[0]) == ["image_path", "study_id", "body_part", "label", "prob"]
     assert len(images) == saved["image"]["n"] == len(predictions["label"])
-    assert images[0]["body_part"] == metrics_lib.BODY_PARTS[0]
+    assert images[0]["body_part"] == BODY_PARTS[0]
     assert saved["image"]["loss"] == pytest.approx(np.mean(predictions["loss"]))
 
     ((step, split, logged),) = writer.rows

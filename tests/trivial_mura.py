@@ -10,13 +10,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from experiments.configs import quickstart
-from tfds_mura.features import BODY_PARTS, mura_features
+from tfds_mura.features import BODY_PARTS, PAPER_REFERENCE, mura_features
 
 
 class TrivialMura(tfds.core.GeneratorBasedBuilder):
     """MURA-shaped toy data: abnormal images are bright, normal ones dark (trivially separable)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    REFERENCE_SCORES = PAPER_REFERENCE  # as `mura` and `mura_synthetic`: shown beside scores
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(features=mura_features())
