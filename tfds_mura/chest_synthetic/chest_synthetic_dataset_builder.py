@@ -166,19 +166,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         ChestSyntheticConfig(
             name="default",
-            description="About 4,400 train / 740 validation images (2,400 / 400 patients).",
+            description="About 4,380 train / 710 validation images (2,400 / 400 patients).",
             num_train_patients=2400,
             num_validation_patients=400,
         ),
         ChestSyntheticConfig(
             name="small",
-            description="About 550 train / 180 validation images (300 / 100 patients).",
+            description="About 530 train / 165 validation images (300 / 100 patients).",
             num_train_patients=300,
             num_validation_patients=100,
         ),
         ChestSyntheticConfig(
             name="tiny",
-            description="About 55 train / 35 validation images (30 / 20 patients), for tests.",
+            description="About 50 train / 35 validation images (30 / 20 patients), for tests.",
             num_train_patients=30,
             num_validation_patients=20,
         ),

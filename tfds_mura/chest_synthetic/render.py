@@ -197,7 +197,7 @@ def shell(rho2: np.ndarray, cortex: float = 0.35, marrow: float = 0.45) -> np.nd
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise scaled to unit standard deviation."""
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape, np.float32), sigma)
     return noise / (noise.std() + 1e-9)
 
 
@@ -477,12 +477,80 @@ def sample_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
 
 def frame_grid(pose: Pose, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The chest-frame coordinates (u, v) of every pixel centre, each (height, width)."""
-    y = np.arange(height, dtype=np.float64)[:, None] + 0.5 - pose.center[1]
-    x = np.arange(width, dtype=np.float64)[None, :] + 0.5 - pose.center[0]
+    y = np.arange(height, dtype=np.float32)[:, None] + 0.5 - pose.center[1]
+    x = np.arange(width, dtype=np.float32)[None, :] + 0.5 - pose.center[0]
     c, s = math.cos(pose.angle), math.sin(pose.angle)
     u = (c * x + s * y) / pose.zoom + FRAME_CENTER[0]
     v = (-s * x + c * y) / pose.zoom + FRAME_CENTER[1]
     return u, v
+
+
+def lung_textures(
+    rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mottle, markings): the mottled texture of consolidation (in [0.6, 1]) and the faint
+    vessel markings of every lung (in [0.9, 1], a factor on its air). Drawn for every view,
+    whatever its finding, so that the random stream does not depend on the finding."""
+    mottle = 0.8 + 0.2 * np.tanh(smooth_noise(rng, shape, 1.2))
+    markings = 1.0 - 0.1 * np.clip(smooth_noise(rng, shape, 1.0), 0.0, None)
+    return mottle, markings
+
+
+def combine_fills(fills: list[np.ndarray], like: np.ndarray) -> np.ndarray:
+    """The fraction of air that several fills together replace: 1 - prod(1 - fill)."""
+    kept = np.ones_like(like)
+    for fill in fills:
+        kept = kept * (1.0 - fill)
+    return 1.0 - kept
+
+
+def frontal_fill(
+    thorax: Thorax,
+    finding: Finding | None,
+    side: int,
+    u: np.ndarray,
+    v: np.ndarray,
+    mottle: np.ndarray,
+) -> np.ndarray:
+    """The fraction of one lung's air that the finding replaces in the frontal view."""
+    fills = []
+    if isinstance(finding, Opacity):
+        for patch in finding.patches:
+            if patch.side == side:
+                fills.append(patch_fill(u, v, patch, patch.center, mottle))
+    elif isinstance(finding, Effusion) and side in finding.sides:
+        height = finding.heights[finding.sides.index(side)]
+        _, (a, _), lateral = lung_box(thorax, side)
+        angle_v = thorax.domes[0 if side < 0 else 1] + thorax.sulcus
+        t = 1.0 - (lateral - u) * side / (2 * a)  # 0 at the lung's medial edge, 1 at the wall
+        fills.append(fluid_fill(v, t, angle_v, height, finding.rise))
+    return combine_fills(fills, u)
+
+
+def lateral_fill(
+    thorax: Thorax,
+    finding: Finding | None,
+    side: int,
+    u: np.ndarray,
+    v: np.ndarray,
+    mottle: np.ndarray,
+) -> np.ndarray:
+    """The fraction of one lung's air that the finding replaces in the lateral view: a patch
+    at its height and its own depth, fluid in the posterior costophrenic sulcus."""
+    (cu, _), (a, _) = lateral_lung(thorax)
+    fills = []
+    if isinstance(finding, Opacity):
+        for patch in finding.patches:
+            if patch.side == side:
+                center = (cu + patch.depth * 0.8 * a, patch.center[1])
+                fills.append(patch_fill(u, v, patch, center, mottle))
+    elif isinstance(finding, Effusion) and side in finding.sides:
+        height = finding.heights[finding.sides.index(side)]
+        front = cu - 0.3 * a  # the dome's top
+        angle_v = float(lateral_dome(thorax, side, np.array(cu + a)))  # the posterior sulcus
+        t = (u - front) / (cu + a - front)  # 0 at the dome's top, 1 at the back
+        fills.append(fluid_fill(v, t, angle_v, 1.3 * height, finding.rise))
+    return combine_fills(fills, u)
 
 
 def frontal_density(
@@ -493,23 +561,12 @@ def frontal_density(
     v: np.ndarray,
 ) -> np.ndarray:
     """The frontal (PA) view's density map: soft tissue minus lung air plus bones."""
+    mottle, markings = lung_textures(rng, u.shape)
     hidden = 1.0 - mediastinum_mask(thorax, u, v)
     air = np.zeros_like(u)
     for side in (-1, 1):
-        lung = frontal_air(thorax, u, v, side) * hidden
-        if isinstance(finding, Opacity):
-            texture = 0.8 + 0.2 * np.tanh(smooth_noise(rng, u.shape, 1.2))
-            for patch in finding.patches:
-                if patch.side == side:
-                    lung = lung * (1.0 - patch_fill(u, v, patch, patch.center, texture))
-        elif isinstance(finding, Effusion) and side in finding.sides:
-            height = finding.heights[finding.sides.index(side)]
-            (_, _), (a, _), lateral = lung_box(thorax, side)
-            angle_v = thorax.domes[0 if side < 0 else 1] + thorax.sulcus
-            t = 1.0 - (lateral - u) * side / (2 * a)
-            lung = lung * (1.0 - fluid_fill(v, t, angle_v, height, finding.rise))
-        air = air + lung
-    markings = 1.0 - 0.1 * np.clip(smooth_noise(rng, u.shape, 1.0), 0.0, None)
+        fill = frontal_fill(thorax, finding, side, u, v, mottle)
+        air = air + frontal_air(thorax, u, v, side) * hidden * (1.0 - fill)
     soft = frontal_soft(thorax, u, v)
     return thorax.soft * soft * (1.0 - AIR * air * markings) + frontal_bones(thorax, u, v)
 
@@ -522,24 +579,12 @@ def lateral_density(
     v: np.ndarray,
 ) -> np.ndarray:
     """The lateral view's density map: the two lungs' air superimposed, heart in front."""
+    mottle, markings = lung_textures(rng, u.shape)
     hidden = 1.0 - 0.7 * lateral_heart(thorax, u, v)
-    (cu, _), (a, _) = lateral_lung(thorax)
     air = np.zeros_like(u)
     for side in (-1, 1):
-        lung = lateral_air(thorax, u, v, side) * hidden
-        if isinstance(finding, Opacity):
-            texture = 0.8 + 0.2 * np.tanh(smooth_noise(rng, u.shape, 1.2))
-            for patch in finding.patches:
-                if patch.side == side:
-                    center = (cu + patch.depth * 0.8 * a, patch.center[1])
-                    lung = lung * (1.0 - patch_fill(u, v, patch, center, texture))
-        elif isinstance(finding, Effusion) and side in finding.sides:
-            height = finding.heights[finding.sides.index(side)]
-            angle_v = thorax.domes[0 if side < 0 else 1] + 1.6 * thorax.sulcus * 1.3**2
-            t = (u - (cu - 0.3 * a)) / (1.3 * a)
-            lung = lung * (1.0 - fluid_fill(v, t, angle_v, 1.3 * height, finding.rise))
-        air = air + 0.5 * lung
-    markings = 1.0 - 0.1 * np.clip(smooth_noise(rng, u.shape, 1.0), 0.0, None)
+        fill = lateral_fill(thorax, finding, side, u, v, mottle)
+        air = air + 0.5 * lateral_air(thorax, u, v, side) * hidden * (1.0 - fill)
     soft = lateral_soft(thorax, u, v)
     density = thorax.soft * 1.15 * soft * (1.0 - 1.2 * AIR * air * markings)
     return density + lateral_bones(thorax, u, v)
@@ -564,11 +609,11 @@ def expose(rng: np.random.Generator, density: np.ndarray, mean: float) -> np.nda
     height, width = density.shape
     image = 1.0 - np.exp(-rng.uniform(1.6, 2.6) * density)
     ramp_axis = rng.integers(2)
-    heel = np.linspace(-0.5, 0.5, (height, width)[ramp_axis])
+    heel = np.linspace(-0.5, 0.5, (height, width)[ramp_axis], dtype=np.float32)
     heel = heel[:, None] if ramp_axis == 0 else heel[None, :]
     image = image * (1.0 + rng.uniform(-0.2, 0.2) * heel)
     image = set_mean(np.clip(ndimage.gaussian_filter(image, rng.uniform(0.4, 0.9)), 0, 1), mean)
-    image = image + rng.normal(0.0, rng.uniform(0.008, 0.03), image.shape)
+    image = image + rng.uniform(0.008, 0.03) * rng.standard_normal(image.shape, np.float32)
     image = set_mean(np.clip(image, 0.0, 1.0), mean)  # again, after the noise: a small change
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
