@@ -250,10 +250,11 @@ def _scores(config: Config, state: EvalState, threshold: float, dataset: Dataset
 
 def default_dataset(predictions: Predictions) -> DatasetSpec:
     """The spec assumed for predictions given without one: MURA-shaped labels where they
-    are binary ("normal", "abnormal"), else class numbers; no groups."""
-    state = EvalState.from_dict(predictions)
-    if state.multiclass:
-        names = tuple(str(k) for k in range(state.prob.shape[1]))
+    are binary ("normal", "abnormal"), else class numbers; no groups. Only `prob` is read."""
+    is_state = isinstance(predictions, EvalState)
+    prob = np.asarray(predictions.prob if is_state else predictions["prob"])
+    if prob.ndim == 2:  # multi-class: (N, K) probability vectors
+        names = tuple(str(k) for k in range(prob.shape[1]))
     else:
         names = ("normal", "abnormal")
     return DatasetSpec(name="predictions", label_names=names)
