@@ -20,6 +20,7 @@ from murajax import data, models
 from murajax.config import DataConfig, ModelConfig
 from murajax.data import pipeline, sources, splits
 from murajax.errors import DataError
+from tfds_mura.features import BODY_PARTS, LABEL_NAMES
 
 SIZE = 16
 NUM_TRAIN, NUM_VALID = 40, 11
@@ -138,7 +139,8 @@ def test_split_sizes_and_info(fake_sources):
     sizes = {s: data.num_examples(cfg, s, sources=fake_sources) for s in data.SPLITS}
     assert sizes["train"] + sizes["holdout"] == NUM_TRAIN
     assert sizes["validation"] == NUM_VALID
-    info = data.split_info(cfg, "train", sources=fake_sources)
+    names = {"label_names": LABEL_NAMES, "group_names": BODY_PARTS}  # a list has no features
+    info = data.split_info(cfg, "train", sources=fake_sources, **names)
     source, positions = data.split_source(cfg, "train", fake_sources)
     labels = np.array([source[int(p)]["label"] for p in positions])
     assert info["num_images"] == sizes["train"]
@@ -150,11 +152,15 @@ def test_split_sizes_and_info(fake_sources):
     assert info["num_patients"] == len({source[int(p)]["patient_id"] for p in positions})
     studies = {source[int(p)]["study_id"] for p in positions}
     assert info["num_studies"] == len(studies)
-    assert sum(v["num_images"] for v in info["by_body_part"].values()) == info["num_images"]
-    assert list(info["by_body_part"]) == list(splits.DEFAULT_BODY_PARTS)
-    wrist = info["by_body_part"]["XR_WRIST"]
+    assert sum(v["num_images"] for v in info["by_group"].values()) == info["num_images"]
+    assert list(info["by_group"]) == list(BODY_PARTS)
+    wrist = info["by_group"]["XR_WRIST"]
     parts = np.array([source[int(p)]["body_part"] for p in positions])
     assert wrist["abnormal"] == int(((parts == 6) & (labels == 1)).sum())
+    # Without names (and without features to read them from): labels by index, no groups.
+    unnamed = data.split_info(cfg, "train", sources=fake_sources)
+    assert unnamed["label_counts"] == {"0": info["normal"], "1": info["abnormal"]}
+    assert not unnamed["by_group"]
     with pytest.raises(ValueError, match="unknown split"):
         data.num_examples(cfg, "test", sources=fake_sources)
 
@@ -166,8 +172,8 @@ def test_train_batches_shapes_and_range(fake_sources):
     (batch,) = train_batches(fake_sources, 1, cfg=config(brightness=0.5, contrast=0.5, zoom=0.3))
     chex.assert_shape(batch["image"], (8, SIZE, SIZE, 1))
     assert batch["image"].dtype == np.float32
-    assert batch["label"].dtype == batch["body_part"].dtype == np.int32
-    assert set(batch) == {"image", "label", "body_part"}
+    assert batch["label"].dtype == batch["group"].dtype == np.int32
+    assert set(batch) == {"image", "label", "group"}
     assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
     (rgb,) = train_batches(fake_sources, 1, cfg=config(normalization="imagenet"), channels=3)
     chex.assert_shape(rgb["image"], (8, SIZE, SIZE, 3))
@@ -388,7 +394,7 @@ def test_tiny_splits_and_metadata_cache(tiny, monkeypatch):
     assert sizes["holdout"] > 0
     info = data.split_info(cfg, "holdout")
     assert info["num_images"] == sizes["holdout"]
-    assert "XR_WRIST" in info["by_body_part"]
+    assert "XR_WRIST" in info["by_group"]
     data_dir = tfds_sources["train"].dataset_info.data_dir
     assert os.path.exists(os.path.join(data_dir, "murajax-metadata-train.npz"))
     # A fresh process reads the cache file instead of scanning the records again.
