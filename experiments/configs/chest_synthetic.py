@@ -2,10 +2,9 @@
 
     python -m experiments.main --config=experiments/configs/chest_synthetic.py --workdir=W
 
-The quickstart's recipe on murajax's second offline dataset: a few minutes on 2 CPU cores.
-The same CNN and schedule, trained by a standalone optax loop on the decoded images, reached
-study accuracy 0.95 (Cohen's kappa 0.93) and image accuracy 0.90 on `validation` after 1,500
-steps (about 100 s); see tfds_mura/chest_synthetic/README.md.
+The quickstart's recipe on murajax's second offline dataset, about 2 minutes on 2 CPU cores:
+study accuracy 0.95, Cohen's kappa 0.92 (95% CI 0.90-0.95), AUROC 0.99 on `validation`
+(tfds_mura/chest_synthetic/README.md).
 
 `chest_synthetic.py:smoke` is a seconds-long variant on `chest_synthetic/tiny` for tests.
 """

@@ -401,7 +401,6 @@ def sample_patch(rng: np.random.Generator, thorax: Thorax) -> Patch:
     """A patch of consolidation centred well inside one lung's air."""
     side = int(rng.choice([-1, 1]))
     center, axes, _ = lung_box(thorax, side)
-    point = center
     for _ in range(100):
         point = (
             center[0] + rng.uniform(-1.0, 1.0) * axes[0],
@@ -409,6 +408,8 @@ def sample_patch(rng: np.random.Generator, thorax: Thorax) -> Patch:
         )
         if inside_frontal_lung(thorax, side, point, 0.03):
             break
+    else:  # (never seen) the upper middle of the lung, clear of heart and dome
+        point = (center[0], center[1] - 0.5 * axes[1])
     size = rng.uniform(0.045, 0.08)
     return Patch(
         side=side,
