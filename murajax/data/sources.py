@@ -263,7 +263,8 @@ def _builder(
         hint = f" (import tfds_mura failed: {import_error})" if import_error else ""
         raise DataError(
             f"unknown dataset {name!r}{hint}: expected a registered TFDS dataset, such as"
-            " 'mura' (real MURA, manual download) or 'mura_synthetic' (offline)"
+            " 'mura' (real MURA, manual download), 'mura_synthetic' or 'chest_synthetic'"
+            " (offline), or 'image_folder' (your own images)"
         ) from e
     except (ValueError, OSError, json_format.ParseError) as e:
         # An unknown config ("mura_synthetic/nope"), or a prepared dataset whose
