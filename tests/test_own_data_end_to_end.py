@@ -214,18 +214,64 @@ def test_a_manifest_sweep_runs_and_is_summarised(setup, env):
                 assert json.load(f)["label_names"] == list(LABELS)
 
 
-def test_chest_synthetic_smoke_runs_through_main(tmp_path, env):
+CHEST_SWEEP = """
+from experiments.configs import chest_synthetic
+
+
+def get_config(arg=None):
+    config = chest_synthetic.get_config("smoke")
+    config.data.data_dir = {data_dir!r}
+    return config
+
+
+def get_sweep(arg=None):
+    return [{{"seed": 1}}, {{"seed": 2}}]
+"""
+
+
+def test_chest_synthetic_smoke_runs_through_main_evaluate_predict_and_sweep(tmp_path, env):
+    data_dir = str(tmp_path / "tfds")
     workdir = str(tmp_path / "chest")
     run(
         "experiments.main",
         "--config=experiments/configs/chest_synthetic.py:smoke",
         f"--workdir={workdir}",
-        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        f"--config.data.data_dir={data_dir}",
         env=env,
     )
-    with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
+    path = os.path.join(workdir, "eval", "validation", "metrics.json")
+    with open(path) as f:
         body = json.load(f)
     assert body["classes"] == ["normal", "opacity", "effusion"]
     assert "by_group" not in body and "by_body_part" not in body  # no groups
     rows = read_csv(os.path.join(workdir, "eval", "validation", "predictions.csv"))
     assert "body_part" not in rows[0] and "group" not in rows[0]
+    assert "## Heatmaps" in open(os.path.join(workdir, "report.md")).read()
+
+    run("experiments.evaluate", f"--workdir={workdir}", env=env)
+    with open(path) as f:
+        assert json.load(f)["study"] == body["study"]
+
+    images = tmp_path / "new_images" / "study1"
+    images.mkdir(parents=True)
+    Image.fromarray(draw(1, np.random.default_rng(3))).save(images / "view1.png")
+    output = str(tmp_path / "scores.csv")
+    run(
+        "experiments.predict",
+        f"--workdir={workdir}",
+        f"--input={images.parent}",
+        f"--output={output}",
+        env=env,
+    )
+    (row,) = read_csv(output)
+    assert list(row) == ["study", "n_images", "prob_normal", "prob_opacity", "prob_effusion"] + [
+        "pred",
+        "label",
+    ]
+    assert row["label"] in ("normal", "opacity", "effusion")
+
+    config = tmp_path / "chest_sweep.py"
+    config.write_text(CHEST_SWEEP.format(data_dir=data_dir))
+    sweep = str(tmp_path / "sweep")
+    run("experiments.sweep", f"--config={config}", f"--workdir={sweep}", env=env)
+    assert len(read_csv(os.path.join(sweep, "sweep.csv"))) == 2
