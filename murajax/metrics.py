@@ -23,6 +23,7 @@ run in batches, on several devices and hosts, and be gathered before `compute`.
 """
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -423,7 +424,23 @@ def evaluate_predictions(
         "prob": np.asarray(probs, dtype=np.float64).reshape(-1),
     }
     options = {"threshold": threshold, "samples": bootstrap_samples, "confidence": confidence}
-    overall = score_group(studies, images, image_study, rng=_group_rng(seed, 0), **options)
+    score = functools.partial(score_group, **options)
+    return score_overall_and_groups(score, studies, images, image_study, group_names, seed), studies
+
+
+def score_overall_and_groups(
+    score: Callable[..., Scores],
+    studies: Arrays,
+    images: Arrays,
+    image_study: np.ndarray,
+    group_names: Sequence[str],
+    seed: int,
+) -> Scores:
+    """`{"study", "image", "by_group": {name: {study scores..., "image": {...}}}}`: `score`
+    (`score_group` with its options bound: `score(studies, images, image_study, rng=...)`)
+    of all studies and of each group's (groups without studies left out), every one with its
+    own seeded bootstrap generator (`_group_rng(seed, 0)` overall, `1 + index` per group)."""
+    overall = score(studies, images, image_study, rng=_group_rng(seed, 0))
     result: Scores = {"study": overall["study"], "image": overall["image"], "by_group": {}}
     for index, name in enumerate(group_names):
         study_rows = np.flatnonzero(studies["group"] == index)
@@ -432,15 +449,14 @@ def evaluate_predictions(
         image_rows = np.flatnonzero(np.isin(image_study, study_rows))
         renumber = np.full(len(studies["label"]), -1)
         renumber[study_rows] = np.arange(len(study_rows))
-        group = score_group(
+        group = score(
             {k: studies[k][study_rows] for k in ("label", "prob")},
             {k: v[image_rows] for k, v in images.items()},
             renumber[image_study[image_rows]],
             rng=_group_rng(seed, 1 + index),
-            **options,
         )
         result["by_group"][name] = {**group["study"], "image": group["image"]}
-    return result, studies
+    return result
 
 
 # --------------------------------------------------------------------------- mergeable state

@@ -30,6 +30,7 @@ where a score is undefined are left out of its interval; the macro AUROC of a re
 averages the classes with both outcomes in it.
 """
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,10 +45,10 @@ from murajax.metrics import (
     Arrays,
     Scores,
     _divide,
-    _group_rng,
     aggregate_probs,
     bootstrap_counts,
     percentile_interval,
+    score_overall_and_groups,
     study_index,
 )
 
@@ -509,27 +510,11 @@ def evaluate_predictions(
     studies["pred"] = predict(studies["prob"])
     _, _, image_study = study_index(study_ids)
     images = {"label": _class_labels(labels, probs.shape[1]), "prob": probs}
-    options = {
-        "class_names": class_names,
-        "kappa_weights": kappa_weights,
-        "samples": bootstrap_samples,
-        "confidence": confidence,
-    }
-    overall = score_group(studies, images, image_study, rng=_group_rng(seed, 0), **options)
-    result: Scores = {"study": overall["study"], "image": overall["image"], "by_group": {}}
-    for index, name in enumerate(group_names):
-        study_rows = np.flatnonzero(studies["group"] == index)
-        if len(study_rows) == 0:
-            continue
-        image_rows = np.flatnonzero(np.isin(image_study, study_rows))
-        renumber = np.full(len(studies["label"]), -1)
-        renumber[study_rows] = np.arange(len(study_rows))
-        group = score_group(
-            {key: studies[key][study_rows] for key in ("label", "prob")},
-            {key: value[image_rows] for key, value in images.items()},
-            renumber[image_study[image_rows]],
-            rng=_group_rng(seed, 1 + index),
-            **options,
-        )
-        result["by_group"][name] = {**group["study"], "image": group["image"]}
-    return result, studies
+    score = functools.partial(
+        score_group,
+        class_names=class_names,
+        kappa_weights=kappa_weights,
+        samples=bootstrap_samples,
+        confidence=confidence,
+    )
+    return score_overall_and_groups(score, studies, images, image_study, group_names, seed), studies
