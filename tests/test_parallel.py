@@ -166,7 +166,7 @@ def _train_steps(parallelism: str, devices, count: int = 4) -> dict:
         batch = {
             "image": rng.normal(size=(8, 16, 16, 1)).astype(np.float32),
             "label": rng.integers(0, 2, 8).astype(np.int32),
-            "body_part": rng.integers(0, 7, 8).astype(np.int32),
+            "group": rng.integers(0, 7, 8).astype(np.int32),
         }
         state, metrics = dp.step(state, dp.put_batch(batch))
         losses.append(float(metrics["loss"]))
