@@ -333,7 +333,7 @@ def test_a_non_finite_step_is_reported_and_skip_keeps_the_state():
     batch = {
         "image": images.at[0, 0, 0, 0].set(jnp.nan),
         "label": jnp.arange(4) % 2,
-        "body_part": jnp.zeros(4, jnp.int32),
+        "group": jnp.zeros(4, jnp.int32),
     }
 
     @functools.partial(jax.jit, static_argnames="skip")
@@ -490,7 +490,7 @@ def test_evaluating_non_finite_probabilities_is_one_line():
     config = trivial_config("/unused")
     predictions = EvalState.create(
         study_id=["a", "a", "b"],
-        body_part=[0, 0, 1],
+        group=[0, 0, 1],
         label=[0, 0, 1],
         prob=[0.2, np.nan, 0.9],
         image_path=["a/1.png", "a/2.png", "b/1.png"],
