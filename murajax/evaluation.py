@@ -186,7 +186,6 @@ def evaluate_holdout(
     threshold = resolve_threshold(config, "holdout", predictions=predictions)
     studies = predictions.studies(config.eval.aggregation, threshold)
     study = metrics.point_scores(studies["label"], studies["prob"], threshold)
-    image_preds = metrics.predict(predictions.prob, threshold)
     return {
         "loss": predictions.mean_loss(),
         "kappa": study["kappa"],
@@ -194,9 +193,7 @@ def evaluate_holdout(
         "accuracy": study["accuracy"],
         "sensitivity": study["sensitivity"],
         "specificity": study["specificity"],
-        "image_accuracy": float(np.mean(image_preds == predictions.label))
-        if len(predictions)
-        else float("nan"),
+        "image_accuracy": _image_accuracy(predictions, threshold),
         "threshold": threshold,
     }
 
@@ -206,16 +203,21 @@ def _multiclass_holdout(config: Config, predictions: EvalState) -> dict[str, flo
     study = multiclass_metrics.point_scores(
         studies["label"], studies["prob"], kappa_weights=config.eval.kappa_weights
     )
-    image_preds = metrics.predict(predictions.prob, 0.5)
     return {
         "loss": predictions.mean_loss(),
         "kappa": study["kappa"],
         "auroc": study["auroc"],
         "accuracy": study["accuracy"],
-        "image_accuracy": float(np.mean(image_preds == predictions.label))
-        if len(predictions)
-        else float("nan"),
+        "image_accuracy": _image_accuracy(predictions, config.eval.threshold),
     }
+
+
+def _image_accuracy(predictions: EvalState, threshold: float) -> float:
+    """The share of images whose prediction (at `threshold`; the most probable class for
+    more than two classes) is their label; NaN without images."""
+    if not len(predictions):
+        return float("nan")
+    return float(np.mean(metrics.predict(predictions.prob, threshold) == predictions.label))
 
 
 def _scores(config: Config, state: EvalState, threshold: float, dataset: DatasetSpec) -> dict:
