@@ -6,6 +6,12 @@ Configs are Python files under `experiments/configs/` whose `get_config(arg=None
 Which names are legal choices (optimisers, models, poolings...) is said by the module that
 implements them; `murajax.validation.validate` composes all checks, before any compute.
 
+`config.model` holds the fields every model shares and the chosen model's own (`options`),
+those of the config dataclass it was registered with (`murajax.models.register(name,
+config=CNNConfig)`): `ModelConfig` reads, sets and checks them as the model registry says
+(`set_options_lookup`, installed when `murajax.models` is imported), so that this module
+needs no model.
+
 This module imports nothing from murajax but `murajax.errors`.
 """
 
@@ -214,6 +220,7 @@ class ModelConfig:
         values = {**(options or {}), **fields}
         classes = options_classes(name, values)
         object.__setattr__(self, "options", {**option_defaults(classes or ()), **values})
+        object.__setattr__(self, "_known", classes)
 
     def __getattr__(self, key: str) -> Any:
         """A model field (`config.model.widths`): its value, else the model's default."""
@@ -246,16 +253,19 @@ class ModelConfig:
     def _choose(self, name: str, values: dict[str, Any]) -> None:
         """`options` become `values` for model `name`: if that changes which fields the model
         takes, the new model's defaults fill its fields not set, and the fields only the
-        old model took are dropped (see the class docstring)."""
-        old = options_classes(self.name, self.options)
+        old model took are dropped (see the class docstring). Nothing is dropped for a model
+        (or backbone) that is not registered: validation names it, and the fields stay."""
+        old = options_classes(self.name, self.options) or self.__dict__.get("_known")
         new = options_classes(name, values)
-        if old == new and new is not None:
+        if new is None or old == new:
             object.__setattr__(self, "options", values)
-            return
-        taken_before = option_fields(old or ())
-        taken_now = option_fields(new or ())
-        kept = {k: v for k, v in values.items() if k in taken_now or k not in taken_before}
-        object.__setattr__(self, "options", {**option_defaults(new or ()), **kept})
+        else:
+            taken_before = option_fields(old or ())
+            taken_now = option_fields(new)
+            kept = {k: v for k, v in values.items() if k in taken_now or k not in taken_before}
+            object.__setattr__(self, "options", {**option_defaults(new), **kept})
+        # The last registered model chosen: whose fields to drop on leaving an unknown one.
+        object.__setattr__(self, "_known", new or old)
 
 
 def model_fields(model: ModelConfig) -> dict[str, Any] | None:

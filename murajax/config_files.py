@@ -119,8 +119,10 @@ MODEL_CHOICE_FIELDS: tuple[str, ...] = ("model.name", "model.backbone")
 them first (`apply_overrides`) and parse the others against the model they choose."""
 
 
-def _canonical(field: str) -> str:
-    """`model.options.widths` (as `config.json` nests it) is `model.widths`."""
+def canonical_field(field: str) -> str:
+    """The dotted name of a field as flattened from `config.json`, where a model's own fields
+    are nested under `model.options`: `model.options.widths` is `model.widths` (either is
+    accepted as an override); any other name as it is."""
     return (
         "model." + field[len("model.options.") :] if field.startswith("model.options.") else field
     )
@@ -135,7 +137,7 @@ def _owner(config: Config, field: str) -> tuple[Any, str]:
     field that does not exist or that names a whole section.
     """
     owner: Any = config
-    parts = _canonical(field).split(".")
+    parts = canonical_field(field).split(".")
     for depth, part in enumerate(parts):
         if not dataclasses.is_dataclass(owner):
             where = ".".join(parts[:depth])
@@ -213,7 +215,7 @@ def model_choices_first(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """`overrides` with `MODEL_CHOICE_FIELDS` first: every other model field is then set on
     the model they choose, whatever order a command line or a sweep gives them in (setting
     `model.name` after `model.widths` would otherwise drop the widths as the old model's)."""
-    canonical = {_canonical(f) if isinstance(f, str) else f: f for f in overrides}
+    canonical = {canonical_field(f) if isinstance(f, str) else f: f for f in overrides}
     first = [canonical[f] for f in MODEL_CHOICE_FIELDS if f in canonical]
     return {f: overrides[f] for f in [*first, *(f for f in overrides if f not in first)]}
 
@@ -259,7 +261,7 @@ def parse_overrides(config: Config, texts: Mapping[str, str]) -> dict[str, Any]:
             values[field] = parse_value(text, annotation)
         except (ValueError, SyntaxError) as e:
             raise ConfigError(f"flag --config.{field}={text}: {e}") from None
-        if _canonical(field) in MODEL_CHOICE_FIELDS:
+        if canonical_field(field) in MODEL_CHOICE_FIELDS:
             set_field(chosen, field, values[field])
     return {field: values[field] for field in texts}
 

@@ -13,7 +13,7 @@ import pytest
 
 from experiments import cli
 from murajax import config as config_lib
-from murajax import sweep, validation, writers
+from murajax import config_files, sweep, validation, writers
 from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
 from murajax.report import sweep as sweep_report
@@ -25,7 +25,10 @@ RUN_1, RUN_2 = "seed=0", "seed=1,optim.learning_rate=0.005"
 
 
 def _flat(config: Config) -> dict:
-    return sweep_report._flatten(config_lib.to_dict(config))
+    """Every field by its dotted name (a model's own, nested under `model.options` in
+    config.json, as `model.<field>`)."""
+    flat = sweep_report._flatten(config_lib.to_dict(config))
+    return {config_files.canonical_field(k): v for k, v in flat.items()}
 
 
 # --------------------------------------------------------------------------- names

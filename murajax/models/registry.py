@@ -155,7 +155,7 @@ def _options_classes(name: str, options: Mapping[str, Any]) -> tuple[type, ...] 
     """The config dataclasses whose fields model `name` takes: its own, and a study model's
     backbone's (the backbone named in `options`, else its config's default); None for an
     unregistered name or backbone, or a backbone that is itself a study model."""
-    registration = _REGISTRY.get(name)
+    registration = _REGISTRY.get(name) if isinstance(name, str) else None
     if registration is None:
         return None
     own = () if registration.config is None else (registration.config,)
