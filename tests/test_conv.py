@@ -191,7 +191,7 @@ def first_train_step(model, x: jax.Array, labels: jax.Array) -> dict:
             l2_weight=0.0,
         )
     )
-    batch = {"image": x, "label": labels, "body_part": jnp.zeros(len(x), jnp.int32)}
+    batch = {"image": x, "label": labels, "group": jnp.zeros(len(x), jnp.int32)}
     trained, metrics = step(state, batch)
 
     def squares(params):

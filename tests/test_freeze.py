@@ -41,7 +41,7 @@ def _batch(seed: int) -> dict:
     return {
         "image": jnp.asarray(rng.uniform(size=SHAPE), jnp.float32),
         "label": jnp.asarray(rng.integers(0, 2, SHAPE[0]), jnp.int32),
-        "body_part": jnp.asarray(rng.integers(0, len(BODY_PARTS), SHAPE[0]), jnp.int32),
+        "group": jnp.asarray(rng.integers(0, len(BODY_PARTS), SHAPE[0]), jnp.int32),
     }
 
 

@@ -417,7 +417,7 @@ def test_predictions_reports_and_plots_are_replaced_whole(tmp_path):
 
     studies = {
         "study_id": np.array(["s1"]),
-        "body_part": np.array([0]),
+        "group": np.array([0]),
         "label": np.array([1]),
         "prob": np.array([0.75]),
         "pred": np.array([1]),
