@@ -54,6 +54,9 @@ class Workload:
         given (else the config's default)."""
         config = _BUILDERS[self.key]()
         config.model.dtype = dtype
+        # Binary logits, as the benchmark's random labels (`model.num_classes=None` would be
+        # the dataset's number of labels, which the FLOP counts and the peers do not read).
+        config.model.num_classes = 2
         if conv_impl is not None:
             config.model.conv_impl = conv_impl
         # Every framework trains with plain Adam at a constant learning rate.
