@@ -220,7 +220,8 @@ class ModelConfig:
         values = {**(options or {}), **fields}
         classes = options_classes(name, values)
         object.__setattr__(self, "options", {**option_defaults(classes or ()), **values})
-        object.__setattr__(self, "_known", classes)
+        # The fields the last registered model chosen takes (see `_choose`).
+        object.__setattr__(self, "_taken", frozenset(option_fields(classes or ())))
 
     def __getattr__(self, key: str) -> Any:
         """A model field (`config.model.widths`): its value, else the model's default."""
@@ -255,17 +256,21 @@ class ModelConfig:
         takes, the new model's defaults fill its fields not set, and the fields only the
         old model took are dropped (see the class docstring). Nothing is dropped for a model
         (or backbone) that is not registered: validation names it, and the fields stay."""
-        old = options_classes(self.name, self.options) or self.__dict__.get("_known")
+        old = options_classes(self.name, self.options)
         new = options_classes(name, values)
         if new is None or old == new:
             object.__setattr__(self, "options", values)
-        else:
-            taken_before = option_fields(old or ())
-            taken_now = option_fields(new)
-            kept = {k: v for k, v in values.items() if k in taken_now or k not in taken_before}
-            object.__setattr__(self, "options", {**option_defaults(new), **kept})
-        # The last registered model chosen: whose fields to drop on leaving an unknown one.
-        object.__setattr__(self, "_known", new or old)
+            if new is None and old is not None:
+                object.__setattr__(self, "_taken", frozenset(option_fields(old)))
+            return
+        # Leaving an unregistered model (a typo): the fields of the last registered one go.
+        taken_before = (
+            option_fields(old) if old is not None else self.__dict__.get("_taken", frozenset())
+        )
+        taken_now = option_fields(new)
+        kept = {k: v for k, v in values.items() if k in taken_now or k not in taken_before}
+        object.__setattr__(self, "options", {**option_defaults(new), **kept})
+        object.__setattr__(self, "_taken", frozenset(taken_now))
 
 
 def model_fields(model: ModelConfig) -> dict[str, Any] | None:
@@ -276,8 +281,8 @@ def model_fields(model: ModelConfig) -> dict[str, Any] | None:
 
 
 def no_such_field(model: ModelConfig, classes: tuple[type, ...], field: str) -> str:
-    """ "model 'vgg16' has no field 'widths' (it takes: dropout_rate)", for the model
-    `model` chooses, whose config dataclasses are `classes`."""
+    """Why `field` is not a field of the model that `model` chooses (whose config dataclasses
+    are `classes`): "model 'vgg16' has no field 'widths' (it takes: dropout_rate)"."""
     fields = option_fields(classes)
     which = f"model {model.name!r}"
     if "backbone" in fields:

@@ -145,6 +145,22 @@ def test_choosing_another_model_keeps_what_it_takes_and_drops_the_old_models_fie
     assert config.model.options == dataclasses.asdict(models.CNNConfig(dropout_rate=0.0))
 
 
+def test_an_unregistered_model_on_the_way_keeps_the_fields_and_is_named():
+    config = multiview_config.get_config("smoke")
+    config.model.view_pooling = "max"
+    config.model.backbone = "resnet"  # a typo: named by validation, nothing dropped
+    assert "config.model.backbone='resnet' is invalid: expected one of" in _refused(config)
+    assert config.model.widths == quickstart.get_config("smoke").model.widths
+    config.model.backbone = "vgg16"  # the CNN's fields go, the multiview's stay
+    assert validation.validate(config).model.view_pooling == "max"
+
+    config = quickstart.get_config()
+    config.model.name = "vgg61"
+    assert _refused(config).startswith("config.model.name='vgg61' is invalid")
+    config.model.name = "vgg16"
+    assert config.model.options == {"dropout_rate": 0.0}
+
+
 def test_a_config_file_may_set_fields_before_the_model_name(tmp_path):
     path = tmp_path / "before_name.py"
     path.write_text(
