@@ -11,6 +11,10 @@ gives a text, parsed by the field's type (`parse_value`):
     tuple[X, ...]          `8,16`, `(8, 16)` or `[8, 16]`
     X | None               `None` is None, anything else is parsed as X
 
+A model's own field (`model.widths`; `murajax.config.ModelConfig`) has the type that the
+model the overrides choose gives it: `model.name` and `model.backbone` are parsed and set
+first, so `--config.model.name=cnn --config.model.widths=8,16` works on a VGG16 config.
+
     load_config(spec, texts) -> Config               a file's config with overrides, validated
     load_module(path) -> module                      a config file, imported afresh
     call(module, name, arg, spec)                    its `get_config` or `get_sweep`
