@@ -67,6 +67,10 @@ ALLOWED = frozenset(
             for name in ("data_dir", "manual_dir", "manifest", "build_if_missing", "cache_dir")
         ),
         "model.conv_impl",
+        # None is "the dataset's"; a dataset whose labels changed is refused by its
+        # dataset.json (murajax.data.spec.check_unchanged), and an explicit number that is not
+        # the dataset's by models.check_num_classes. An older workdir's config says 2.
+        "model.num_classes",
     ]
 )
 """Dotted config fields that may change between a checkpoint and the run resuming from it."""
@@ -75,9 +79,29 @@ ALLOWED = frozenset(
 def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """`{dotted field: (old value, new value)}` for the fields that differ between two
     configs as JSON dicts; a field missing from `old` is unchanged if `new` holds its
-    default."""
-    defaults = json.loads(config_lib.to_json(Config()))
-    return _changes(old, json.loads(json.dumps(new)), defaults, "")
+    default. `old` is read as `config.from_dict` reads it (an older murajax's flat model
+    section: the model's own fields), and a model's own fields are named as on the command
+    line, `model.widths` (config.json nests them under `model.options`)."""
+    defaults = _named(json.loads(config_lib.to_json(Config())))
+    return _changes(_named(_current(old)), _named(json.loads(json.dumps(new))), defaults, "")
+
+
+def _current(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as this murajax writes them (`from_dict`, then JSON); as they are if they
+    are not a config it can read."""
+    try:
+        return json.loads(config_lib.to_json(config_lib.from_dict(values)))
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        return values
+
+
+def _named(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the model's own fields (`model.options`) lifted into `model`."""
+    model = values.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("options"), dict):
+        return values
+    lifted = {k: v for k, v in model.items() if k != "options"}
+    return {**values, "model": {**lifted, **model["options"]}}
 
 
 def _changes(old: Any, new: Any, defaults: Any, prefix: str) -> dict[str, tuple[Any, Any]]:

@@ -322,3 +322,28 @@ def test_the_run_keeps_the_latest_and_the_best_by_its_logged_holdout_kappa(refer
     manager.close()
     with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
         assert json.load(f)["step"] == best
+
+
+def test_an_older_flat_config_json_is_compared_by_the_model_fields_it_takes():
+    """A workdir written before models had their own configs (every model's fields flat in
+    `model`, `widths` even for VGG16) resumes with the same config: only real changes are
+    named, as `model.<field>`."""
+    from experiments.configs import quickstart, vgg16
+    from murajax import config as config_lib
+    from murajax import models, resume
+
+    every_field = {
+        **dataclasses.asdict(models.CNNConfig()),
+        **dataclasses.asdict(models.MultiViewConfig()),
+    }
+    for config in (quickstart.get_config("smoke"), vgg16.get_config("smoke")):
+        new = json.loads(config_lib.to_json(config))
+        old = json.loads(config_lib.to_json(config))
+        options = old["model"].pop("options")
+        old["model"].update(json.loads(json.dumps({**every_field, **options})))
+        old["model"]["num_classes"] = 2  # then a required field; now None: the dataset's
+        assert resume.refused(resume.changes(old, new)) == {}
+        del old["model"]["num_classes"]
+        assert resume.changes(old, new) == {}
+        old["model"]["dropout_rate"] = 0.25
+        assert list(resume.changes(old, new)) == ["model.dropout_rate"]
