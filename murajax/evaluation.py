@@ -295,7 +295,7 @@ def metrics_body(
     if model is not None and model.study_level:
         # One prediction per study: its "image" scores are its study scores (one row each).
         body["predicts"] = "studies"
-        body["view_pooling"] = config.model.view_pooling
+        body["view_pooling"] = config.model.options.get("view_pooling")  # a study model's
     else:
         body["predicts"] = "images"
     if e.threshold_method == "youden":
