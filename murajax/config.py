@@ -551,6 +551,17 @@ def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def lift_model_options(values: dict[str, Any]) -> dict[str, Any]:
+    """A config as JSON values (`to_dict`'s, or a `config.json`) with the model's own fields
+    (`model.options`) lifted into `model`, so that they are named as on the command line,
+    `model.widths`; values without `model.options` as they are."""
+    model = values.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("options"), dict):
+        return values
+    lifted = {k: v for k, v in model.items() if k != "options"}
+    return {**values, "model": {**lifted, **model["options"]}}
+
+
 def to_json(config: Config) -> str:
     """The resolved config as pretty JSON."""
     return json.dumps(to_dict(config), indent=2, sort_keys=False)

@@ -82,8 +82,9 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, An
     default. `old` is read as `config.from_dict` reads it (an older murajax's flat model
     section: the model's own fields), and a model's own fields are named as on the command
     line, `model.widths` (config.json nests them under `model.options`)."""
-    defaults = _named(json.loads(config_lib.to_json(Config())))
-    return _changes(_named(_current(old)), _named(json.loads(json.dumps(new))), defaults, "")
+    lift = config_lib.lift_model_options
+    defaults = lift(json.loads(config_lib.to_json(Config())))
+    return _changes(lift(_current(old)), lift(json.loads(json.dumps(new))), defaults, "")
 
 
 def _current(values: dict[str, Any]) -> dict[str, Any]:
@@ -93,15 +94,6 @@ def _current(values: dict[str, Any]) -> dict[str, Any]:
         return json.loads(config_lib.to_json(config_lib.from_dict(values)))
     except (ConfigError, TypeError, ValueError, AttributeError):
         return values
-
-
-def _named(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with the model's own fields (`model.options`) lifted into `model`."""
-    model = values.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("options"), dict):
-        return values
-    lifted = {k: v for k, v in model.items() if k != "options"}
-    return {**values, "model": {**lifted, **model["options"]}}
 
 
 def _changes(old: Any, new: Any, defaults: Any, prefix: str) -> dict[str, tuple[Any, Any]]:

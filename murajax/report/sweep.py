@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from murajax import config as config_lib
 from murajax import files, writers
 from murajax import workdir as workdir_lib
 from murajax.config_files import SweepError, format_value
@@ -135,12 +136,15 @@ def discover_runs(workdir: str) -> list[dict[str, Any]]:
         if os.path.isfile(workdir_lib.config_path(os.path.join(workdir, n)))
     )
     configs = {
-        n: _flatten(workdir_lib.read_json(workdir_lib.config_path(os.path.join(workdir, n))))
-        for n in names
+        n: _flatten(config_lib.lift_model_options(_read_config_json(workdir, n))) for n in names
     }
     keys = sorted({k for c in configs.values() for k in c})
     differ = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
     return [{"name": n, "overrides": {k: configs[n].get(k) for k in differ}} for n in names]
+
+
+def _read_config_json(workdir: str, name: str) -> dict[str, Any]:
+    return workdir_lib.read_json(workdir_lib.config_path(os.path.join(workdir, name)))
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
