@@ -229,7 +229,7 @@ def get_sweep(arg=None):
 """
 
 
-def test_chest_synthetic_smoke_runs_through_main_evaluate_predict_and_sweep(tmp_path, env):
+def test_chest_synthetic_smoke_runs_through_main_evaluate_and_predict(tmp_path, env):
     data_dir = str(tmp_path / "tfds")
     workdir = str(tmp_path / "chest")
     run(
@@ -270,8 +270,12 @@ def test_chest_synthetic_smoke_runs_through_main_evaluate_predict_and_sweep(tmp_
     ]
     assert row["label"] in ("normal", "opacity", "effusion")
 
+
+@pytest.mark.slow  # a sweep of this dataset-agnostic path runs above (the manifest's)
+def test_a_chest_synthetic_sweep_runs_and_is_summarised(tmp_path, env):
     config = tmp_path / "chest_sweep.py"
-    config.write_text(CHEST_SWEEP.format(data_dir=data_dir))
+    config.write_text(CHEST_SWEEP.format(data_dir=str(tmp_path / "tfds")))
     sweep = str(tmp_path / "sweep")
     run("experiments.sweep", f"--config={config}", f"--workdir={sweep}", env=env)
-    assert len(read_csv(os.path.join(sweep, "sweep.csv"))) == 2
+    rows = read_csv(os.path.join(sweep, "sweep.csv"))
+    assert len(rows) == 2 and all(r["kappa"] for r in rows)
