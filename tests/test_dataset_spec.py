@@ -287,3 +287,24 @@ def test_plot_files_are_named_after_the_grouping_feature():
     multiclass = workdir_lib.plot_files("group", binary=False)
     assert "calibration" not in multiclass and "kappa_by_group" in multiclass
     assert set(multiclass) == set(mura) - {"calibration"}
+
+
+def test_murajax_imports_no_dataset_builder_until_a_dataset_is_opened():
+    """The library's modules load no `tfds_mura` builder at import (issue 21: metrics.py used
+    to import it at the top); opening a dataset registers them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import murajax, murajax.train, murajax.evaluation, murajax.metrics\n"
+        "import murajax.multiclass_metrics, murajax.predict, murajax.report, murajax.sweep\n"
+        "import murajax.reevaluate, murajax.image_files, murajax.losses, murajax.plots\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tfds_mura'))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
