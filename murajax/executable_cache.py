@@ -13,9 +13,11 @@ and keys its executable by what made it instead:
 
 On a hit it loads the executable (`jax.experimental.serialize_executable`) without calling
 the Python function; on a miss it traces, compiles and stores it (atomically: a half-written
-file is never read). A file that cannot be read, or a function that cannot be serialized,
-costs a compile and one warning, never an error. The cache lives in the persistent
-compilation cache's folder (`murajax_executables/`), so it is on exactly when that one is.
+file is never read), unless JAX's persistent cache answered the compile: XLA:CPU cannot
+serialize an executable loaded from there whole, so only real compiles are stored. A file
+that cannot be read, or a function that cannot be serialized, costs a compile and one
+warning, never an error. The cache lives in the persistent compilation cache's folder
+(`murajax_executables/`), so it is on exactly when that one is.
 """
 
 import hashlib
@@ -34,7 +36,7 @@ from jax.experimental import serialize_executable
 from murajax.ops import onednn
 
 SUBDIR = "murajax_executables"
-FORMAT = 1
+FORMAT = 2  # 2: no executable that JAX's persistent cache gave is stored (see `_executable`)
 _DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "numpy")
 _JAX_OPTIONS = (
     "jax_enable_x64",
@@ -114,6 +116,21 @@ def cache_key(identity: str, args: tuple) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_PERSISTENT_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_persistent_cache_hits = 0
+
+
+def _count_persistent_cache_hits(event: str, **kwargs: Any) -> None:
+    """A `jax.monitoring` listener: counts the compiles that JAX's persistent compilation
+    cache answered."""
+    global _persistent_cache_hits
+    if event == _PERSISTENT_CACHE_HIT:
+        _persistent_cache_hits += 1
+
+
+jax.monitoring.register_event_listener(_count_persistent_cache_hits)
+
+
 def _warn(message: str) -> None:
     warnings.warn(f"murajax executable cache: {message}", RuntimeWarning, stacklevel=3)
 
@@ -179,8 +196,14 @@ class CachedExecutable:
         if compiled is not None:
             self.loaded = True
             return compiled
+        hits = _persistent_cache_hits
         compiled = self._jitted.lower(*args).compile()
-        _store(path, compiled)
+        if _persistent_cache_hits == hits:
+            _store(path, compiled)
+        # Else JAX's persistent cache gave the executable, and one loaded from there does not
+        # serialize whole on XLA:CPU (the copy lacks its fused kernels: "Function
+        # add_select_fusion.1 not found" when run). That cache serves the next run instead;
+        # the next real compile (a miss in both) is stored.
         return compiled
 
     def __call__(self, *args: Any) -> Any:

@@ -130,3 +130,53 @@ def test_the_train_steps_identity_follows_config_model_and_class_weights():
             return nn.Dense(2)(x)
 
     assert train._step_identity(config, UsersModel(), table, None) is None
+
+
+_ACROSS_PROCESSES = """
+import sys
+import jax
+import jax.numpy as jnp
+from murajax import executable_cache
+
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def step(x, y):
+    return jnp.where(x > 0, x + y, x * 3).sum(axis=0) + jnp.tanh(y).mean()
+
+
+cached = executable_cache.CachedExecutable(jax.jit(step), identity=sys.argv[2])
+x = jnp.linspace(-1, 1, 64 * 64).reshape(64, 64)
+print(float(cached(x, x * 2).sum()), cached.loaded)
+"""
+
+
+def test_an_executable_from_jaxs_persistent_cache_is_not_stored(tmp_path):
+    """A compile that JAX's persistent cache answers (the same program under another murajax
+    identity, as after an upgrade) is not stored: XLA:CPU cannot serialize such an executable
+    whole, and loading it failed at run time ("Function ... not found"). Each run is a
+    process, as a user's reruns are."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "step.py"
+    script.write_text(_ACROSS_PROCESSES)
+
+    def run(identity: str) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "jax_cache"), identity],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.split()
+
+    first = run("a")  # compiled: stored, and in JAX's cache
+    assert first[-1] == "False"
+    assert run("b") == first  # our miss, JAX's hit: not stored
+    assert run("b") == first  # so this one compiles (from JAX's cache) and runs
+    again = run("a")  # the real compile was stored and loads
+    assert again == [first[0], "True"]
