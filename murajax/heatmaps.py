@@ -61,7 +61,8 @@ def target_class(num_classes: int) -> Target:
 
 
 def _target_logits(logits: jax.Array, target: Target) -> jax.Array:
-    """The logit of `target` per image (N,); of its most probable class for `PREDICTED`."""
+    """The logit (or probability) of `target` per image (N,); of each image's most probable
+    class for `PREDICTED`."""
     if target is not None:
         return logits[:, target]
     picked = jnp.argmax(logits, axis=-1)[:, None]
@@ -173,8 +174,7 @@ def _gradcam_and_probs(
     features, grads, logits = _features_and_gradients(model, variables, images, target)
     alpha = jnp.mean(grads, axis=(1, 2))  # (N, K): global-average-pooled gradients
     maps = jax.nn.relu(jnp.einsum("nhwk,nk->nhw", features, alpha))
-    probs = jax.nn.softmax(logits.astype(jnp.float32))
-    return maps, _target_logits(probs, target) if target is None else probs[:, target]
+    return maps, _target_logits(jax.nn.softmax(logits.astype(jnp.float32)), target)
 
 
 def gradcam_maps(

@@ -26,11 +26,9 @@ record is written, and a failed build leaves no dataset behind.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import re
@@ -41,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tfds_mura.csv_rows import csv_rows
 from tfds_mura.mura.mura_dataset_builder import encode_png, image_to_grayscale
 
 SPLIT_FOLDERS: Mapping[str, str] = {
@@ -386,17 +385,7 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, list[str]]]:
         ) from e
     except OSError as e:
         raise ImageFolderError(f"{path}: unreadable ({e.strerror or e})") from e
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ImageFolderError(f"{path}: not UTF-8 text ({e.reason})") from e
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        for fields in reader:
-            if fields and any(field.strip() for field in fields):
-                yield reader.line_num, fields
-    except csv.Error as e:
-        raise ImageFolderError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
+    yield from csv_rows(data, path, ImageFolderError)
 
 
 def read_manifest(manifest: str) -> tuple[list[Entry], bool]:

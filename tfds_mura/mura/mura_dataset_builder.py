@@ -18,7 +18,6 @@ failed build never leaves a dataset that looks prepared.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import io
 import re
@@ -30,6 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from tfds_mura.csv_rows import csv_rows
 from tfds_mura.features import BODY_PARTS, LABEL_NAMES, PAPER_REFERENCE, mura_features
 from tfds_mura.images import encode_png, image_to_grayscale
 
@@ -188,17 +188,8 @@ def read_csv_rows(data: bytes, name: str) -> Iterator[tuple[str, list[str]]]:
     Raises:
       MuraFormatError: the file is not UTF-8 text or not valid CSV.
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MuraFormatError(f"{name}: not UTF-8 text ({e.reason})") from e
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        for fields in reader:
-            if fields and any(field.strip() for field in fields):
-                yield f"{name}:{reader.line_num}", fields
-    except csv.Error as e:
-        raise MuraFormatError(f"{name}:{reader.line_num}: malformed CSV ({e})") from e
+    for line, fields in csv_rows(data, name, MuraFormatError):
+        yield f"{name}:{line}", fields
 
 
 def parse_studies(data: bytes, name: str, split_dir: str) -> dict[str, int]:
