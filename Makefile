@@ -13,7 +13,7 @@ ONEDNN_LIB := murajax/ops/_onednn_conv.so
 # `make test` leaves out tests marked slow (minutes on a 2-core CPU); `make test-all` runs them.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install install-dev demo test test-all hardening lint format clean system-packages
+.PHONY: install install-dev install-export demo test test-all hardening lint format clean system-packages
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,20 @@ $(VENV)/.installed: $(PY) pyproject.toml $(CONSTRAINTS)
 $(ONEDNN_LIB): murajax/ops/onednn_conv.cc murajax/ops/winograd.h $(VENV)/.installed
 	$(PY) -m murajax.ops.build
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# The `export` extra (ONNX export and runtime) and jax2onnx without its own dependencies
+# (pyproject.toml says why).
+$(VENV)/.installed-export: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[export]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps jax2onnx
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed $(VENV)/.installed-export
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed $(if $(ONEDNN),$(ONEDNN_LIB))
+
+install-export: $(VENV)/.installed-export $(if $(ONEDNN),$(ONEDNN_LIB))
 
 install-dev: $(VENV)/.installed-dev $(if $(ONEDNN),$(ONEDNN_LIB))
 

@@ -39,6 +39,14 @@ class NonFinitePredictions(ValueError):
 USER_ERRORS = (*USER_ERRORS, NonFinitePredictions)
 
 
+class ExportFailed(ValueError):
+    """An exported artifact does not reproduce the model (`murajax.export`): no package was
+    written; the message names the artifact, the difference and the tolerance."""
+
+
+USER_ERRORS = (*USER_ERRORS, ExportFailed)
+
+
 class TrainingDiverged(RuntimeError):
     """Training met a non-finite loss, gradient or parameter (`train.on_nonfinite`); the
     message names the step and the last good checkpoint, which is kept as it was."""

@@ -312,9 +312,10 @@ def _check_shapes(x, kernel, bias) -> None:
             f"conv2d: the kernel {kernel.shape} takes {kernel.shape[2]} input channels but the "
             f"input {x.shape} has {x.shape[3]}"
         )
-    if bias is not None and jnp.shape(bias) not in ((), (1,), (kernel.shape[3],)):
+    bias_shape = tuple(np.shape(bias))  # numpy's: jax2onnx's tracing patches `jnp.shape`
+    if bias is not None and bias_shape not in ((), (1,), (kernel.shape[3],)):
         raise ValueError(
-            f"conv2d: bias of shape {jnp.shape(bias)} does not fit the kernel {kernel.shape}: "
+            f"conv2d: bias of shape {bias_shape} does not fit the kernel {kernel.shape}: "
             f"expected ({kernel.shape[3]},) (or a scalar)"
         )
 
