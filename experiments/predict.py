@@ -2,6 +2,8 @@
 
     python -m experiments.predict --workdir=W --input=DIR_OR_FILES --output=CSV
         [--heatmaps=DIR] [--checkpoint=best|latest|STEP]
+    python -m experiments.predict --model=PKG --input=DIR_OR_FILES --output=CSV
+        [--format=onnx|stablehlo]
 
 A study is the images of one folder: `--input` folders are walked recursively (as MURA's
 `XR_WRIST/patient00001/study1_positive/`, following folders that are symbolic links, each
@@ -31,13 +33,15 @@ from murajax import errors
 def define_flags() -> None:
     """Defines the command's flags (only when run as a program: importing the module
     defines none, so that it can be imported beside other commands)."""
-    flags.DEFINE_string("workdir", None, "A training run's directory.")
+    flags.DEFINE_string("workdir", None, "A training run's directory (or --model).")
+    flags.DEFINE_string("model", None, "A model package (experiments.export) instead.")
+    flags.DEFINE_enum("format", None, ["onnx", "stablehlo"], "A package's artifact to run.")
     flags.DEFINE_list("input", None, "Image folders and/or files (comma-separated).")
     flags.DEFINE_string("output", None, "The CSV to write (one row per study).")
     flags.DEFINE_string("heatmaps", None, "Folder for Grad-CAM overlays (optional).")
     flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
     cli.define_compilation_cache_flag()
-    flags.mark_flags_as_required(["workdir", "input", "output"])
+    flags.mark_flags_as_required(["input", "output"])
 
 
 def main(argv: list[str]) -> None:
@@ -46,15 +50,24 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     cli.enable_compilation_cache()
+    if (args.workdir is None) == (args.model is None):
+        cli.fail("give either --workdir=W (a training run) or --model=PKG (a model package)")
+    if args.model is not None and args.heatmaps is not None:
+        cli.fail("--heatmaps needs --workdir: a model package holds no gradients to draw from")
+    if args.workdir is not None and args.format is not None:
+        cli.fail("--format chooses a model package's artifact: use it with --model=PKG")
     from murajax import predict  # here, not at the top: jax takes seconds; --help is fast
 
-    rows = predict.predict(
-        args.workdir,
-        args.input,
-        args.output,
-        heatmaps_dir=args.heatmaps,
-        checkpoint=args.checkpoint,
-    )
+    if args.model is not None:
+        rows = predict.predict_with_package(args.model, args.input, args.output, fmt=args.format)
+    else:
+        rows = predict.predict(
+            args.workdir,
+            args.input,
+            args.output,
+            heatmaps_dir=args.heatmaps,
+            checkpoint=args.checkpoint,
+        )
     images = sum(r["n_images"] for r in rows)
     abnormal = sum(r["pred"] for r in rows)
     where = f"; heatmaps in {args.heatmaps}" if args.heatmaps else ""

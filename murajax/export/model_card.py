@@ -101,7 +101,7 @@ def failure_cases(metrics: dict[str, Any], group_key: str | None) -> list[str]:
 
 
 def _is_mura(dataset: dict[str, Any]) -> bool:
-    return str(dataset["name"]).startswith("mura")
+    return "mura" in str(dataset["name"])  # mura, mura_synthetic (its stand-in), test copies
 
 
 def _decision_line(decision: dict[str, Any], labels: list[str]) -> str:

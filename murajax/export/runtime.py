@@ -25,6 +25,7 @@ convention within what the installed jax loads. Each failure is one line, exit s
 import argparse
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -109,11 +110,17 @@ def check_package(package: str) -> dict[str, Any]:
     return metadata
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked module (`sys.modules[name] = None`)
+        return False
+
+
 def choose_format(metadata: dict[str, Any], requested: str | None) -> str:
     """The format to score with: `requested`, else ONNX where onnxruntime is installed, else
     StableHLO where jax is. `PackageError` if the package lacks it or its runtime is missing."""
-    import importlib.util
-
     present = [f for f in FORMATS if f in metadata.get("formats", {})]
     if requested is not None:
         if requested not in FORMATS:
@@ -123,7 +130,7 @@ def choose_format(metadata: dict[str, Any], requested: str | None) -> str:
                 f"--format={requested}: this package holds only"
                 f" {', '.join(present)}; export it with --formats={requested}"
             )
-        if importlib.util.find_spec(RUNTIMES[requested]) is None:
+        if not installed(RUNTIMES[requested]):
             raise PackageError(
                 f"--format={requested} needs {RUNTIMES[requested]}, which is not"
                 f" installed: pip install {RUNTIMES[requested]}, or choose"
@@ -131,7 +138,7 @@ def choose_format(metadata: dict[str, Any], requested: str | None) -> str:
             )
         return requested
     for name in present:
-        if importlib.util.find_spec(RUNTIMES[name]) is not None:
+        if installed(RUNTIMES[name]):
             return name
     needed = " or ".join(RUNTIMES[f] for f in present)
     raise PackageError(
