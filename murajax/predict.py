@@ -336,4 +336,3 @@ def predict_with_package(
         return runtime.predict(package, inputs, output, fmt=fmt, warn=warn)
     except runtime.PackageError as e:
         raise WorkdirError(str(e)) from None
-
