@@ -115,6 +115,28 @@ flags.DEFINE_integer(
     "matmul_size", None, "Side of the matmul-peak matrices (default: 2048 on CPU, 8192 on GPU)."
 )
 flags.DEFINE_integer("steps", 30, "Timed steps per data-parallel setting.")
+flags.DEFINE_bool(
+    "inference",
+    False,
+    "Instead of train steps: images/s of inference at batch 1 and 32, murajax's eval step "
+    "against a model package's StableHLO and ONNX (onnxruntime) and Keras-TF "
+    "(experiments/bench/inference.py); --models picks workloads (default quickstart, "
+    "densenet169; --quick: quickstart).",
+)
+
+
+def run_inference() -> None:
+    """`--inference`: the inference table on stdout, and its rows in `--json`."""
+    from experiments.bench import inference
+
+    args = flags.FLAGS
+    min_seconds = args.min_seconds or (2.0 if args.quick else 6.0)
+    rows = inference.run(args.models, args.quick, min_seconds, args.rounds or 3)
+    print(inference.table(rows))
+    if args.json:
+        figures = {"machine": runner.machine_info(), "inference": rows}
+        with files.replacing(args.json) as part, open(part, "w") as f:
+            json.dump(figures, f, indent=2)
 
 
 def mark_interrupted(path: str, signum: int, since: float) -> bool:
@@ -137,6 +159,9 @@ def mark_interrupted(path: str, signum: int, since: float) -> bool:
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # TFDS and XLA log every open at INFO
+    if flags.FLAGS.inference:
+        run_inference()
+        return
     fields = dataclasses.fields(suite.Settings)
     settings = suite.Settings(**{f.name: flags.FLAGS[f.name].value for f in fields})
     started = time.time()

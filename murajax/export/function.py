@@ -19,7 +19,7 @@ The weights are constants of `fn`.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from murajax import inference as inference_lib
+from murajax.config import DataConfig
 from murajax.data import pipeline, preprocess
+from murajax.models import ModelSpec
 
 INPUT_NAMES = ("images", "view_mask")
 OUTPUT_NAMES = ("prob", "logits")
@@ -88,19 +90,24 @@ def normalize(images: jax.Array, normalization: str, channels: int) -> jax.Array
 
 def build(loaded: inference_lib.Loaded) -> Inference:
     """The package's function of a restored workdir (`inference.load`), all members in it."""
-    spec = loaded.spec
-    prep = pipeline.preprocess_spec(loaded.config.data, spec)
-    model = spec.build(dtype=EXPORT_DTYPE, conv_impl=EXPORT_CONV_IMPL)
-    members = [_float32(loaded.variables(m)) for m in range(len(loaded.states))]
+    members = [loaded.variables(m) for m in range(len(loaded.states))]
+    return make(loaded.spec, loaded.config.data, members)
 
-    def probabilities(variables: Any, images: jax.Array, kwargs: dict[str, Any]) -> jax.Array:
-        logits = model.apply(variables, images, **kwargs, train=False)
-        return logits.astype(jnp.float32)
+
+def make(spec: ModelSpec, data_config: DataConfig, members: Sequence[Any]) -> Inference:
+    """The package's function of model `spec` with the variables of each ensemble member
+    (one or more), preprocessing as `data_config` says."""
+    prep = pipeline.preprocess_spec(data_config, spec)
+    model = spec.build(dtype=EXPORT_DTYPE, conv_impl=EXPORT_CONV_IMPL)
+    weights = [_float32(v) for v in members]
+
+    def logits_of(variables: Any, images: jax.Array, kwargs: dict[str, Any]) -> jax.Array:
+        return model.apply(variables, images, **kwargs, train=False).astype(jnp.float32)
 
     def fn(images: jax.Array, view_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         x = normalize(images, prep.normalization, prep.channels)
         kwargs = {"view_mask": view_mask} if spec.study_level else {}
-        logits = [probabilities(v, x, kwargs) for v in members]
+        logits = [logits_of(v, x, kwargs) for v in weights]
         if len(logits) == 1:
             out_logits = logits[0]
             probs = jax.nn.softmax(out_logits)
