@@ -59,7 +59,12 @@ def main(argv: list[str]) -> None:
     from murajax import predict  # here, not at the top: jax takes seconds; --help is fast
 
     if args.model is not None:
-        rows = predict.predict_with_package(args.model, args.input, args.output, fmt=args.format)
+        from murajax.export import runtime  # the package's own runtime (its predict.py)
+
+        try:
+            rows = runtime.predict(args.model, args.input, args.output, fmt=args.format)
+        except runtime.PackageError as e:
+            cli.fail(str(e))
     else:
         rows = predict.predict(
             args.workdir,

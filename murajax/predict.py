@@ -314,25 +314,3 @@ def predict(
     )
     write_csv(output, rows, csv_columns(dataset))
     return rows
-
-
-def predict_with_package(
-    package: str,
-    inputs: Sequence[str],
-    output: str,
-    *,
-    fmt: str | None = None,
-    warn: Warn = warn_stderr,
-) -> list[dict[str, Any]]:
-    """`predict` with a model package (`experiments.export`) instead of a workdir: the
-    package's own runtime (`murajax.export.runtime`, its `predict.py`) scores the studies,
-    with the same CSV columns. `fmt` is 'onnx' or 'stablehlo' (default: ONNX where
-    onnxruntime is installed). Raises `WorkdirError` for a package, input or output that
-    cannot be used (a changed or missing file, a runtime not installed, ...)."""
-    from murajax.export import runtime
-
-    check_outputs(output)
-    try:
-        return runtime.predict(package, inputs, output, fmt=fmt, warn=warn)
-    except runtime.PackageError as e:
-        raise WorkdirError(str(e)) from None

@@ -11,7 +11,10 @@ import datetime
 import json
 import os
 import platform
+from importlib.metadata import version
 from typing import Any
+
+import tensorflow_datasets as tfds
 
 from murajax import __version__ as murajax_version
 from murajax import inference as inference_lib
@@ -115,8 +118,6 @@ def decision_section(loaded: inference_lib.Loaded, threshold: float) -> dict[str
 def dataset_version(data_config: DataConfig) -> str | None:
     """The TFDS version of the dataset the model was trained on, where its files are here."""
     try:
-        import tensorflow_datasets as tfds
-
         builder = tfds.builder(data_config.dataset, data_dir=data_config.data_dir)
         return str(builder.info.version)
     except Exception:  # noqa: BLE001 (not at hand: the package says it does not know)
@@ -125,8 +126,6 @@ def dataset_version(data_config: DataConfig) -> str | None:
 
 def versions() -> dict[str, str]:
     """The versions of what built the package."""
-    from importlib.metadata import version
-
     found = {"murajax": murajax_version, "python": platform.python_version()}
     for name in ("jax", "jaxlib", "flax", "numpy"):
         found[name] = version(name)

@@ -10,6 +10,7 @@ README); `available()` says whether it is installed.
 
 import importlib.util
 import logging
+from importlib.metadata import version
 from typing import Any
 
 from murajax.errors import ConfigError
@@ -47,7 +48,7 @@ def serialize(inference: Inference) -> tuple[bytes, dict[str, Any]]:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     import jax2onnx  # late: it imports its plugins (seconds) and is optional
-    import onnx
+    import onnx  # the export extra's, as jax2onnx
 
     model = jax2onnx.to_onnx(
         inference.fn,
@@ -65,6 +66,4 @@ def serialize(inference: Inference) -> tuple[bytes, dict[str, Any]]:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import version
-
     return version(package)

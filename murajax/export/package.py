@@ -26,6 +26,7 @@ import numpy as np
 
 from murajax import inference as inference_lib
 from murajax import predict as predict_lib
+from murajax import workdir as workdir_lib
 from murajax.errors import ConfigError, ExportFailed, WorkdirError
 from murajax.export import describe, function, model_card, runtime, stablehlo, verify
 from murajax.export import onnx as onnx_lib
@@ -74,8 +75,6 @@ def check_output(output: str) -> None:
             f"--output={output} is {what}: an export writes a new package folder and never"
             " into existing files; choose a new path (or remove the old package)"
         )
-    from murajax import workdir as workdir_lib
-
     workdir_lib.check_writable(os.path.dirname(os.path.abspath(output)), f"--output={output}")
 
 
@@ -91,8 +90,6 @@ def _write(folder: str, name: str, data: bytes | str) -> None:
 
 
 def _json(value: Any) -> str:
-    from murajax import workdir as workdir_lib
-
     return json.dumps(workdir_lib.json_safe(value), indent=2, allow_nan=False) + "\n"
 
 

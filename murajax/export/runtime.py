@@ -200,7 +200,7 @@ class Model:
 
 
 def _onnx_runner(path: str) -> Callable[[list[np.ndarray]], Sequence[np.ndarray]]:
-    import onnxruntime
+    import onnxruntime  # only a package's ONNX user needs it
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its shape-merging notes are not ours
@@ -214,7 +214,7 @@ def _onnx_runner(path: str) -> Callable[[list[np.ndarray]], Sequence[np.ndarray]
 def _stablehlo_runner(
     path: str, facts: dict[str, Any]
 ) -> Callable[[list[np.ndarray]], Sequence[np.ndarray]]:
-    import jax
+    import jax  # only a package's StableHLO user needs it
 
     version = facts.get("calling_convention_version")
     low = jax.export.minimum_supported_calling_convention_version
@@ -515,6 +515,20 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str])
             os.remove(partial)
 
 
+def check_output(output: str) -> None:
+    """`PackageError` unless the CSV `output` can be written (a file path in a folder that
+    exists, or can be made, and takes new files); creates nothing."""
+    if os.path.isdir(output):
+        raise PackageError(f"--output={output} is a folder: expected the path of the CSV file")
+    folder = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise PackageError(
+            f"cannot write --output={output}: {folder} is not a folder you can write to"
+        )
+
+
 def predict(
     package: str,
     inputs: Sequence[str],
@@ -526,8 +540,7 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Scores the studies of `inputs` with the package; writes the CSV `output`; returns the
     rows. `PackageError` for a package, input or output that cannot be used."""
-    if os.path.isdir(output):
-        raise PackageError(f"--output={output} is a folder: expected the path of the CSV file")
+    check_output(output)
     model, metadata = load(package, fmt)
     studies = collect_studies(inputs, skip=[output])
     paths = [p for files in studies.values() for p in files]
