@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,7 +23,9 @@ from murajax import errors, export, inference, models, predict, train
 from murajax.config import ModelConfig
 from murajax.data import pipeline, preprocess
 from murajax.export import function, runtime, verify
+from murajax.export import onnx as onnx_lib
 from murajax.models.densenet import DenseNet
+from murajax.ops import graph_style
 from tests.trivial_mura import trivial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -394,3 +397,41 @@ def test_export_and_predict_commands(workdirs, studies, tmp_path):
         "experiments.predict", f"--model={package}", *common, "--output=x.csv", "--heatmaps=h"
     )
     assert "--heatmaps needs --workdir" in _error_line(heat)
+
+
+def test_without_the_extra_onnx_is_named_and_stablehlo_is_the_default(monkeypatch):
+    monkeypatch.setattr(onnx_lib, "REQUIRED", ("jax2onnx", "no_such_runtime"))
+    with pytest.raises(errors.ConfigError, match="--formats=onnx needs no_such_runtime .*export"):
+        export.parse_formats("stablehlo,onnx")
+    assert export.parse_formats(None) == ("stablehlo",)
+
+
+def test_without_the_dataset_seeded_random_images_verify(workdirs, tmp_path, monkeypatch):
+    def unavailable(*_):
+        raise FileNotFoundError("no dataset here")
+
+    monkeypatch.setattr(verify, "holdout_squares", unavailable)
+    exported = export.export(
+        workdirs("cnn"), str(tmp_path / "pkg"), formats="stablehlo", progress=lambda _: None
+    )
+    assert exported.verified_on == (
+        "16 seeded random images (the dataset could not be read: no dataset here)"
+    )
+    assert exported.metadata["verification"]["inputs"] == exported.verified_on
+
+
+def test_the_onnx_graph_style_concatenates_and_folds_batchnorm_to_the_same_values():
+    model = DenseNet(blocks=(2, 2), num_classes=2, conv_impl="xla")
+    x = np.random.default_rng(5).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    variables["batch_stats"] = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
+
+    def logits(x):
+        return model.apply(variables, x, train=False)
+
+    assert "dynamic_update_slice" in str(jax.make_jaxpr(logits)(x))
+    with graph_style.for_onnx():
+        traced = str(jax.make_jaxpr(logits)(x))
+        got = logits(x)
+    assert "dynamic_update_slice" not in traced and "concatenate" in traced
+    np.testing.assert_allclose(got, logits(x), atol=1e-5)

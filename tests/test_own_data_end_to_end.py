@@ -137,6 +137,55 @@ def test_main_trains_and_scores_three_classes(setup):
     assert "Heatmaps not drawn" not in report
 
 
+def test_a_three_class_package_scores_as_predict_does(setup, env, tmp_path):
+    package, inputs = str(tmp_path / "pkg"), os.path.join(setup["tree"], "valid")
+    run("experiments.export", f"--workdir={setup['workdir']}", f"--output={package}", env=env)
+    with open(os.path.join(package, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["outputs"]["prob"] == ["B", 3]
+    assert metadata["dataset"]["label_names"] == list(LABELS)
+    assert metadata["decision"]["how"] == "none: the most probable class is predicted"
+    assert set(metadata["metrics"]["by_group"]) == set(GROUPS)
+    card = open(os.path.join(package, "MODEL_CARD.md")).read()
+    assert "the most probable class is predicted" in card and "| left |" in card
+    expected = str(tmp_path / "workdir.csv")
+    run(
+        "experiments.predict",
+        f"--workdir={setup['workdir']}",
+        f"--input={inputs}",
+        f"--output={expected}",
+        env=env,
+    )
+    for fmt in ("onnx", "stablehlo"):
+        out = str(tmp_path / f"{fmt}.csv")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                os.path.join(package, "predict.py"),
+                f"--input={inputs}",
+                f"--output={out}",
+                f"--format={fmt}",
+            ],
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        ours, theirs = read_csv(out), read_csv(expected)
+        assert [list(r) for r in ours] == [list(r) for r in theirs] and len(ours) == 6
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a["study"], a["pred"], a["label"], a["group"]) == (
+                b["study"],
+                b["pred"],
+                b["label"],
+                b["group"],
+            )
+            for name in LABELS:
+                assert abs(float(a[f"prob_{name}"]) - float(b[f"prob_{name}"])) <= 1e-4
+
+
 def test_evaluate_reproduces_the_training_metrics(setup, env):
     workdir = setup["workdir"]
     path = os.path.join(workdir, "eval", "validation", "metrics.json")

@@ -15,6 +15,7 @@ from typing import Any
 
 from murajax.errors import ConfigError
 from murajax.export.function import OUTPUT_NAMES, Inference
+from murajax.ops import graph_style
 
 OPSET = 21
 REQUIRED = ("jax2onnx", "onnx", "onnxruntime")
@@ -50,14 +51,15 @@ def serialize(inference: Inference) -> tuple[bytes, dict[str, Any]]:
     import jax2onnx  # late: it imports its plugins (seconds) and is optional
     import onnx  # the export extra's, as jax2onnx
 
-    model = jax2onnx.to_onnx(
-        inference.fn,
-        inference.input_specs(),
-        model_name="murajax",
-        opset=OPSET,
-        input_names=list(inference.input_names()),
-        output_names=list(OUTPUT_NAMES),
-    )
+    with graph_style.for_onnx():  # the graph onnxruntime runs fastest
+        model = jax2onnx.to_onnx(
+            inference.fn,
+            inference.input_specs(),
+            model_name="murajax",
+            opset=OPSET,
+            input_names=list(inference.input_names()),
+            output_names=list(OUTPUT_NAMES),
+        )
     facts = {
         "opset": OPSET,
         "written_by": {"jax2onnx": _version("jax2onnx"), "onnx": onnx.__version__},

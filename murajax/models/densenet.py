@@ -31,7 +31,7 @@ from murajax.models.dense_block import GROWTH_RATE, LayerParams, dense_block
 from murajax.models.heads import ClassifierHead
 from murajax.models.layers import Conv, KernelVariable, as_dtype, mark_features
 from murajax.models.registry import register
-from murajax.ops import max_pool
+from murajax.ops import graph_style, max_pool
 
 DENSENET169_BLOCKS: tuple[int, ...] = (6, 12, 32, 32)
 """Building blocks in DenseNet-169's four dense blocks."""
@@ -146,6 +146,11 @@ class DenseNet(nn.Module):
         backward pass of 32 chained concatenations made XLA's compile time grow with the
         square of the depth (DenseNet-169's train step took minutes to compile on CPU).
         """
+        if not train and graph_style.tracing_for_onnx():  # no in-place update in ONNX
+            for i in range(count):
+                y = self._conv_block(x, f"{name}_block{i + 1}", train)
+                x = jnp.concatenate([x, y], axis=-1)
+            return x
         channels = x.shape[-1]
         features = jnp.zeros((*x.shape[:-1], channels + count * GROWTH_RATE), x.dtype)
         features = features.at[..., :channels].set(x)

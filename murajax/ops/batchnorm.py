@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from murajax.ops import graph_style
 from murajax.ops.conv import resolve_conv_impl
 
 Array = jax.Array
@@ -65,7 +66,12 @@ def _pre_relu(x: Array, scale: Array, bias: Array, mean: Array, var: Array, epsi
 def normalize_relu(
     x: Array, scale: Array, bias: Array, mean: Array, var: Array, epsilon: float
 ) -> Array:
-    """relu((x - mean) / sqrt(var + eps) * scale + bias) in `x`'s dtype (float32 inside)."""
+    """relu((x - mean) / sqrt(var + eps) * scale + bias) in `x`'s dtype (float32 inside);
+    `x * a + b` while tracing for ONNX (`graph_style`)."""
+    if graph_style.tracing_for_onnx():
+        a = scale * jax.lax.rsqrt(var + epsilon)
+        y = x.astype(jnp.float32) * a + (bias - mean * a)
+        return jnp.maximum(y, 0.0).astype(x.dtype)
     return jnp.maximum(_pre_relu(x, scale, bias, mean, var, epsilon)[2], 0.0).astype(x.dtype)
 
 
