@@ -131,10 +131,11 @@ def choose_format(metadata: dict[str, Any], requested: str | None) -> str:
                 f" {', '.join(present)}; export it with --formats={requested}"
             )
         if not installed(RUNTIMES[requested]):
+            others = [f for f in present if f != requested]
+            instead = f", or use --format={others[0]}" if others else ""
             raise PackageError(
-                f"--format={requested} needs {RUNTIMES[requested]}, which is not"
-                f" installed: pip install {RUNTIMES[requested]}, or choose"
-                f" another --format ({', '.join(present)})"
+                f"--format={requested} needs {RUNTIMES[requested]}, which is not installed:"
+                f" pip install {RUNTIMES[requested]}{instead}"
             )
         return requested
     for name in present:
