@@ -1,0 +1,193 @@
+"""Operating points, calibration, conformal sets and referral (issue 23's statistics), on
+synthetic study scores whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from murajax import calibration, conformal, operating_points, referral
+from murajax.errors import ConfigError
+
+
+def synthetic(n: int, seed: int, temperature: float = 1.0):
+    """Labels and calibrated abnormal probabilities (labels drawn from the probabilities),
+    the probabilities then made over- (T < 1) or under-confident by `temperature`."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 2.0, n)
+    probs = 1 / (1 + np.exp(-logits))
+    labels = (rng.random(n) < probs).astype(np.int64)
+    shown = 1 / (1 + np.exp(-logits / temperature))
+    return labels, shown
+
+
+# --------------------------------------------------------------------------- operating points
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sensitivity=0.95", operating_points.OperatingPoint("sensitivity", 0.95)),
+        ("specificity=0.9", operating_points.OperatingPoint("specificity", 0.9)),
+        ("youden", operating_points.OperatingPoint("youden")),
+    ],
+)
+def test_operating_points_parse(text, expected):
+    assert operating_points.parse(text) == expected
+    assert operating_points.parse(text).name == text
+
+
+@pytest.mark.parametrize("text", ["sensitivity=1.5", "sensitivity=", "recall=0.9", "youden=1"])
+def test_bad_operating_points_are_named(text):
+    with pytest.raises(ConfigError, match=f"eval.operating_points: '{text}' is invalid"):
+        operating_points.parse(text)
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_a_sensitivity_point_is_the_highest_threshold_that_reaches_it(target):
+    labels, probs = synthetic(400, 1)
+    point = operating_points.OperatingPoint("sensitivity", target)
+    threshold = operating_points.choose_threshold(point, labels, probs)
+    assert (probs >= threshold)[labels == 1].mean() >= target
+    lowest_flagged = probs[(labels == 1) & (probs >= threshold)].min()
+    assert (probs > lowest_flagged)[labels == 1].mean() < target  # any higher misses more
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+def test_a_specificity_point_is_the_lowest_threshold_that_reaches_it(target):
+    labels, probs = synthetic(400, 2)
+    point = operating_points.OperatingPoint("specificity", target)
+    threshold = operating_points.choose_threshold(point, labels, probs)
+    assert (probs < threshold)[labels == 0].mean() >= target
+    highest_kept = probs[(labels == 0) & (probs < threshold)].max()
+    assert (probs < highest_kept)[labels == 0].mean() < target  # any lower flags more
+
+
+def test_scores_at_a_threshold_match_scikit_learn_and_have_intervals():
+    labels, probs = synthetic(300, 3)
+    out = operating_points.scores_at(labels, probs, 0.4, samples=300)
+    preds = probs >= 0.4
+    tn, fp, fn, tp = skm.confusion_matrix(labels, preds).ravel()
+    assert out["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert out["specificity"] == pytest.approx(tn / (tn + fp))
+    assert out["ppv"] == pytest.approx(tp / (tp + fp))
+    assert out["npv"] == pytest.approx(tn / (tn + fn))
+    assert out["kappa"] == pytest.approx(skm.cohen_kappa_score(labels, preds))
+    assert out["flagged"] == tp + fp and out["n"] == 300
+    for name in operating_points.SCORES:
+        low, high = out[f"{name}_ci"]
+        assert low <= out[name] <= high and low < high
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_ece_of_a_hand_worked_example():
+    labels = np.array([0, 1, 1, 1])
+    probs = np.array([0.05, 0.15, 0.95, 0.95])
+    # width bins: [0, 0.1): 1 case, p 0.05, y 0 -> 0.05; [0.1, 0.2): p 0.15, y 1 -> 0.85;
+    # [0.9, 1]: 2 cases, p 0.95, y 1 -> 0.05 each.  ECE = (0.05 + 0.85 + 2 * 0.05) / 4
+    assert calibration.ece(labels, probs) == pytest.approx(0.25)
+    # two equal-mass bins: {0.05, 0.15}: |0.5 - 0.1| = 0.4; {0.95, 0.95}: 0.05
+    assert calibration.ece(labels, probs, bins=2, strategy="mass") == pytest.approx(0.225)
+
+
+def test_temperature_scaling_finds_the_temperature_and_keeps_auroc():
+    labels, probs = synthetic(4000, 4, temperature=0.5)  # overconfident by 2x
+    fitted = calibration.fit_temperature(labels, probs)
+    assert fitted == pytest.approx(2.0, rel=0.1)
+    calibrated = calibration.apply_temperature(probs, fitted)
+    assert calibration.nll(labels, calibrated) < calibration.nll(labels, probs)
+    for strategy in calibration.STRATEGIES:
+        before = calibration.ece(labels, probs, strategy=strategy)
+        after = calibration.ece(labels, calibrated, strategy=strategy)
+        assert after < before / 2
+    assert skm.roc_auc_score(labels, calibrated) == skm.roc_auc_score(labels, probs)
+    np.testing.assert_allclose(calibration.apply_temperature(probs, 1.0), probs, atol=1e-12)
+
+
+def test_temperature_on_class_vectors_keeps_each_ranking():
+    rng = np.random.default_rng(5)
+    vectors = rng.dirichlet([0.5, 0.5, 0.5], size=200)
+    labels = rng.integers(0, 3, 200)
+    scaled = calibration.apply_temperature(vectors, 1.7)
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+    assert (np.argsort(scaled, axis=1) == np.argsort(vectors, axis=1)).all()
+    assert calibration.fit_temperature(labels[:1], vectors[:1]) == 1.0
+
+
+def test_ece_interval_holds_the_ece():
+    labels, probs = synthetic(500, 6, temperature=0.6)
+    value = calibration.ece(labels, probs, strategy="mass")
+    low, high = calibration.ece_interval(labels, probs, strategy="mass", samples=400)
+    assert low <= value <= high
+
+
+# --------------------------------------------------------------------------- conformal
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.10])
+def test_split_conformal_covers_one_minus_alpha_over_random_splits(alpha):
+    labels, probs = synthetic(1000, 7)
+    rng = np.random.default_rng(8)
+    coverages = []
+    for _ in range(300):
+        order = rng.permutation(len(labels))
+        cal, test = order[:300], order[300:]
+        q = conformal.calibrate(labels[cal], probs[cal], alpha)
+        sets = conformal.prediction_sets(probs[test], q)
+        coverages.append(conformal.coverage(labels[test], sets))
+    mean = float(np.mean(coverages))
+    # The guarantee: at least 1 - alpha on average, and at most 1 - alpha + 1 / (n + 1).
+    assert 1 - alpha - 0.005 <= mean <= 1 - alpha + 1 / 301 + 0.01
+
+
+def test_mondrian_covers_each_class_and_group():
+    rng = np.random.default_rng(9)
+    labels, probs = synthetic(3000, 10)
+    groups = rng.integers(0, 2, len(labels))
+    probs = np.where(groups == 1, np.clip(probs * 0.6, 0, 1), probs)  # group 1 miscalibrated
+    alpha, cells = 0.1, {(g, k): [] for g in range(2) for k in range(2)}
+    for _ in range(100):
+        order = rng.permutation(len(labels))
+        cal, test = order[:1500], order[1500:]
+        q = conformal.calibrate_mondrian(labels[cal], probs[cal], alpha, groups[cal], 2)
+        sets = conformal.prediction_sets(probs[test], q, groups[test])
+        for g, k in cells:
+            inside = test[(groups[test] == g) & (labels[test] == k)]
+            where = np.isin(test, inside)
+            cells[(g, k)].append(conformal.coverage(labels[inside], sets[where]))
+    for cell, values in cells.items():
+        assert np.mean(values) >= 1 - alpha - 0.01, cell
+
+
+def test_a_cell_too_small_keeps_every_class():
+    q = conformal.calibrate_mondrian(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9]), 0.1)
+    assert (q == math.inf).all()  # 2 scores per class cannot give a 90% quantile
+    sets = conformal.prediction_sets(np.array([0.5]), q)
+    assert sets.all() and conformal.size_shares(sets) == {0: 0.0, 1: 0.0, 2: 1.0}
+
+
+# --------------------------------------------------------------------------- referral
+
+
+def test_referral_keeps_the_certain_studies_and_nothing_referred_is_the_whole_split():
+    labels, probs = synthetic(600, 11)
+    curve = referral.referral_curve(labels, probs, 0.5, np.linspace(0, 0.5, 6))
+    assert curve["kept"][0] == 600 and curve["kept"][-1] == 300
+    assert curve["auroc"][0] == pytest.approx(skm.roc_auc_score(labels, probs))
+    assert curve["kappa"][0] == pytest.approx(skm.cohen_kappa_score(labels, probs >= 0.5))
+    assert curve["accuracy"][-1] > curve["accuracy"][0]  # the errors are the uncertain ones
+    assert curve["kappa"][-1] > curve["kappa"][0]
+
+
+def test_aurc_is_lower_when_errors_are_the_uncertain_ones():
+    labels, probs = synthetic(600, 12)
+    honest = referral.aurc(labels, probs, 0.5)
+    rng = np.random.default_rng(13)
+    wrong = (probs >= 0.5) != labels
+    # The same predictions, with the errors' confidence swapped for random certainty.
+    shuffled = np.where(wrong, np.where(probs >= 0.5, 0.99, 0.01), probs)
+    assert referral.aurc(labels, shuffled, 0.5) > honest
+    assert 0 <= honest <= np.mean(wrong) and rng is not None
