@@ -355,6 +355,12 @@ class EvalConfig:
     # Cohen's kappa: "none" (unweighted, the MURA paper's) or "quadratic" / "linear" for
     # ordinal labels (classes in the dataset's label order).
     kappa_weights: str = "none"
+    # metrics.json's `triage` section (murajax.triage), chosen on the holdout: operating points
+    # ("sensitivity=0.95", "specificity=0.90", "youden"), "temperature" scaling of the
+    # probabilities, and split-conformal sets at these alphas (e.g. (0.05, 0.10)).
+    operating_points: tuple[str, ...] = ()
+    calibration: str = "none"
+    conformal_alphas: tuple[float, ...] = ()
     splits: tuple[str, ...] = ("validation",)  # evaluated at the end of training
     checkpoint: str = "best"  # which checkpoint the final evaluation uses
 

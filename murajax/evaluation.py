@@ -28,6 +28,7 @@ test set, never picks its own threshold.
 """
 
 import csv
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from murajax import data, files, metrics, multiclass_metrics
+from murajax import data, files, metrics, multiclass_metrics, triage
 from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
 from murajax.data import DatasetSpec, ModelInputs
@@ -159,6 +160,7 @@ def resolve_threshold(
 def check_dataset(config: Config, dataset: DatasetSpec) -> None:
     """Raises a one-line `ConfigError` for `eval` fields that `dataset` cannot use: a
     Youden threshold on more than two classes (they predict the most probable class)."""
+    triage.check_dataset(config, dataset)
     if not dataset.binary and config.eval.threshold_method != "fixed":
         raise ConfigError(
             f"config.eval.threshold_method={config.eval.threshold_method!r} is invalid for"
@@ -322,6 +324,7 @@ def write_evaluation(
     plots: bool = True,
     model: ModelInputs | None = None,
     dataset: DatasetSpec | None = None,
+    holdout: Callable[[], Predictions] | None = None,
 ) -> dict[str, Any]:
     """Scores image-level `predictions` of `split` and writes `eval/<split>/` (process 0).
 
@@ -332,14 +335,17 @@ def write_evaluation(
     raises (pass `choose_threshold(config, holdout_predictions)`). `writer`: a
     `writers.MetricWriter` that also logs the study-level scalars to `metrics.jsonl`.
     `model`: the `ModelSpec` that predicted (None: an image model); `dataset`: the
-    `DatasetSpec` of the labels and groups (None: `default_dataset`). Returns the
-    `metrics.json` body.
+    `DatasetSpec` of the labels and groups (None: `default_dataset`). `holdout()` gives the
+    holdout's predictions when the config asks for the `triage` section (`murajax.triage`;
+    on the holdout split its own). Returns the `metrics.json` body.
     """
     state = check_finite(EvalState.from_dict(predictions), split)
     dataset = dataset or default_dataset(state)
     if threshold is None:
         threshold = resolve_threshold(config, split, predictions=state)
     body = metrics_body(config, split, state, step, threshold, model, dataset)
+    if triage.wanted(config):
+        body["triage"] = triage_of(config, split, state, holdout, threshold, dataset)
     if jax.process_index() != 0:
         return body
     out = workdir_lib.eval_dir(workdir, split)
@@ -354,6 +360,27 @@ def write_evaluation(
         scalars = {k: v for k, v in body["study"].items() if _scalar(v)}
         writer.write(step, split, {**scalars, "threshold": threshold})
     return body
+
+
+def triage_of(
+    config: Config,
+    split: str,
+    state: EvalState,
+    holdout: Callable[[], Predictions] | None,
+    threshold: float,
+    dataset: DatasetSpec,
+) -> dict[str, Any]:
+    """The `triage` section of `split`'s predictions, chosen on the holdout's."""
+    if split == "holdout":
+        chosen_on = state
+    elif holdout is None:
+        raise ValueError(f"the triage section of {split!r} is chosen on the holdout: pass holdout=")
+    else:
+        chosen_on = EvalState.from_dict(holdout())
+    aggregation = config.eval.aggregation
+    return triage.triage_section(
+        config, chosen_on.studies(aggregation), state.studies(aggregation), threshold, dataset
+    )
 
 
 def evaluate_and_write(
@@ -373,13 +400,9 @@ def evaluate_and_write(
     `eval/<split>/` (see `write_evaluation`). With `threshold_method='youden'` and no
     `threshold`, the threshold is chosen on the holdout predictions of `state`."""
     predictions = predict_state(config, state, eval_fn, split, model)
+    holdout = functools.cache(lambda: predict_state(config, state, eval_fn, "holdout", model))
     if threshold is None:
-        threshold = resolve_threshold(
-            config,
-            split,
-            predictions=predictions,
-            holdout=lambda: predict_state(config, state, eval_fn, "holdout", model),
-        )
+        threshold = resolve_threshold(config, split, predictions=predictions, holdout=holdout)
     return write_evaluation(
         config,
         workdir,
@@ -390,6 +413,7 @@ def evaluate_and_write(
         writer=writer,
         model=model,
         dataset=dataset,
+        holdout=holdout,
     )
 
 

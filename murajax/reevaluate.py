@@ -8,6 +8,7 @@ ensemble's image probability is the mean of its members' (one pass over the data
 paper's final model averages the 5 checkpoints with the best holdout kappa).
 """
 
+import functools
 import os
 from typing import Any
 
@@ -68,8 +69,9 @@ def _reevaluate(
         print(f"[murajax] note: {loaded.note}")
     config = loaded.config
     predictions = predict_images(loaded, split)
+    holdout = functools.cache(lambda: predict_images(loaded, "holdout"))
     threshold = evaluation.resolve_threshold(
-        config, split, predictions=predictions, holdout=lambda: predict_images(loaded, "holdout")
+        config, split, predictions=predictions, holdout=holdout
     )
     body = evaluation.write_evaluation(
         config,
@@ -81,6 +83,7 @@ def _reevaluate(
         plots=plots,
         model=loaded.spec,
         dataset=loaded.dataset,
+        holdout=holdout,
     )
     body.update(steps=list(loaded.steps), checkpoint=checkpoint, ensemble=len(loaded.steps))
     if loaded.note:

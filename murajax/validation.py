@@ -9,7 +9,18 @@ optimisers `murajax.optim`, the models their registry and freezing, the devices
 import the ones above it.
 """
 
-from murajax import evaluation, freeze, losses, metrics, models, nonfinite, ops, optim, parallel
+from murajax import (
+    evaluation,
+    freeze,
+    losses,
+    metrics,
+    models,
+    nonfinite,
+    ops,
+    optim,
+    parallel,
+    triage,
+)
 from murajax import workdir as workdir_lib
 from murajax.config import Config, check_choice, check_fields
 from murajax.data import cache, preprocess
@@ -49,6 +60,7 @@ def validate(config: Config) -> Config:
     for i, split in enumerate(e.splits):
         check_choice(f"eval.splits[{i}]", split, evaluation.EVAL_SPLITS)
     check_choice("eval.checkpoint", e.checkpoint, workdir_lib.CHECKPOINT_SELECTIONS)
+    triage.check_config(config)
     return config
 
 

@@ -191,3 +191,74 @@ def test_aurc_is_lower_when_errors_are_the_uncertain_ones():
     shuffled = np.where(wrong, np.where(probs >= 0.5, 0.99, 0.01), probs)
     assert referral.aurc(labels, shuffled, 0.5) > honest
     assert 0 <= honest <= np.mean(wrong) and rng is not None
+
+
+# --------------------------------------------------------------------------- in metrics.json
+
+
+def test_a_run_and_its_reevaluation_write_the_triage_section(data_dir, tmp_path):
+    import json
+    import os
+
+    from murajax import reevaluate, train
+    from murajax import workdir as workdir_lib
+    from tests.trivial_mura import trivial_config
+
+    config = trivial_config(data_dir)
+    config.eval.operating_points = ("sensitivity=0.9", "specificity=0.9", "youden")
+    config.eval.calibration = "temperature"
+    config.eval.conformal_alphas = (0.1,)
+    config.eval.bootstrap_samples = 50
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
+        section = json.load(f)["triage"]
+    assert section["chosen_on"] == "holdout"
+    assert section["calibration"]["method"] == "temperature"
+    assert 0.05 <= section["calibration"]["temperature"] <= 20
+    assert set(section["calibration"]["after"]) == {
+        "ece_width",
+        "ece_width_ci",
+        "ece_mass",
+        "ece_mass_ci",
+    }
+    points = section["operating_points"]
+    assert list(points) == ["sensitivity=0.9", "specificity=0.9", "youden"]
+    for scores in points.values():
+        assert scores["n"] == 16 and 0 <= scores["flagged"] <= 16
+        assert set(scores["by_group"]) <= {
+            "XR_ELBOW",
+            "XR_FINGER",
+            "XR_FOREARM",
+            "XR_HAND",
+            "XR_HUMERUS",
+            "XR_SHOULDER",
+            "XR_WRIST",
+        }
+    conformal_10 = section["conformal"]["0.1"]
+    assert 0 <= conformal_10["split"]["coverage"] <= 1
+    assert sum(conformal_10["mondrian"]["set_sizes"].values()) == pytest.approx(1)
+    referral_curve = section["referral"]
+    assert referral_curve["kept"][0] == 16 and referral_curve["referred"][-1] == 0.5
+    assert referral_curve["reference_kappa"] == 0.705
+    body = reevaluate.reevaluate(workdir, "validation", plots=False)
+    assert workdir_lib.json_safe(body["triage"]["operating_points"]) == points
+
+
+def test_the_triage_fields_are_checked_and_need_two_classes():
+    from murajax import evaluation, validation
+    from murajax.config import Config
+    from murajax.data import DatasetSpec
+
+    config = Config()
+    config.eval.calibration = "platt"
+    with pytest.raises(ConfigError, match="config.eval.calibration='platt' is invalid"):
+        validation.validate(config)
+    config.eval.calibration = "none"
+    config.eval.conformal_alphas = (1.5,)
+    with pytest.raises(ConfigError, match="conformal_alphas: 1.5 is invalid"):
+        validation.validate(config)
+    config.eval.conformal_alphas = (0.1,)
+    three = DatasetSpec("chest", ("normal", "opacity", "effusion"))
+    with pytest.raises(ConfigError, match="are for two classes: dataset 'chest' has 3"):
+        evaluation.check_dataset(config, three)
