@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from murajax import calibration as calibration_lib
 from murajax import data, files, metrics, multiclass_metrics, triage
 from murajax import workdir as workdir_lib
 from murajax.config import Config, ConfigError
@@ -516,6 +517,15 @@ def write_plots(
             title=f"Study kappa by {dataset.group_feature.replace('_', ' ')} ({split})",
         )
     files_by_name = workdir_lib.plot_files(dataset.group_feature, binary=not state.multiclass)
+    if "triage" in body:
+        files_by_name["referral"] = workdir_lib.REFERRAL_PLOT
+        jobs["referral"] = lambda p: _plots().referral(
+            body["triage"]["referral"],
+            p,
+            title=f"Referral ({split})",
+            reference=dataset.reference_kappa.get("overall"),
+            reference_label=dataset.reference_label.split(" (")[0],
+        )
     written = {}
     for name, job in jobs.items():
         path = os.path.join(directory, files_by_name[name])
@@ -547,8 +557,20 @@ def _binary_plot_jobs(
             curves[name] = (studies["label"][rows], studies["prob"][rows])
     image_curve = {"images": (state.label, state.prob)}
     split = body["split"]
+    section = body.get("triage", {})
+    points = {
+        name: (1.0 - scores["specificity"], scores["sensitivity"])
+        for name, scores in section.get("operating_points", {}).items()
+    }
+    reliability = {"studies": curves["overall"], **image_curve}
+    temperature = section.get("calibration", {}).get("temperature")
+    if temperature is not None:
+        calibrated = calibration_lib.apply_temperature(studies["prob"], temperature)
+        reliability[f"studies, temperature {temperature:.2f}"] = (studies["label"], calibrated)
     return {
-        "roc": lambda p: plots.roc_curves(curves, p, title=f"ROC, studies ({split})"),
+        "roc": lambda p: plots.roc_curves(
+            curves, p, title=f"ROC, studies ({split})", points=points
+        ),
         "confusion_matrix": lambda p: plots.confusion_matrix(
             studies["label"],
             studies["pred"],
@@ -557,7 +579,7 @@ def _binary_plot_jobs(
             class_names=dataset.label_names,
         ),
         "calibration": lambda p: plots.calibration(
-            {"studies": curves["overall"], **image_curve},
+            reliability,
             p,
             title=f"Calibration ({split})",
             positive=dataset.label_names[1],

@@ -32,11 +32,16 @@ def _short(name: str) -> str:
 
 
 def roc_curves(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str, *, title: str = "ROC"
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str,
+    *,
+    title: str = "ROC",
+    points: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """ROC curves of `{name: (labels, probs)}`, AUROC in the legend; 'overall' drawn bold.
 
-    Curves without both classes are listed in the legend as undefined.
+    Curves without both classes are listed in the legend as undefined. `points` marks
+    operating points, `{name: (1 - specificity, sensitivity)}`, on the overall curve.
     """
     figure = Figure(figsize=(6.5, 6))
     ax = figure.subplots()
@@ -51,6 +56,17 @@ def roc_curves(
         fpr, tpr, _ = skm.roc_curve(labels, probs)
         auroc = skm.roc_auc_score(labels, probs)
         ax.plot(fpr, tpr, label=f"{_short(name)}: AUROC {auroc:.3f} (n={len(labels)})", **style)
+    markers = iter("os^Dvp*")
+    for name, (fpr_point, tpr_point) in (points or {}).items():
+        ax.plot(
+            [fpr_point],
+            [tpr_point],
+            linestyle="none",
+            marker=next(markers, "o"),
+            markersize=9,
+            markeredgecolor="black",
+            label=f"{name}: sens {tpr_point:.2f}, spec {1 - fpr_point:.2f}",
+        )
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title=title)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
@@ -115,6 +131,44 @@ def calibration(
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
     ax.legend(loc="upper left", fontsize=8)
+    return _save(figure, path)
+
+
+def referral(
+    curve: Mapping[str, Sequence[float]],
+    path: str,
+    *,
+    title: str = "Referral",
+    reference: float | None = None,
+    reference_label: str = "",
+) -> str:
+    """Kappa, accuracy and AUROC of the studies kept against the share referred to a reader
+    (`murajax.referral.referral_curve`), with a reference kappa as a dashed line."""
+    figure = Figure(figsize=(6.5, 4.5))
+    ax = figure.subplots()
+    referred = 100 * np.asarray(curve["referred"], np.float64)
+    for key, style in (("kappa", "o-"), ("accuracy", "s-"), ("auroc", "^-")):
+        ax.plot(
+            referred, np.asarray(curve[key], np.float64), style, label=key.replace("auroc", "AUROC")
+        )
+    if reference is not None:
+        ax.axhline(
+            reference,
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+            label=f"reference kappa {reference:.3f}"
+            + (f" ({reference_label})" if reference_label else ""),
+        )
+    ax.set(
+        xlabel="studies referred to a reader (%, the least certain first)",
+        ylabel="score of the studies kept",
+        title=title,
+    )
+    ax.set_xlim(0, max(referred.max(initial=0), 1))
+    ax.set_ylim(min(0, np.nanmin(np.asarray(curve["kappa"], np.float64), initial=0)), 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
 
 

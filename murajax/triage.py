@@ -152,10 +152,15 @@ def triage_section(
         section["conformal"] = _conformal(
             config, holdout, holdout_probs, split, split_probs, dataset, groups
         )
-    curve = referral.referral_curve(split["label"], split_probs, threshold, REFERRAL_FRACTIONS)
+    # The decision threshold on the section's probabilities (temperature scaling moves it).
+    decision = float(
+        calibration.apply_temperature(np.array([threshold]), report.get("temperature", 1.0))[0]
+    )
+    curve = referral.referral_curve(split["label"], split_probs, decision, REFERRAL_FRACTIONS)
     section["referral"] = {
         **curve,
-        "aurc": referral.aurc(split["label"], split_probs, threshold),
+        "threshold": decision,
+        "aurc": referral.aurc(split["label"], split_probs, decision),
         "reference_kappa": dataset.reference_kappa.get("overall"),
         "reference": dataset.reference_label or None,
     }

@@ -59,6 +59,7 @@ PLOT_FILES = {
     "kappa_by_body_part": "kappa_by_body_part.png",
 }
 """The plots of a binary evaluation grouped by body part (MURA's); see `plot_files`."""
+REFERRAL_PLOT = "referral.png"  # with metrics.json's `triage` section (murajax.triage)
 REPORT_FILE = "report.md"
 REPORT_ASSETS_DIR = "report"  # the report's own images, next to report.md
 EXAMPLES_FILE = "examples.png"

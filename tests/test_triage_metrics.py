@@ -241,6 +241,12 @@ def test_a_run_and_its_reevaluation_write_the_triage_section(data_dir, tmp_path)
     referral_curve = section["referral"]
     assert referral_curve["kept"][0] == 16 and referral_curve["referred"][-1] == 0.5
     assert referral_curve["reference_kappa"] == 0.705
+    assert referral_curve["threshold"] == pytest.approx(0.5)  # temperature keeps 0.5 at 0.5
+    plots = os.listdir(os.path.join(workdir, "eval", "validation"))
+    assert "referral.png" in plots and "roc.png" in plots
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "| sensitivity=0.9 |" in report and "Conformal sets at alpha 0.1: coverage" in report
+    assert "referral.png)" in report
     body = reevaluate.reevaluate(workdir, "validation", plots=False)
     assert workdir_lib.json_safe(body["triage"]["operating_points"]) == points
 

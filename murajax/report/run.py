@@ -33,6 +33,7 @@ PLOT_TITLES = {
     "confusion_matrix": "Confusion matrix (studies)",
     "calibration": "Calibration",
     "kappa_by_group": "Kappa by {group}",
+    "referral": "Referral",
 }
 
 
@@ -290,6 +291,84 @@ def levels_table(body: Mapping[str, Any]) -> str:
     return table(["Level", "n"] + [n.capitalize() for n in names], rows)
 
 
+def _with_ci(scores: Mapping[str, Any], name: str) -> str:
+    return format_score(scores.get(name), scores.get(f"{name}_ci"))
+
+
+def triage_tables(section: Mapping[str, Any]) -> str:
+    """metrics.json's `triage` section (`murajax.triage`) as Markdown: the operating points,
+    calibration, conformal coverage and referral, each chosen on the holdout."""
+    lines = ["#### Operating points, calibration, conformal sets, referral (chosen on holdout)", ""]
+    cal = section.get("calibration", {})
+    if "temperature" in cal:
+        before, after = cal.get("before", {}), cal.get("after", {})
+        lines += [
+            f"Temperature scaling: T = {format_score(cal['temperature'])}; ECE (equal width)"
+            f" {_with_ci(before, 'ece_width')} before, {_with_ci(after, 'ece_width')} after;"
+            f" equal mass {_with_ci(before, 'ece_mass')} before,"
+            f" {_with_ci(after, 'ece_mass')} after. The scores below use calibrated values.",
+            "",
+        ]
+    else:
+        before = cal.get("before", {})
+        lines += [
+            f"ECE: equal width {_with_ci(before, 'ece_width')}, equal mass"
+            f" {_with_ci(before, 'ece_mass')}.",
+            "",
+        ]
+    points = section.get("operating_points", {})
+    if points:
+        names = ("sensitivity", "specificity", "ppv", "npv", "kappa")
+        rows = [
+            [
+                name,
+                format_score(p["threshold"]),
+                *(_with_ci(p, n) for n in names),
+                f"{int(p['flagged'])} / {p['n']}",
+            ]
+            for name, p in points.items()
+        ]
+        lines += [
+            table(
+                [
+                    "Operating point",
+                    "Threshold",
+                    "Sensitivity",
+                    "Specificity",
+                    "PPV",
+                    "NPV",
+                    "Kappa",
+                    "Flagged",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    for alpha, entry in section.get("conformal", {}).items():
+        sizes, covered = entry["split"]["set_sizes"], entry["split"]["coverage"]
+        lines.append(
+            f"- Conformal sets at alpha {alpha}: coverage {format_score(covered)}"
+            f" (Mondrian {format_score(entry['mondrian']['coverage'])}); one label for"
+            f" {float(sizes.get('1', sizes.get(1, 0))):.0%} of studies, both for"
+            f" {float(sizes.get('2', sizes.get(2, 0))):.0%}"
+            + (
+                f", none for {empty:.0%}"
+                if (empty := float(sizes.get("0", sizes.get(0, 0))))
+                else ""
+            )
+            + "."
+        )
+    referral_curve = section.get("referral", {})
+    if referral_curve:
+        kept = dict(zip(referral_curve["referred"], referral_curve["kappa"], strict=False))
+        lines.append(
+            f"- Referral: kappa {format_score(kept.get(0.0))} with none referred,"
+            f" {format_score(kept.get(0.1))} at 10%, {format_score(kept.get(0.2))} at 20%;"
+            f" area under the risk-coverage curve {format_score(referral_curve.get('aurc'))}."
+        )
+    return "\n".join(lines)
+
+
 def results_section(
     workdir: str, evaluations: Mapping[str, Mapping[str, Any]], dataset: DatasetSpec
 ) -> str:
@@ -332,8 +411,12 @@ def results_section(
             levels_table(body),
             "",
         ]
+        if "triage" in body:
+            lines += [triage_tables(body["triage"]), ""]
         directory = workdir_lib.eval_dir(workdir, split)
         plot_files = workdir_lib.plot_files(dataset.group_feature, binary=not multiclass)
+        if "triage" in body:
+            plot_files["referral"] = workdir_lib.REFERRAL_PLOT
         files = [
             (
                 title.format(group=group_title(dataset).lower()),
