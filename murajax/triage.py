@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from murajax import calibration, conformal, operating_points, referral
+from murajax import calibration, conformal, metrics, operating_points, referral
 from murajax.config import Config, ConfigError
 from murajax.data import DatasetSpec
 
@@ -65,8 +65,22 @@ def _groups(dataset: DatasetSpec, studies: Studies) -> dict[str, np.ndarray]:
     return {dataset.group_name(int(g)): groups == g for g in np.unique(groups)}
 
 
-def _calibration(holdout: Studies, split: Studies, method: str, samples: int, rng) -> tuple:
-    """(the split's probabilities to use, the holdout's, the calibration report)."""
+def _ece_report(labels: np.ndarray, probs: np.ndarray, samples: int, rng) -> dict[str, Any]:
+    """ECE with equal-width and equal-mass bins, each with its bootstrap interval."""
+    report: dict[str, Any] = {}
+    for strategy in calibration.STRATEGIES:
+        key = f"ece_{strategy}"
+        report[key] = calibration.ece(labels, probs, strategy=strategy)
+        interval = calibration.ece_interval(
+            labels, probs, strategy=strategy, samples=samples, rng=rng
+        )
+        report[f"{key}_ci"] = list(interval)
+    return report
+
+
+def _calibration(holdout, split, groups, method: str, samples: int, rng) -> tuple:
+    """(the split's probabilities to use, the holdout's, the calibration report: ECE before
+    and, with a method, after, overall and per group)."""
     report: dict[str, Any] = {"method": method}
     temperature = 1.0
     if method == "temperature":
@@ -74,19 +88,13 @@ def _calibration(holdout: Studies, split: Studies, method: str, samples: int, rn
         report["temperature"] = temperature
     split_probs = calibration.apply_temperature(split["prob"], temperature)
     holdout_probs = calibration.apply_temperature(holdout["prob"], temperature)
-    for name, probs in (("before", split["prob"]), ("after", split_probs)):
-        if name == "after" and method == "none":
-            continue
-        for strategy in calibration.STRATEGIES:
-            key = f"ece_{strategy}"
-            report.setdefault(name, {})[key] = calibration.ece(
-                split["label"], probs, strategy=strategy
-            )
-            report[name][f"{key}_ci"] = list(
-                calibration.ece_interval(
-                    split["label"], probs, strategy=strategy, samples=samples, rng=rng
-                )
-            )
+    stages = [("before", split["prob"])] + ([("after", split_probs)] if method != "none" else [])
+    for name, probs in stages:
+        report[name] = _ece_report(split["label"], probs, samples, rng)
+        report[name]["by_group"] = {
+            g: _ece_report(split["label"][mask], probs[mask], samples, rng)
+            for g, mask in groups.items()
+        }
     return split_probs, holdout_probs, report
 
 
@@ -108,7 +116,19 @@ def _operating_points(config, holdout, holdout_probs, split, split_probs, groups
     return points
 
 
-def _conformal(config, holdout, holdout_probs, split, split_probs, dataset, groups):
+def _coverage_report(labels: np.ndarray, sets: np.ndarray, samples: int, rng) -> dict[str, Any]:
+    """Coverage with its bootstrap interval over studies, and the share of each set size."""
+    hits = sets[np.arange(len(labels)), np.asarray(labels).astype(np.int64)].astype(np.float64)
+    counts = metrics.bootstrap_counts(len(hits), samples, rng).astype(np.float64)
+    resampled = counts @ hits / max(len(hits), 1)
+    return {
+        "coverage": conformal.coverage(labels, sets),
+        "coverage_ci": list(metrics.percentile_interval(resampled)),
+        "set_sizes": conformal.size_shares(sets),
+    }
+
+
+def _conformal(config, holdout, holdout_probs, split, split_probs, dataset, groups, samples, rng):
     out = {}
     num_groups = max(len(dataset.group_names), 1)
     for alpha in config.eval.conformal_alphas:
@@ -121,13 +141,10 @@ def _conformal(config, holdout, holdout_probs, split, split_probs, dataset, grou
             ("split", conformal.prediction_sets(split_probs, q)),
             ("mondrian", conformal.prediction_sets(split_probs, table, split["group"])),
         ):
-            entry[name] = {
-                "coverage": conformal.coverage(split["label"], sets),
-                "set_sizes": conformal.size_shares(sets),
-                "by_group": {
-                    g: conformal.coverage(split["label"][mask], sets[mask])
-                    for g, mask in groups.items()
-                },
+            entry[name] = _coverage_report(split["label"], sets, samples, rng)
+            entry[name]["by_group"] = {
+                g: _coverage_report(split["label"][mask], sets[mask], samples, rng)
+                for g, mask in groups.items()
             }
         out[f"{float(alpha):g}"] = entry
     return out
@@ -142,7 +159,9 @@ def triage_section(
     rng = np.random.default_rng(config.seed)
     samples = e.bootstrap_samples
     groups = _groups(dataset, split)
-    split_probs, holdout_probs, report = _calibration(holdout, split, e.calibration, samples, rng)
+    split_probs, holdout_probs, report = _calibration(
+        holdout, split, groups, e.calibration, samples, rng
+    )
     section: dict[str, Any] = {"chosen_on": "holdout", "calibration": report}
     if e.operating_points:
         section["operating_points"] = _operating_points(
@@ -150,7 +169,7 @@ def triage_section(
         )
     if e.conformal_alphas:
         section["conformal"] = _conformal(
-            config, holdout, holdout_probs, split, split_probs, dataset, groups
+            config, holdout, holdout_probs, split, split_probs, dataset, groups, samples, rng
         )
     # The decision threshold on the section's probabilities (temperature scaling moves it).
     decision = float(

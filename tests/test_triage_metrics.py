@@ -216,12 +216,9 @@ def test_a_run_and_its_reevaluation_write_the_triage_section(data_dir, tmp_path)
     assert section["chosen_on"] == "holdout"
     assert section["calibration"]["method"] == "temperature"
     assert 0.05 <= section["calibration"]["temperature"] <= 20
-    assert set(section["calibration"]["after"]) == {
-        "ece_width",
-        "ece_width_ci",
-        "ece_mass",
-        "ece_mass_ci",
-    }
+    after = section["calibration"]["after"]
+    assert set(after) == {"ece_width", "ece_width_ci", "ece_mass", "ece_mass_ci", "by_group"}
+    assert set(after["by_group"]["XR_WRIST"]) == set(after) - {"by_group"}
     points = section["operating_points"]
     assert list(points) == ["sensitivity=0.9", "specificity=0.9", "youden"]
     for scores in points.values():
@@ -238,6 +235,10 @@ def test_a_run_and_its_reevaluation_write_the_triage_section(data_dir, tmp_path)
     conformal_10 = section["conformal"]["0.1"]
     assert 0 <= conformal_10["split"]["coverage"] <= 1
     assert sum(conformal_10["mondrian"]["set_sizes"].values()) == pytest.approx(1)
+    low, high = conformal_10["split"]["coverage_ci"]
+    assert low <= conformal_10["split"]["coverage"] <= high
+    wrist = conformal_10["mondrian"]["by_group"]["XR_WRIST"]
+    assert sum(wrist["set_sizes"].values()) == pytest.approx(1) and "coverage_ci" in wrist
     referral_curve = section["referral"]
     assert referral_curve["kept"][0] == 16 and referral_curve["referred"][-1] == 0.5
     assert referral_curve["reference_kappa"] == 0.705
