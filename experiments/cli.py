@@ -28,6 +28,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def define_checkpoint_flags(*, ensemble: bool = True) -> None:
+    """Defines `--checkpoint` (which checkpoint of a workdir) and, with `ensemble`,
+    `--ensemble` (the mean of the K best): `evaluate`, `export` and `predict` share them."""
+    flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
+    if ensemble:
+        flags.DEFINE_integer(
+            "ensemble", 1, "Average the K checkpoints with the best holdout kappa.", lower_bound=1
+        )
+
+
 def define_compilation_cache_flag() -> None:
     """Defines `--compilation_cache` (once per process, so that programs can share it)."""
     if COMPILATION_CACHE_FLAG not in flags.FLAGS:

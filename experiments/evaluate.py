@@ -24,10 +24,7 @@ def define_flags() -> None:
     defines none, so that it can be imported beside other commands)."""
     flags.DEFINE_string("workdir", None, "A training run's directory.")
     flags.DEFINE_string("split", "validation", "Split to evaluate: validation, holdout.")
-    flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
-    flags.DEFINE_integer(
-        "ensemble", 1, "Average the K checkpoints with the best holdout kappa.", lower_bound=1
-    )
+    cli.define_checkpoint_flags()
     cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["workdir"])
 

@@ -30,10 +30,7 @@ def define_flags() -> None:
     """Defines the command's flags (only when run as a program)."""
     flags.DEFINE_string("workdir", None, "A training run's directory.")
     flags.DEFINE_string("output", None, "The package folder to create (new or empty).")
-    flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
-    flags.DEFINE_integer(
-        "ensemble", 1, "Average the K checkpoints with the best holdout kappa.", lower_bound=1
-    )
+    cli.define_checkpoint_flags()
     flags.DEFINE_string(
         "formats", None, "stablehlo, onnx or both (default: both where the export extra is)."
     )

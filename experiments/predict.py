@@ -39,7 +39,7 @@ def define_flags() -> None:
     flags.DEFINE_list("input", None, "Image folders and/or files (comma-separated).")
     flags.DEFINE_string("output", None, "The CSV to write (one row per study).")
     flags.DEFINE_string("heatmaps", None, "Folder for Grad-CAM overlays (optional).")
-    flags.DEFINE_string("checkpoint", "best", "'best' (holdout kappa), 'latest' or a step number.")
+    cli.define_checkpoint_flags(ensemble=False)
     cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["input", "output"])
 
