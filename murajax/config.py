@@ -356,11 +356,29 @@ class EvalConfig:
     # ordinal labels (classes in the dataset's label order).
     kappa_weights: str = "none"
     # metrics.json's `triage` section (murajax.triage), chosen on the holdout: operating points
-    # ("sensitivity=0.95", "specificity=0.90", "youden"), "temperature" scaling of the
-    # probabilities, and split-conformal sets at these alphas (e.g. (0.05, 0.10)).
-    operating_points: tuple[str, ...] = ()
+    # (binary datasets), "temperature" scaling of the probabilities (every score then uses
+    # the calibrated ones), and split-conformal sets at these alphas.
+    operating_points: tuple[str, ...] = (
+        "sensitivity=0.95",
+        "sensitivity=0.90",
+        "specificity=0.90",
+        "youden",
+    )
     calibration: str = "none"
-    conformal_alphas: tuple[float, ...] = ()
+    conformal_alphas: tuple[float, ...] = (0.05, 0.10)
+    # The share of the least certain studies referred to a reader in predictions.csv and the
+    # study browser (the referral curve covers 0-50%).
+    referral_fraction: float = 0.1
+    # Attributions (murajax.attribution_maps): the methods drawn in the study browser and the
+    # report ("gradcam", "ig", "occlusion"); integrated gradients' path steps and baseline;
+    # occlusion's square patch and stride in pixels of the model's input.
+    attributions: tuple[str, ...] = ("gradcam",)
+    ig_steps: int = 32
+    ig_baseline: str = "black"
+    occlusion_patch: int = 32
+    occlusion_stride: int = 16
+    # The study browser (murajax.browser), eval/<split>/browser/index.html.
+    browser: bool = True
     splits: tuple[str, ...] = ("validation",)  # evaluated at the end of training
     checkpoint: str = "best"  # which checkpoint the final evaluation uses
 
@@ -381,6 +399,12 @@ class Config:
 
 KAPPA_WEIGHTS: tuple[str, ...] = ("none", "linear", "quadratic")
 """`eval.kappa_weights`: Cohen's kappa unweighted, or weighted for ordinal labels."""
+
+
+ATTRIBUTION_METHODS: tuple[str, ...] = ("gradcam", "ig", "occlusion")
+"""`eval.attributions`: Grad-CAM, integrated gradients, occlusion (murajax.attribution_maps)."""
+IG_BASELINES: tuple[str, ...] = ("black", "mean")
+"""`eval.ig_baseline` (also occlusion's fill): a black image, or each image's mean."""
 
 
 def invalid(field: str, value: Any, valid: str) -> ConfigError:
@@ -546,6 +570,12 @@ def check_fields(config: Config) -> Config:
     check_at_least("eval.bootstrap_samples", e.bootstrap_samples, 0)
     check_range("eval.confidence", e.confidence, 0.5, 1.0, closed=False)
     check_choice("eval.kappa_weights", e.kappa_weights, KAPPA_WEIGHTS)
+    for method in e.attributions:
+        check_choice("eval.attributions", method, ATTRIBUTION_METHODS)
+    check_at_least("eval.ig_steps", e.ig_steps, 1)
+    check_choice("eval.ig_baseline", e.ig_baseline, IG_BASELINES)
+    check_at_least("eval.occlusion_patch", e.occlusion_patch, 1)
+    check_at_least("eval.occlusion_stride", e.occlusion_stride, 1)
     return config
 
 

@@ -28,6 +28,7 @@ test set, never picks its own threshold.
 """
 
 import csv
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -161,7 +162,6 @@ def resolve_threshold(
 def check_dataset(config: Config, dataset: DatasetSpec) -> None:
     """Raises a one-line `ConfigError` for `eval` fields that `dataset` cannot use: a
     Youden threshold on more than two classes (they predict the most probable class)."""
-    triage.check_dataset(config, dataset)
     if not dataset.binary and config.eval.threshold_method != "fixed":
         raise ConfigError(
             f"config.eval.threshold_method={config.eval.threshold_method!r} is invalid for"
@@ -223,16 +223,19 @@ def _image_accuracy(predictions: EvalState, threshold: float) -> float:
     return float(np.mean(metrics.predict(predictions.prob, threshold) == predictions.label))
 
 
-def _scores(config: Config, state: EvalState, threshold: float, dataset: DatasetSpec) -> dict:
+def _scores(
+    config: Config, state: EvalState, threshold: float, dataset: DatasetSpec, temperature: float
+) -> dict:
     """The scores part of `metrics.json`: binary (`murajax.metrics`) or multi-class
     (`murajax.multiclass_metrics`), the per-group part under the dataset's key (MURA's
-    `by_body_part`; none without groups)."""
+    `by_body_part`; none without groups); of probabilities scaled by `temperature`."""
     e = config.eval
     options = {
         "aggregation": e.aggregation,
         "bootstrap_samples": e.bootstrap_samples,
         "confidence": e.confidence,
         "seed": config.seed,
+        "calibrate": triage.calibrator(temperature),
     }
     if state.multiclass:
         scores, _ = multiclass_metrics.evaluate_predictions(
@@ -273,14 +276,18 @@ def metrics_body(
     threshold: float,
     model: ModelInputs | None = None,
     dataset: DatasetSpec | None = None,
+    *,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """The `metrics.json` body of `predictions` scored at `threshold` (see module doc);
     `model` (its `ModelSpec`) says whether a prediction is of an image or of a study,
-    `dataset` (its `DatasetSpec`) names the labels and groups."""
+    `dataset` (its `DatasetSpec`) names the labels and groups. `temperature` != 1: every
+    score is of the temperature-scaled probabilities, `threshold` is on them (recorded with
+    the uncalibrated one under `calibration`)."""
     state = EvalState.from_dict(predictions)
     dataset = dataset or default_dataset(state)
     e = config.eval
-    scores = _scores(config, state, threshold, dataset)
+    scores = _scores(config, state, threshold, dataset, temperature)
     loss = state.mean_loss()
     scores["study"]["loss"] = loss  # the mean image loss, also under "image"
     scores["image"]["loss"] = loss
@@ -303,6 +310,11 @@ def metrics_body(
         body["predicts"] = "images"
     if e.threshold_method == "youden":
         body["threshold_chosen_on"] = "holdout"
+    if temperature != 1.0:
+        body["calibration"] = {"method": "temperature", "temperature": temperature}
+        body["calibration"]["fitted_on"] = "holdout"
+        if not state.multiclass:
+            body["calibration"]["threshold_uncalibrated"] = _uncalibrated(threshold, temperature)
     body["bootstrap"] = {
         "samples": e.bootstrap_samples,
         "confidence": e.confidence,
@@ -343,45 +355,75 @@ def write_evaluation(
     state = check_finite(EvalState.from_dict(predictions), split)
     dataset = dataset or default_dataset(state)
     if threshold is None:
-        threshold = resolve_threshold(config, split, predictions=state)
-    body = metrics_body(config, split, state, step, threshold, model, dataset)
-    if triage.wanted(config):
-        body["triage"] = triage_of(config, split, state, holdout, threshold, dataset)
+        threshold = resolve_threshold(config, split, predictions=state, holdout=holdout)
+    aggregation = config.eval.aggregation
+    chosen_on = _holdout_studies(config, split, state, holdout)
+    temperature = triage.fit_temperature(config, chosen_on) if chosen_on is not None else 1.0
+    decision = triage.calibrated_threshold(threshold, temperature)
+    body = metrics_body(
+        config, split, state, step, decision, model, dataset, temperature=temperature
+    )
+    raw_studies = state.studies(aggregation, threshold)
+    columns: dict[str, np.ndarray] = {}
+    if chosen_on is not None:
+        body["triage"] = triage.triage_section(
+            config, chosen_on, raw_studies, threshold, dataset, temperature=temperature
+        )
+        columns = triage.study_columns(
+            config, chosen_on, raw_studies, threshold, temperature=temperature
+        )
     if jax.process_index() != 0:
         return body
     out = workdir_lib.eval_dir(workdir, split)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, workdir_lib.METRICS_FILE), body)
-    studies = state.studies(config.eval.aggregation, threshold)
+    studies = state.studies(aggregation, decision, triage.calibrator(temperature))
+    studies.update(columns)
     write_study_predictions(os.path.join(out, workdir_lib.STUDY_PREDICTIONS_FILE), studies, dataset)
-    write_image_predictions(os.path.join(out, workdir_lib.IMAGE_PREDICTIONS_FILE), state, dataset)
+    calibrated = _calibrated_state(state, temperature)
+    write_image_predictions(
+        os.path.join(out, workdir_lib.IMAGE_PREDICTIONS_FILE), calibrated, dataset
+    )
     if plots:
-        write_plots(out, state, studies, body, dataset)
+        write_plots(out, calibrated, studies, body, dataset, uncalibrated=raw_studies)
     if writer is not None:
         scalars = {k: v for k, v in body["study"].items() if _scalar(v)}
-        writer.write(step, split, {**scalars, "threshold": threshold})
+        writer.write(step, split, {**scalars, "threshold": decision})
     return body
 
 
-def triage_of(
+def _holdout_studies(
     config: Config,
     split: str,
     state: EvalState,
     holdout: Callable[[], Predictions] | None,
-    threshold: float,
-    dataset: DatasetSpec,
-) -> dict[str, Any]:
-    """The `triage` section of `split`'s predictions, chosen on the holdout's."""
+) -> dict[str, np.ndarray] | None:
+    """The holdout's study table that the triage section and the calibration are chosen on:
+    `state`'s own on the holdout, else `holdout()`'s; None when there is none to choose on
+    (predictions scored on their own: no `triage` section; `eval.calibration` then refused)."""
     if split == "holdout":
-        chosen_on = state
-    elif holdout is None:
-        raise ValueError(f"the triage section of {split!r} is chosen on the holdout: pass holdout=")
-    else:
-        chosen_on = EvalState.from_dict(holdout())
-    aggregation = config.eval.aggregation
-    return triage.triage_section(
-        config, chosen_on.studies(aggregation), state.studies(aggregation), threshold, dataset
-    )
+        return state.studies(config.eval.aggregation)
+    if holdout is None:
+        if config.eval.calibration != "none":
+            raise ValueError(
+                f"eval.calibration={config.eval.calibration!r} is fitted on the holdout: pass"
+                f" holdout= to score {split!r}"
+            )
+        return None
+    return EvalState.from_dict(holdout()).studies(config.eval.aggregation)
+
+
+def _calibrated_state(state: EvalState, temperature: float) -> EvalState:
+    """`state` with each image's probability scaled by `temperature` (itself for 1)."""
+    if temperature == 1.0:
+        return state
+    prob = calibration_lib.apply_temperature(state.prob, temperature)
+    return dataclasses.replace(state, prob=prob)
+
+
+def _uncalibrated(threshold: float, temperature: float) -> float:
+    """The inverse of `triage.calibrated_threshold`: the threshold on the raw probabilities."""
+    return triage.calibrated_threshold(threshold, 1.0 / temperature)
 
 
 def evaluate_and_write(
@@ -439,9 +481,12 @@ def write_study_predictions(
 ) -> None:
     """One row per study: study_id, the group (MURA's body_part), label, prob, pred, n_images
     (1 = abnormal). Multi-class: label and pred are class indices, followed by their names
-    (`label_name`, `pred_name`) and one `prob_<class>` column per class."""
+    (`label_name`, `pred_name`) and one `prob_<class>` column per class. Where `studies`
+    has them (`triage.study_columns`), `referred` (1 = among the least certain, handed to a
+    reader) and `conformal_set` (its class names joined by '|') follow."""
     multiclass = np.ndim(studies["prob"]) == 2
     dataset = dataset or default_dataset({"prob": studies["prob"]})
+    extra = [name for name in ("referred", "conformal_set") if name in studies]
     with files.replacing(path) as part, open(part, "w", newline="") as f:
         out = csv.writer(f)
         if multiclass:
@@ -449,7 +494,7 @@ def write_study_predictions(
             header += ["pred_name", *_prob_header(dataset, True), "n_images"]
         else:
             header = ["study_id", *_group_columns(dataset), "label", "prob", "pred", "n_images"]
-        out.writerow(header)
+        out.writerow(header + extra)
         for i in range(len(studies["study_id"])):
             group = [dataset.group_name(int(studies["group"][i]))] if dataset.group_column else []
             label, pred = int(studies["label"][i]), int(studies["pred"][i])
@@ -460,7 +505,14 @@ def write_study_predictions(
             else:
                 row = [studies["study_id"][i], *group, label, f"{studies['prob'][i]:.6f}", pred]
                 row += [int(studies["n_images"][i])]
-            out.writerow(row)
+            out.writerow(row + [_extra_cell(name, studies[name][i], dataset) for name in extra])
+
+
+def _extra_cell(name: str, value: np.ndarray, dataset: DatasetSpec) -> str | int:
+    """`referred` as 0/1; `conformal_set` (bool per class) as its class names joined by '|'."""
+    if name == "conformal_set":
+        return "|".join(n for n, inside in zip(dataset.label_names, value, strict=True) if inside)
+    return int(value)
 
 
 def write_image_predictions(
@@ -493,8 +545,12 @@ def write_plots(
     studies: Mapping[str, np.ndarray],
     body: Mapping[str, Any],
     dataset: DatasetSpec | None = None,
+    *,
+    uncalibrated: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
     """The evaluation's plots (see `workdir.plot_files`) into `directory`; returns name -> path.
+    `uncalibrated`: the studies before temperature scaling, drawn beside `studies` in the
+    reliability plot (the metrics' `calibration` section says which temperature).
 
     A plot that fails is reported and skipped: the metrics are written already.
     """
@@ -503,7 +559,7 @@ def write_plots(
     if state.multiclass:
         jobs = _multiclass_plot_jobs(studies, body, dataset)
     else:
-        jobs = _binary_plot_jobs(state, studies, body, dataset)
+        jobs = _binary_plot_jobs(state, studies, body, dataset, uncalibrated)
     if dataset.by_group_key:
         names = list(body[dataset.by_group_key])
         groups = body[dataset.by_group_key]
@@ -547,6 +603,7 @@ def _binary_plot_jobs(
     studies: Mapping[str, np.ndarray],
     body: Mapping[str, Any],
     dataset: DatasetSpec,
+    uncalibrated: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Callable[[str], str]]:
     plots = _plots()
     group = np.asarray(studies["group"])
@@ -555,18 +612,20 @@ def _binary_plot_jobs(
         rows = group == index
         if rows.any():
             curves[name] = (studies["label"][rows], studies["prob"][rows])
-    image_curve = {"images": (state.label, state.prob)}
     split = body["split"]
     section = body.get("triage", {})
     points = {
         name: (1.0 - scores["specificity"], scores["sensitivity"])
         for name, scores in section.get("operating_points", {}).items()
     }
-    reliability = {"studies": curves["overall"], **image_curve}
-    temperature = section.get("calibration", {}).get("temperature")
-    if temperature is not None:
-        calibrated = calibration_lib.apply_temperature(studies["prob"], temperature)
-        reliability[f"studies, temperature {temperature:.2f}"] = (studies["label"], calibrated)
+    temperature = body.get("calibration", {}).get("temperature")
+    if temperature is not None and uncalibrated is not None:
+        reliability = {
+            "studies, uncalibrated": (uncalibrated["label"], uncalibrated["prob"]),
+            f"studies, temperature {temperature:.2f}": curves["overall"],
+        }
+    else:
+        reliability = {"studies": curves["overall"], "images": (state.label, state.prob)}
     return {
         "roc": lambda p: plots.roc_curves(
             curves, p, title=f"ROC, studies ({split})", points=points

@@ -34,6 +34,13 @@ from sklearn import metrics as skm
 
 Scores = dict[str, Any]
 Arrays = dict[str, np.ndarray]
+Calibrate = Callable[[np.ndarray], np.ndarray]
+"""Maps probabilities (N,) or class vectors (N, K) to calibrated ones of the same shape."""
+
+
+def _identity(probs: np.ndarray) -> np.ndarray:
+    return probs
+
 
 # The scores of each level, in the order they are reported.
 SCORE_NAMES: tuple[str, ...] = (
@@ -405,9 +412,14 @@ def evaluate_predictions(
     confidence: float = 0.95,
     seed: int = 0,
     group_names: Sequence[str] = (),
+    calibrate: Calibrate | None = None,
 ) -> tuple[Scores, Arrays]:
     """Scores binary image predictions per study and per image, overall and per group
     (MURA's body parts, named by `group_names`).
+
+    `calibrate` (e.g. temperature scaling, `murajax.calibration`) maps probabilities to the
+    calibrated ones: it is applied to each study's aggregated probability and to each image's,
+    and every score is then of the calibrated values.
 
     Returns the scores part of `metrics.json`, `{"study": {...}, "image": {...},
     "by_group": {name: {study-level scores..., "image": {...}}}}` (groups without studies
@@ -416,12 +428,14 @@ def evaluate_predictions(
     score `x` comes with `x_ci`, its bootstrap interval over studies (NaNs when
     `bootstrap_samples` is 0); every group draws its own seeded resamples.
     """
+    calibrate = calibrate or _identity
     studies = aggregate_studies(study_ids, probs, labels, groups, aggregation)
+    studies["prob"] = calibrate(studies["prob"])
     studies["pred"] = predict(studies["prob"], threshold)
     _, _, image_study = study_index(study_ids)
     images = {
         "label": np.asarray(labels).astype(np.int64).reshape(-1),
-        "prob": np.asarray(probs, dtype=np.float64).reshape(-1),
+        "prob": calibrate(np.asarray(probs, dtype=np.float64).reshape(-1)),
     }
     options = {"threshold": threshold, "samples": bootstrap_samples, "confidence": confidence}
     score = functools.partial(score_group, **options)
@@ -601,9 +615,14 @@ class EvalState:
             return float("nan")
         return float(np.mean(self.loss))
 
-    def studies(self, aggregation: str = "mean", threshold: float = 0.5) -> Arrays:
-        """The per-study table (see `aggregate_studies`) with hard predictions `pred`."""
+    def studies(
+        self, aggregation: str = "mean", threshold: float = 0.5, calibrate: Calibrate | None = None
+    ) -> Arrays:
+        """The per-study table (see `aggregate_studies`) with hard predictions `pred`; the
+        study probabilities mapped by `calibrate` first, if given."""
         studies = aggregate_studies(self.study_id, self.prob, self.label, self.group, aggregation)
+        if calibrate is not None:
+            studies["prob"] = calibrate(studies["prob"])
         studies["pred"] = predict(studies["prob"], threshold)
         return studies
 
@@ -616,6 +635,7 @@ class EvalState:
         confidence: float = 0.95,
         seed: int = 0,
         group_names: Sequence[str] = (),
+        calibrate: Calibrate | None = None,
     ) -> Scores:
         """The binary scores part of `metrics.json` (see `evaluate_predictions`; class
         vectors are scored by `murajax.multiclass_metrics`)."""
@@ -630,6 +650,7 @@ class EvalState:
             confidence=confidence,
             seed=seed,
             group_names=group_names,
+            calibrate=calibrate,
         )
         return result
 

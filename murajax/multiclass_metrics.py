@@ -43,6 +43,7 @@ from murajax.metrics import (
     _MAX_BOOTSTRAP_CELLS,
     AGGREGATIONS,
     Arrays,
+    Calibrate,
     Scores,
     _divide,
     aggregate_probs,
@@ -491,8 +492,12 @@ def evaluate_predictions(
     bootstrap_samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    calibrate: Calibrate | None = None,
 ) -> tuple[Scores, Arrays]:
     """Scores k-class image predictions per study and per image, overall and per group.
+
+    `calibrate` maps the studies' and images' probability vectors to calibrated ones before
+    any score (as in `murajax.metrics.evaluate_predictions`).
 
     `probs` (images, k) are the images' probability vectors, `labels` class indices,
     `groups` indices into `group_names` (None, or `group_names=()`, for no groups). Returns
@@ -507,6 +512,9 @@ def evaluate_predictions(
     class_names = _check_class_names(class_names, probs.shape[1])
     _kappa_weights(kappa_weights)
     studies = aggregate_study_probs(study_ids, probs, labels, groups, aggregation)
+    if calibrate is not None:
+        studies["prob"] = calibrate(studies["prob"])
+        probs = calibrate(probs)
     studies["pred"] = predict(studies["prob"])
     _, _, image_study = study_index(study_ids)
     images = {"label": _class_labels(labels, probs.shape[1]), "prob": probs}

@@ -4,9 +4,13 @@
     area = aurc(labels, probs, threshold)
 
 A study's uncertainty is the distance of its (calibrated) probability from the decision
-threshold: the closer, the less certain. Referring the most uncertain fraction f, the model
-keeps the rest; `referral_curve` scores the kept studies (kappa, accuracy, AUROC) at each f.
-The risk-coverage curve is the error rate of the kept studies against the share kept;
+threshold: the closer, the less certain. For more than two classes ((N, K) probability
+vectors, the most probable class predicted) it is one minus the top class's probability, and
+the kept studies' kappa (`kappa_weights`), accuracy and macro one-vs-rest AUROC are scored.
+
+Referring the most uncertain fraction f, the model keeps the rest; `referral_curve` scores
+the kept studies (kappa, accuracy, AUROC) at each f. The risk-coverage curve is the error
+rate of the kept studies against the share kept;
 `aurc`, its area over every coverage from one study to all, is lower for a model whose
 errors are the uncertain ones (a perfect ranking of its errors gives the least it can).
 """
@@ -14,17 +18,47 @@ errors are the uncertain ones (a perfect ranking of its errors gives the least i
 import numpy as np
 from sklearn import metrics as skm
 
-from murajax import metrics
+from murajax import metrics, multiclass_metrics
+
+
+def certainty(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Each study's certainty: |p - threshold| for (N,) probabilities, the top class's
+    probability for (N, K) vectors."""
+    probs = np.asarray(probs, np.float64)
+    return probs.max(axis=1) if probs.ndim == 2 else np.abs(probs - threshold)
 
 
 def kept_order(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Study indices from the most certain to the least (ties in index order)."""
-    distance = np.abs(np.asarray(probs, np.float64) - threshold)
-    return np.argsort(-distance, kind="stable")
+    return np.argsort(-certainty(probs, threshold), kind="stable")
+
+
+def referred(probs: np.ndarray, threshold: float, fraction: float) -> np.ndarray:
+    """bool (N,): the `fraction` of studies (rounded) that are the least certain."""
+    order = kept_order(probs, threshold)
+    out = np.zeros(len(order), bool)
+    out[order[len(order) - int(round(fraction * len(order))) :]] = True
+    return out
+
+
+def _kept_scores(y: np.ndarray, p: np.ndarray, threshold: float, kappa_weights: str) -> dict:
+    """kappa, accuracy and AUROC of kept studies (NaN where undefined)."""
+    if not len(y):
+        return {}
+    if p.ndim == 1:
+        scores = metrics.point_scores(y, p, threshold)
+        both = len(np.unique(y)) == 2
+        scores["auroc"] = float(skm.roc_auc_score(y, p)) if both else float("nan")
+        return scores
+    return multiclass_metrics.point_scores(y, p, kappa_weights=kappa_weights)
 
 
 def referral_curve(
-    labels: np.ndarray, probs: np.ndarray, threshold: float, fractions: np.ndarray
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    fractions: np.ndarray,
+    kappa_weights: str = "none",
 ) -> dict[str, list[float]]:
     """For each fraction referred: the share referred, studies kept, and their kappa,
     accuracy and AUROC (NaN where undefined, e.g. one class left)."""
@@ -36,14 +70,11 @@ def referral_curve(
     }
     for fraction in fractions:
         kept = order[: len(order) - int(round(fraction * len(order)))]
-        y, p = labels[kept], probs[kept]
-        both = len(np.unique(y)) == 2
-        scores = metrics.point_scores(y, p, threshold) if len(kept) else {}
+        scores = _kept_scores(labels[kept], probs[kept], threshold, kappa_weights)
         curve["referred"].append(float(fraction))
         curve["kept"].append(int(len(kept)))
-        curve["kappa"].append(float(scores.get("kappa", np.nan)))
-        curve["accuracy"].append(float(scores.get("accuracy", np.nan)))
-        curve["auroc"].append(float(skm.roc_auc_score(y, p)) if both else float("nan"))
+        for name in ("kappa", "accuracy", "auroc"):
+            curve[name].append(float(scores.get(name, np.nan)))
     return curve
 
 

@@ -1,16 +1,25 @@
 """metrics.json's `triage` section: operating points, calibration, conformal sets, referral.
 
-    section = triage_section(config, holdout_studies, split_studies, threshold, dataset)
+    temperature = fit_temperature(config, holdout_studies)           # 1.0 without calibration
+    section = triage_section(config, holdout_studies, split_studies, threshold, dataset,
+                             temperature=temperature)
+    columns = study_columns(config, holdout_studies, split_studies, threshold,
+                            temperature=temperature)   # each study's conformal set, referral
 
-Computed when a config asks for any of `eval.operating_points`, `eval.calibration` or
-`eval.conformal_alphas` (none by default, so a run's files stay as they were), for a binary
-dataset. Everything is chosen on the holdout's studies and reported on the evaluated split's:
-the temperature (`eval.calibration='temperature'`: fitted by the holdout's NLL; the section's
-probabilities are then the calibrated ones), each operating point's threshold, and the
-conformal quantiles; the referral curve ranks the split's studies by their distance from the
-decision threshold. Per group (MURA's body parts) too, where the dataset has groups.
+Computed by every evaluation (the defaults: four operating points, conformal sets at alpha
+0.05 and 0.10, no calibration; `eval.operating_points=()` and `eval.conformal_alphas=()`
+leave parts out). Everything is chosen on the holdout's studies and reported on the evaluated
+split's: the temperature (`eval.calibration='temperature'`: fitted by the holdout's NLL; every
+score of the evaluation then uses the calibrated probabilities), each operating point's
+threshold, and the conformal quantiles; the referral curve ranks the split's studies by their
+distance from the decision threshold. Per group (MURA's body parts) too, where the dataset
+has groups. Operating points are for two classes; for more, the calibration is of the top
+class's probability, the conformal sets are of classes, and the referral ranks studies by
+their top class's probability. `threshold` is the decision threshold on the uncalibrated
+probabilities (the section reports it moved by the temperature).
 """
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,12 +33,6 @@ CALIBRATIONS: tuple[str, ...] = ("none", "temperature")
 REFERRAL_FRACTIONS = np.round(np.linspace(0.0, 0.5, 11), 2)
 
 Studies = Mapping[str, np.ndarray]
-
-
-def wanted(config: Config) -> bool:
-    """Whether the config asks for the section."""
-    e = config.eval
-    return bool(e.operating_points or e.conformal_alphas or e.calibration != "none")
 
 
 def check_config(config: Config) -> None:
@@ -46,14 +49,10 @@ def check_config(config: Config) -> None:
             raise ConfigError(
                 f"config.eval.conformal_alphas: {alpha!r} is invalid: expected 0 < alpha < 1"
             )
-
-
-def check_dataset(config: Config, dataset: DatasetSpec) -> None:
-    """`ConfigError` when the section is asked for on more than two classes (not yet)."""
-    if wanted(config) and not dataset.binary:
+    if not 0 <= e.referral_fraction < 1:
         raise ConfigError(
-            f"eval.operating_points, eval.calibration and eval.conformal_alphas are for two"
-            f" classes: dataset {dataset.name!r} has {dataset.num_classes}; leave them unset"
+            f"config.eval.referral_fraction={e.referral_fraction!r} is invalid: expected a share"
+            " of studies, 0 <= fraction < 1"
         )
 
 
@@ -78,16 +77,32 @@ def _ece_report(labels: np.ndarray, probs: np.ndarray, samples: int, rng) -> dic
     return report
 
 
-def _calibration(holdout, split, groups, method: str, samples: int, rng) -> tuple:
-    """(the split's probabilities to use, the holdout's, the calibration report: ECE before
-    and, with a method, after, overall and per group)."""
+def fit_temperature(config: Config, holdout: Studies) -> float:
+    """The temperature `eval.calibration` asks for, fitted on the holdout's studies (their
+    NLL); 1.0 for 'none'."""
+    if config.eval.calibration != "temperature":
+        return 1.0
+    return calibration.fit_temperature(holdout["label"], holdout["prob"])
+
+
+def calibrator(temperature: float) -> metrics.Calibrate | None:
+    """The map from probabilities to calibrated ones (None for temperature 1: unchanged)."""
+    if temperature == 1.0:
+        return None
+    return functools.partial(calibration.apply_temperature, temperature=temperature)
+
+
+def calibrated_threshold(threshold: float, temperature: float) -> float:
+    """The decision threshold on calibrated probabilities (temperature scaling is monotone,
+    so the same studies fall on each side)."""
+    return float(calibration.apply_temperature(np.array([threshold]), temperature)[0])
+
+
+def _calibration(split, split_probs, groups, method: str, temperature: float, samples, rng):
+    """ECE before and, with a method, after calibration, overall and per group."""
     report: dict[str, Any] = {"method": method}
-    temperature = 1.0
-    if method == "temperature":
-        temperature = calibration.fit_temperature(holdout["label"], holdout["prob"])
+    if method != "none":
         report["temperature"] = temperature
-    split_probs = calibration.apply_temperature(split["prob"], temperature)
-    holdout_probs = calibration.apply_temperature(holdout["prob"], temperature)
     stages = [("before", split["prob"])] + ([("after", split_probs)] if method != "none" else [])
     for name, probs in stages:
         report[name] = _ece_report(split["label"], probs, samples, rng)
@@ -95,7 +110,7 @@ def _calibration(holdout, split, groups, method: str, samples: int, rng) -> tupl
             g: _ece_report(split["label"][mask], probs[mask], samples, rng)
             for g, mask in groups.items()
         }
-    return split_probs, holdout_probs, report
+    return report
 
 
 def _operating_points(config, holdout, holdout_probs, split, split_probs, groups, samples, rng):
@@ -131,15 +146,23 @@ def _coverage_report(labels: np.ndarray, sets: np.ndarray, samples: int, rng) ->
 def _conformal(config, holdout, holdout_probs, split, split_probs, dataset, groups, samples, rng):
     out = {}
     num_groups = max(len(dataset.group_names), 1)
+    grouped = bool(dataset.group_feature)  # else Mondrian by class only
     for alpha in config.eval.conformal_alphas:
         q = conformal.calibrate(holdout["label"], holdout_probs, float(alpha))
         table = conformal.calibrate_mondrian(
-            holdout["label"], holdout_probs, float(alpha), holdout["group"], num_groups
+            holdout["label"],
+            holdout_probs,
+            float(alpha),
+            holdout["group"] if grouped else None,
+            num_groups,
         )
         entry: dict[str, Any] = {"quantile": q}
         for name, sets in (
             ("split", conformal.prediction_sets(split_probs, q)),
-            ("mondrian", conformal.prediction_sets(split_probs, table, split["group"])),
+            (
+                "mondrian",
+                conformal.prediction_sets(split_probs, table, split["group"] if grouped else None),
+            ),
         ):
             entry[name] = _coverage_report(split["label"], sets, samples, rng)
             entry[name]["by_group"] = {
@@ -151,19 +174,25 @@ def _conformal(config, holdout, holdout_probs, split, split_probs, dataset, grou
 
 
 def triage_section(
-    config: Config, holdout: Studies, split: Studies, threshold: float, dataset: DatasetSpec
+    config: Config,
+    holdout: Studies,
+    split: Studies,
+    threshold: float,
+    dataset: DatasetSpec,
+    *,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """The section (module docstring) from holdout and split study tables
-    (`EvalState.studies`: `label`, `prob`, `group`)."""
+    (`EvalState.studies`: `label`, `prob`, `group`) of uncalibrated probabilities."""
     e = config.eval
     rng = np.random.default_rng(config.seed)
     samples = e.bootstrap_samples
     groups = _groups(dataset, split)
-    split_probs, holdout_probs, report = _calibration(
-        holdout, split, groups, e.calibration, samples, rng
-    )
+    split_probs = calibration.apply_temperature(split["prob"], temperature)
+    holdout_probs = calibration.apply_temperature(holdout["prob"], temperature)
+    report = _calibration(split, split_probs, groups, e.calibration, temperature, samples, rng)
     section: dict[str, Any] = {"chosen_on": "holdout", "calibration": report}
-    if e.operating_points:
+    if e.operating_points and dataset.binary:
         section["operating_points"] = _operating_points(
             config, holdout, holdout_probs, split, split_probs, groups, samples, rng
         )
@@ -171,16 +200,38 @@ def triage_section(
         section["conformal"] = _conformal(
             config, holdout, holdout_probs, split, split_probs, dataset, groups, samples, rng
         )
-    # The decision threshold on the section's probabilities (temperature scaling moves it).
-    decision = float(
-        calibration.apply_temperature(np.array([threshold]), report.get("temperature", 1.0))[0]
+    decision = calibrated_threshold(threshold, temperature)
+    curve = referral.referral_curve(
+        split["label"], split_probs, decision, REFERRAL_FRACTIONS, e.kappa_weights
     )
-    curve = referral.referral_curve(split["label"], split_probs, decision, REFERRAL_FRACTIONS)
     section["referral"] = {
         **curve,
         "threshold": decision,
         "aurc": referral.aurc(split["label"], split_probs, decision),
+        "fraction": e.referral_fraction,
         "reference_kappa": dataset.reference_kappa.get("overall"),
         "reference": dataset.reference_label or None,
     }
     return section
+
+
+def study_columns(
+    config: Config,
+    holdout: Studies,
+    split: Studies,
+    threshold: float,
+    *,
+    temperature: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Per study of `split`: `conformal_set` (bool (N, K): the split-conformal set at the
+    first of `eval.conformal_alphas`; absent without alphas) and `referred` (bool (N,): among
+    the `eval.referral_fraction` least certain)."""
+    split_probs = calibration.apply_temperature(split["prob"], temperature)
+    decision = calibrated_threshold(threshold, temperature)
+    columns = {"referred": referral.referred(split_probs, decision, config.eval.referral_fraction)}
+    if config.eval.conformal_alphas:
+        alpha = float(config.eval.conformal_alphas[0])
+        holdout_probs = calibration.apply_temperature(holdout["prob"], temperature)
+        q = conformal.calibrate(holdout["label"], holdout_probs, alpha)
+        columns["conformal_set"] = conformal.prediction_sets(split_probs, q)
+    return columns

@@ -252,10 +252,9 @@ def test_a_run_and_its_reevaluation_write_the_triage_section(data_dir, tmp_path)
     assert workdir_lib.json_safe(body["triage"]["operating_points"]) == points
 
 
-def test_the_triage_fields_are_checked_and_need_two_classes():
-    from murajax import evaluation, validation
+def test_the_triage_fields_are_checked():
+    from murajax import validation
     from murajax.config import Config
-    from murajax.data import DatasetSpec
 
     config = Config()
     config.eval.calibration = "platt"
@@ -266,6 +265,109 @@ def test_the_triage_fields_are_checked_and_need_two_classes():
     with pytest.raises(ConfigError, match="conformal_alphas: 1.5 is invalid"):
         validation.validate(config)
     config.eval.conformal_alphas = (0.1,)
-    three = DatasetSpec("chest", ("normal", "opacity", "effusion"))
-    with pytest.raises(ConfigError, match="are for two classes: dataset 'chest' has 3"):
-        evaluation.check_dataset(config, three)
+    config.eval.referral_fraction = 1.0
+    with pytest.raises(ConfigError, match="referral_fraction=1.0 is invalid"):
+        validation.validate(config)
+
+
+def image_predictions(n_studies: int, seed: int, classes: int = 2, temperature: float = 0.4):
+    """Two images per study of uncalibrated predictions: a dict of image arrays as
+    `evaluation.write_evaluation` takes them (binary: the abnormal probability; else (N, K))."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n_studies)
+    logits = rng.normal(0.0, 1.0, (n_studies, 2, classes))
+    logits[np.arange(n_studies), :, labels] += 1.5
+    probs = np.exp(logits / temperature)
+    probs /= probs.sum(-1, keepdims=True)
+    ids = np.repeat([f"s{i:03d}" for i in range(n_studies)], 2)
+    return {
+        "study_id": ids,
+        "image_path": np.array(
+            [f"{s}/image{k}.png" for s, k in zip(ids, [1, 2] * n_studies, strict=True)]
+        ),
+        "group": np.repeat(rng.integers(0, 3, n_studies), 2),
+        "label": np.repeat(labels, 2),
+        "prob": probs.reshape(-1, classes)[:, 1] if classes == 2 else probs.reshape(-1, classes),
+        "loss": np.zeros(2 * n_studies),
+    }
+
+
+def _evaluate(tmp_path, config, name, split, holdout, dataset):
+    from murajax import evaluation
+
+    return evaluation.write_evaluation(
+        config,
+        str(tmp_path / name),
+        "validation",
+        split,
+        1,
+        dataset=dataset,
+        holdout=lambda: holdout,
+        plots=False,
+    )
+
+
+def test_temperature_calibrates_every_score_and_keeps_auroc_and_kappa(tmp_path):
+    import csv
+
+    from murajax.config import Config
+    from murajax.data import DatasetSpec
+
+    dataset = DatasetSpec("toy", ("normal", "abnormal"))
+    holdout, split = image_predictions(300, 1), image_predictions(200, 2)
+    config = Config()
+    config.eval.bootstrap_samples = 20
+    config.eval.threshold_method = "youden"
+    raw = _evaluate(tmp_path, config, "raw", split, holdout, dataset)
+    config.eval.calibration = "temperature"
+    scaled = _evaluate(tmp_path, config, "scaled", split, holdout, dataset)
+    temperature = scaled["calibration"]["temperature"]
+    assert abs(np.log(temperature)) > 0.1  # the predictions are not calibrated
+    assert scaled["triage"]["calibration"]["temperature"] == temperature
+    for level in ("study", "image"):
+        assert scaled[level]["auroc"] == pytest.approx(raw[level]["auroc"], abs=1e-12)
+    assert scaled["study"]["kappa"] == pytest.approx(raw["study"]["kappa"], abs=1e-12)
+    after = scaled["triage"]["calibration"]["after"]["ece_width"]
+    assert after < scaled["triage"]["calibration"]["before"]["ece_width"]
+    assert scaled["calibration"]["threshold_uncalibrated"] == pytest.approx(raw["threshold"])
+    assert scaled["threshold"] == pytest.approx(
+        calibration.apply_temperature(np.array([raw["threshold"]]), temperature)[0]
+    )
+
+    def column(name, key):
+        with open(tmp_path / name / "eval" / "validation" / "predictions.csv") as f:
+            return [row[key] for row in csv.DictReader(f)]
+
+    raw_probs = np.array(column("raw", "prob"), float)
+    expected = calibration.apply_temperature(raw_probs, temperature)
+    np.testing.assert_allclose(np.array(column("scaled", "prob"), float), expected, atol=2e-6)
+    assert column("scaled", "pred") == column("raw", "pred")
+    labels = np.array(column("raw", "label"), int)
+    assert calibration.nll(labels, expected) < calibration.nll(labels, raw_probs)
+    referred = np.array(column("scaled", "referred"), int)
+    assert referred.sum() == round(0.1 * 200)
+    assert set(column("scaled", "conformal_set")) <= {"normal", "abnormal", "normal|abnormal", ""}
+
+
+def test_three_classes_get_calibration_conformal_sets_and_referral(tmp_path):
+    from murajax.config import Config
+    from murajax.data import DatasetSpec
+
+    dataset = DatasetSpec("chest", ("normal", "opacity", "effusion"))
+    holdout, split = image_predictions(300, 3, classes=3), image_predictions(300, 4, classes=3)
+    config = Config()
+    config.eval.bootstrap_samples = 20
+    config.eval.calibration = "temperature"
+    body = _evaluate(tmp_path, config, "three", split, holdout, dataset)
+    section = body["triage"]
+    assert "operating_points" not in section  # a binary notion
+    assert (
+        section["calibration"]["after"]["ece_width"] < section["calibration"]["before"]["ece_width"]
+    )
+    for alpha in ("0.05", "0.1"):
+        entry = section["conformal"][alpha]
+        assert entry["split"]["coverage"] >= 1 - float(alpha) - 0.05
+        assert set(entry["split"]["set_sizes"]) == {0, 1, 2, 3}
+    curve = section["referral"]
+    assert curve["kept"][0] == 300 and curve["kept"][-1] == 150
+    assert curve["accuracy"][-1] >= curve["accuracy"][0]  # the uncertain ones go first
