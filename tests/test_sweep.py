@@ -418,6 +418,13 @@ def test_sweep_csv_holds_each_runs_own_metrics(swept):
             if r["split"] == "holdout" and r.get("kappa") is not None
         ]
         assert float(row["best_holdout_kappa"]) == max(holdout)
+        section = swept["metrics"][row["name"]]["triage"]
+        assert float(row["ece"]) == section["calibration"]["before"]["ece_width"]
+        assert float(row["aurc"]) == section["referral"]["aurc"]
+        point = section["operating_points"]["sensitivity=0.95"]
+        assert float(row["specificity_at_sensitivity_0.95"]) == point["specificity"]
+        assert float(row["conformal_alpha"]) == 0.05
+        assert float(row["conformal_coverage"]) == section["conformal"]["0.05"]["split"]["coverage"]
         kappas.append(study["kappa"])
     assert kappas[0] != kappas[1]  # the rows cannot have been swapped unnoticed
 

@@ -5,7 +5,9 @@ one split, `validation` when the runs evaluated it, else the first split that th
 
     sweep.csv       one row per run: its name, each swept field, the checkpoint evaluated,
                     study kappa and AUROC with their CIs, accuracy, sensitivity, specificity,
-                    studies, the best holdout kappa of its `metrics.jsonl`, wall time
+                    studies, the triage figures (ECE, AURC, specificity at sensitivity 0.95,
+                    conformal coverage; `triage_columns`), the best holdout kappa of its
+                    `metrics.jsonl`, wall time
     sweep.md        the same as a markdown table, with the config and the ROC plot
     sweep_roc.png   the runs' ROC curves (from `eval/<split>/predictions.csv`) overlaid
 
@@ -38,11 +40,36 @@ METRIC_COLUMNS = (
     "sensitivity",
     "specificity",
     "n",
+    "ece",
+    "aurc",
+    "specificity_at_sensitivity_0.95",
+    "conformal_alpha",
+    "conformal_coverage",
     "best_holdout_kappa",
     "best_holdout_step",
     "wall_s",
     "status",
 )
+
+
+def triage_columns(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's triage figures (`metrics.json`'s `triage` section, `murajax.triage`): ECE
+    (equal-width bins, after calibration where calibrated), the referral's AURC, the
+    specificity at the 'sensitivity=0.95' operating point, and the split-conformal coverage
+    at the first alpha; None where the run has none of them."""
+    section = body.get("triage") or {}
+    calibration = section.get("calibration", {})
+    stage = calibration.get("after") or calibration.get("before") or {}
+    point = section.get("operating_points", {}).get("sensitivity=0.95", {})
+    conformal = section.get("conformal") or {}
+    alpha = next(iter(conformal), None)
+    return {
+        "ece": stage.get("ece_width"),
+        "aurc": section.get("referral", {}).get("aurc"),
+        "specificity_at_sensitivity_0.95": point.get("specificity"),
+        "conformal_alpha": None if alpha is None else float(alpha),
+        "conformal_coverage": conformal[alpha]["split"]["coverage"] if alpha else None,
+    }
 
 
 def summary_split(run_workdirs: Sequence[str]) -> str | None:
@@ -114,6 +141,7 @@ def summary_row(
         row["auroc_ci_low"], row["auroc_ci_high"] = _pair(study.get("auroc_ci"))
         for key in ("accuracy", "sensitivity", "specificity", "n"):
             row[key] = study.get(key)
+        row.update(triage_columns(body))
         steps = workdir_lib.checkpoint_steps(path)
         target = resolved.get("train", {}).get("steps")
         finished = bool(steps) and target is not None and steps[-1] >= target
@@ -205,9 +233,15 @@ def _score(value: Any, low: Any = None, high: Any = None) -> str:
     return format_score(value, None if low is None else (low, high))
 
 
+def _coverage(value: Any, alpha: Any) -> str:
+    """'0.912 (alpha 0.05)', or '' without conformal sets."""
+    return "" if value is None else f"{_score(value)} (alpha {alpha:g})"
+
+
 def markdown_rows(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> tuple[list, list]:
     """`(header, rows)` of the summary table as text cells."""
     header = ["run", *fields, "checkpoint", "kappa [CI]", "AUROC [CI]", "accuracy"]
+    header += ["ECE", "AURC", "spec. @ sens. 0.95", "conformal coverage"]
     header += ["best holdout kappa", "studies", "train time", "status"]
     cells = []
     for row in rows:
@@ -220,6 +254,10 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> t
                 _score(row.get("kappa"), row.get("kappa_ci_low"), row.get("kappa_ci_high")),
                 _score(row.get("auroc"), row.get("auroc_ci_low"), row.get("auroc_ci_high")),
                 _score(row.get("accuracy")),
+                _score(row.get("ece")),
+                _score(row.get("aurc")),
+                _score(row.get("specificity_at_sensitivity_0.95")),
+                _coverage(row.get("conformal_coverage"), row.get("conformal_alpha")),
                 _score(row.get("best_holdout_kappa")),
                 "" if row.get("n") is None else row["n"],
                 duration(wall),
