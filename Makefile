@@ -13,7 +13,8 @@ ONEDNN_LIB := murajax/ops/_onednn_conv.so
 # `make test` leaves out tests marked slow (minutes on a 2-core CPU); `make test-all` runs them.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install install-dev install-export demo test test-all hardening lint format clean system-packages
+.PHONY: install install-dev install-export demo test test-all hardening lint format clean system-packages \
+	browser-test-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +75,16 @@ system-packages:
 		|| (apt-get update && apt-get install -y --no-install-recommends libtcmalloc-minimal4) \
 		|| echo "murajax: tcmalloc did not install; the C library's malloc will be used"; \
 	else echo "murajax: for 1.6-1.8x faster XLA compiles: sudo apt-get install libtcmalloc-minimal4"; fi
+
+# Chromium and its driver, which the study browser's tests (tests/test_browser_chromium.py)
+# open the page in. As root with apt-get (CI) they are installed; elsewhere this says how.
+browser-test-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "murajax: chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y --no-install-recommends chromium chromium-driver \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver); \
+	else echo "murajax: for the study browser's tests: sudo apt-get install chromium chromium-driver"; fi
 
 # Bad inputs tried as a user gives them, each in a fresh process (tests/hardening_check.py;
 # minutes on 2 cores; not part of `make test`). HARDENING_ARGS='--only=5_*' runs some.
