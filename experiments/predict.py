@@ -1,7 +1,7 @@
 """Scores radiographs from disk with a trained workdir: one CSV row per study.
 
     python -m experiments.predict --workdir=W --input=DIR_OR_FILES --output=CSV
-        [--heatmaps=DIR] [--checkpoint=best|latest|STEP]
+        [--heatmaps=DIR [--attribution=gradcam,ig,occlusion]] [--checkpoint=best|latest|STEP]
     python -m experiments.predict --model=PKG --input=DIR_OR_FILES --output=CSV
         [--format=onnx|stablehlo]
 
@@ -19,8 +19,11 @@ another dataset its label names and group column (none without groups), and for 
 classes `prob_<class>` per class with `pred` the most probable class.
 Files that cannot be read (not images, truncated, junk such as `._image1.png`, images over
 67 Mpx) are named on stderr and skipped; the command fails only if nothing could be scored.
-`--heatmaps=DIR` writes a Grad-CAM overlay per image, `<file name>_gradcam.png`
-(`image1.png_gradcam.png`), in the inputs' folder structure under DIR. The work is
+`--heatmaps=DIR` writes an overlay per image, `<file name>_gradcam.png`
+(`image1.png_gradcam.png`), in the inputs' folder structure under DIR; `--attribution` chooses
+the methods (comma-separated: `gradcam`, `ig` integrated gradients, `occlusion`; one
+`<file name>_<method>.png` each), whose settings are the workdir's `eval.ig_steps`,
+`eval.ig_baseline`, `eval.occlusion_patch` and `eval.occlusion_stride`. The work is
 `murajax.predict.predict`.
 """
 
@@ -38,7 +41,13 @@ def define_flags() -> None:
     flags.DEFINE_enum("format", None, ["onnx", "stablehlo"], "A package's artifact to run.")
     flags.DEFINE_list("input", None, "Image folders and/or files (comma-separated).")
     flags.DEFINE_string("output", None, "The CSV to write (one row per study).")
-    flags.DEFINE_string("heatmaps", None, "Folder for Grad-CAM overlays (optional).")
+    flags.DEFINE_string("heatmaps", None, "Folder for attribution overlays (optional).")
+    flags.DEFINE_string(
+        "attribution",
+        None,
+        "With --heatmaps: the methods drawn, comma-separated, of gradcam, ig (integrated"
+        " gradients) and occlusion. Default: gradcam.",
+    )
     cli.define_checkpoint_flags(ensemble=False)
     cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["input", "output"])
@@ -56,7 +65,16 @@ def main(argv: list[str]) -> None:
         cli.fail("--heatmaps needs --workdir: a model package holds no gradients to draw from")
     if args.workdir is not None and args.format is not None:
         cli.fail("--format chooses a model package's artifact: use it with --model=PKG")
-    from murajax import predict  # here, not at the top: jax takes seconds; --help is fast
+    if args.attribution is not None and args.heatmaps is None:
+        cli.fail(f"--attribution={args.attribution} needs --heatmaps=DIR: the folder it draws in")
+    from murajax import attribution_maps, predict  # here, not at the top: jax; --help is fast
+
+    methods = attribution_maps.DEFAULT_METHODS
+    if args.attribution is not None:
+        try:
+            methods = attribution_maps.parse_methods(args.attribution)
+        except errors.ConfigError as e:
+            cli.fail(f"--attribution={args.attribution}: {e}")
 
     if args.model is not None:
         from murajax.export import runtime  # the package's own runtime (its predict.py)
@@ -72,6 +90,7 @@ def main(argv: list[str]) -> None:
             args.output,
             heatmaps_dir=args.heatmaps,
             checkpoint=args.checkpoint,
+            attributions=methods,
         )
     images = sum(r["n_images"] for r in rows)
     abnormal = sum(r["pred"] for r in rows)

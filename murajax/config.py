@@ -371,12 +371,14 @@ class EvalConfig:
     referral_fraction: float = 0.1
     # Attributions (murajax.attribution_maps): the methods drawn in the study browser and the
     # report ("gradcam", "ig", "occlusion"); integrated gradients' path steps and baseline;
-    # occlusion's square patch and stride in pixels of the model's input.
+    # occlusion's square patch and stride in pixels of the model's input ("black": a black
+    # image as the pipeline normalises it, "mean": each image's mean; also occlusion's fill).
+    # Patch 32 stride 32 is 49 placements of a 224 px view: seconds per study on a CPU.
     attributions: tuple[str, ...] = ("gradcam",)
     ig_steps: int = 32
     ig_baseline: str = "black"
     occlusion_patch: int = 32
-    occlusion_stride: int = 16
+    occlusion_stride: int = 32
     # The study browser (murajax.browser), eval/<split>/browser/index.html.
     browser: bool = True
     splits: tuple[str, ...] = ("validation",)  # evaluated at the end of training

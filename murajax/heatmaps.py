@@ -177,6 +177,14 @@ def _gradcam_and_probs(
     return maps, _target_logits(jax.nn.softmax(logits.astype(jnp.float32)), target)
 
 
+def gradcam_and_probs(
+    model: nn.Module, variables: Variables, images: jax.Array, target: Target = ABNORMAL
+) -> tuple[jax.Array, jax.Array]:
+    """Raw Grad-CAM maps (N, h, w) and the probabilities of `target` (N,), traceable (for a
+    caller's own `jax.jit`, as `murajax.attribution_maps` does)."""
+    return _gradcam_and_probs(model, variables, images, target)
+
+
 def gradcam_maps(
     model: nn.Module, variables: Variables, images: Any, *, target: Target = ABNORMAL
 ) -> np.ndarray:
@@ -241,6 +249,11 @@ def _normalize(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
 def normalize_maps(maps: Any, size: tuple[int, int]) -> np.ndarray:
     """ReLU, bilinear upsampling to `size` = (H, W), then each map divided by its maximum."""
     return np.asarray(_normalize(jnp.asarray(maps), tuple(int(s) for s in size)))
+
+
+def normalized(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """`normalize_maps` on traced arrays (inside a caller's `jax.jit`)."""
+    return _normalize(maps, tuple(int(s) for s in size))
 
 
 def make_gradcam_fn(

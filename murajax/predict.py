@@ -8,10 +8,13 @@ Columns: `study`, `n_images`, `prob`, `pred` (1 = abnormal at the config's thres
 ('normal' / 'abnormal') and the group the path names (MURA's `body_part`, where the dataset has
 groups). A dataset of more than two classes gives `pred` (the most probable class's index),
 `label` (its name) and `prob_<class>` per class (`csv_columns`). Files that cannot be read are
-warned about and skipped; with `heatmaps_dir`, a Grad-CAM overlay per image is written in the
-inputs' folder structure (`<file name>_gradcam.png`: `image1.png_gradcam.png`, so that
-`image1.png` and `image1.jpg` have their own). The CSV and the heatmaps folder are never read
-as inputs, also where they lie inside an input folder.
+warned about and skipped; with `heatmaps_dir`, an overlay per image and attribution method
+(`attributions`: "gradcam", "ig", "occlusion", see `murajax.attribution_maps`; Grad-CAM by
+default) is written in the inputs' folder structure (`<file name>_<method>.png`:
+`image1.png_gradcam.png`, so that `image1.png` and `image1.jpg` have their own). Integrated
+gradients' steps and baseline and occlusion's patch and stride are the workdir's `eval.*`.
+The CSV and the heatmaps folder are never read as inputs, also where they lie inside an
+input folder.
 """
 
 import csv
@@ -21,8 +24,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from murajax import evaluation, heatmaps, image_files, inference, metrics, reevaluate, steps
+from murajax import (
+    attribution_maps,
+    evaluation,
+    heatmaps,
+    image_files,
+    inference,
+    metrics,
+    reevaluate,
+    steps,
+)
 from murajax import workdir as workdir_lib
 from murajax.data import DatasetSpec
 from murajax.errors import WorkdirError
@@ -31,6 +44,8 @@ from murajax.files import replacing
 CSV_COLUMNS = ("study", "n_images", "prob", "pred", "label", "body_part")
 """The columns of a binary dataset grouped by body part (MURA's); see `csv_columns`."""
 HEATMAP_SUFFIX = "_gradcam.png"
+"""The overlay suffix of the default method; `_<method>.png` for each (`heatmap_path`)."""
+DEFAULT_ATTRIBUTIONS: tuple[str, ...] = attribution_maps.DEFAULT_METHODS
 
 
 def csv_columns(dataset: DatasetSpec) -> tuple[str, ...]:
@@ -81,12 +96,33 @@ def _pad(images: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([images, padding])
 
 
-def heatmap_path(path: str, root: str, heatmaps_dir: str) -> str:
-    """Where the overlay of image `path` goes: its path below `root`, under `heatmaps_dir`,
-    with `_gradcam.png` after its whole name (`image1.png_gradcam.png`, so that each file of
-    a folder has its own, `image1.jpg`'s included)."""
+def heatmap_path(path: str, root: str, heatmaps_dir: str, method: str = "gradcam") -> str:
+    """Where the `method` overlay of image `path` goes: its path below `root`, under
+    `heatmaps_dir`, with `_<method>.png` after its whole name (`image1.png_gradcam.png`, so
+    that each file of a folder has its own, `image1.jpg`'s included)."""
     relative = os.path.relpath(os.path.abspath(path), root)
-    return os.path.join(heatmaps_dir, relative + HEATMAP_SUFFIX)
+    return os.path.join(heatmaps_dir, f"{relative}_{method}.png")
+
+
+def attribution_fns(
+    loaded: inference.Loaded, methods: Sequence[str]
+) -> dict[str, attribution_maps.AttributionFn]:
+    """`murajax.attribution_maps` functions of the loaded model (ensemble member 0), one per
+    method, with the workdir's `eval.*` settings; "black" is black as its pipeline
+    normalises it."""
+    config, variables = loaded.config, loaded.variables()
+    black = attribution_maps.black_value(config.data, loaded.spec)
+    return {
+        method: attribution_maps.make_attribution_fn(
+            loaded.model,
+            variables,
+            method,
+            config.eval,
+            num_classes=loaded.dataset.num_classes,
+            black=black,
+        )
+        for method in methods
+    }
 
 
 def score_images(
@@ -96,18 +132,23 @@ def score_images(
     warn: Warn = warn_stderr,
     heatmaps_dir: str | None = None,
     root: str = "",
+    attributions: Sequence[str] = DEFAULT_ATTRIBUTIONS,
 ) -> dict[str, Any]:
     """The probability of every readable image in `paths` (the others are warned about and
     left out): of class 1 (abnormal) for a binary dataset, else its class vector. With
-    `heatmaps_dir`, a Grad-CAM overlay of each image on its original pixels is written there
-    (see `heatmap_path`): of the abnormal class, or of the predicted class for more classes."""
+    `heatmaps_dir`, an overlay of each image on its original pixels is written there per
+    method of `attributions` (see `heatmap_path`): of the abnormal class, or of the predicted
+    class for more classes (a progress bar counts the images)."""
 
     config = loaded.config
     batch_size = config.eval.batch_size
     eval_fn = None
     if not loaded.spec.study_level:
         eval_fn = steps.make_eval_fn(loaded.model, len(loaded.states))
-    gradcam_fn = None
+    draw = attribution_fns(loaded, attributions) if heatmaps_dir is not None else {}
+    progress = tqdm(
+        total=len(paths), desc="heatmaps", disable=not draw, dynamic_ncols=True, leave=False
+    )
     probs: dict[str, Any] = {}
     for chunk in _chunks(read_all(paths, warn), batch_size):
         images = _pad(
@@ -120,17 +161,16 @@ def score_images(
                 probs[path] = _prob_value(prob)
         if heatmaps_dir is None:
             continue
-        if gradcam_fn is None:
-            target = heatmaps.target_class(loaded.dataset.num_classes)
-            gradcam_fn = heatmaps.make_gradcam_fn(
-                loaded.model, loaded.variables(), images, target=target
-            )
-        maps, _ = gradcam_fn(loaded.variables(), images)
-        for (path, gray), heat in zip(chunk, maps, strict=False):
-            original = image_files.heatmap_to_original(
-                heat, gray.shape, config.data.image_size, config.data.resize
-            )
-            heatmaps.save_overlay(heatmap_path(path, root, heatmaps_dir), gray, original)
+        for method, attribution_fn in draw.items():
+            maps = attribution_fn(images)  # the padded batch: one compiled shape
+            for (path, gray), heat in zip(chunk, maps, strict=False):
+                original = image_files.heatmap_to_original(
+                    heat, gray.shape, config.data.image_size, config.data.resize
+                )
+                where = heatmap_path(path, root, heatmaps_dir, method)
+                heatmaps.save_overlay(where, gray, original)
+        progress.update(len(chunk))
+    progress.close()
     return probs
 
 
@@ -269,8 +309,10 @@ def predict(
     heatmaps_dir: str | None = None,
     checkpoint: str = "best",
     warn: Warn = warn_stderr,
+    attributions: Sequence[str] = DEFAULT_ATTRIBUTIONS,
 ) -> list[dict[str, Any]]:
-    """Scores the studies of `inputs` with `workdir`'s checkpoint; writes the CSV `output`.
+    """Scores the studies of `inputs` with `workdir`'s checkpoint; writes the CSV `output`,
+    and with `heatmaps_dir` the overlays of each method of `attributions`.
 
     Returns the rows. Raises `image_files.InputError` for inputs that hold no file or of which
     no image could be scored, and `WorkdirError` for an `output` or `heatmaps_dir` that
@@ -278,6 +320,7 @@ def predict(
     `output` and `heatmaps_dir` are left out of the inputs (a previous run's heatmaps inside
     an input folder are not scored).
     """
+    attributions = attribution_maps.check_methods(attributions)
     check_outputs(output, heatmaps_dir)
     outputs = [output] + ([heatmaps_dir] if heatmaps_dir is not None else [])
     studies = image_files.collect_studies(inputs, skip=outputs)
@@ -294,9 +337,23 @@ def predict(
     if loaded.spec.study_level:
         probs = score_studies(loaded, studies, warn=warn)
         if heatmaps_dir is not None:
-            score_images(loaded, paths, warn=lambda _: None, heatmaps_dir=heatmaps_dir, root=root)
+            score_images(
+                loaded,
+                paths,
+                warn=lambda _: None,
+                heatmaps_dir=heatmaps_dir,
+                root=root,
+                attributions=attributions,
+            )
     else:
-        probs = score_images(loaded, paths, warn=warn, heatmaps_dir=heatmaps_dir, root=root)
+        probs = score_images(
+            loaded,
+            paths,
+            warn=warn,
+            heatmaps_dir=heatmaps_dir,
+            root=root,
+            attributions=attributions,
+        )
     if not probs:
         raise image_files.InputError(
             f"nothing to score: no readable image among the {len(paths)} file(s) in "

@@ -12,7 +12,7 @@ import functools
 import os
 from typing import Any
 
-from murajax import evaluation, inference, steps, workdir_lock
+from murajax import evaluation, inference, steps, study_browser, workdir_lock
 from murajax import workdir as workdir_lib
 from murajax.errors import WorkdirError
 from murajax.metrics import EvalState
@@ -91,6 +91,10 @@ def _reevaluate(
     path = workdir_lib.eval_file(workdir, split)
     if os.path.exists(path):  # only process 0 writes files
         workdir_lib.write_json(path, body)
+    if plots:
+        study_browser.write_if_wanted(
+            config, workdir, split, loaded.spec, loaded.dataset, loaded.model, loaded.variables()
+        )
     return body
 
 

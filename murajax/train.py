@@ -34,6 +34,7 @@ from murajax import (
     report,
     resume,
     steps,
+    study_browser,
     validation,
     workdir_lock,
     writers,
@@ -244,6 +245,8 @@ def _evaluate_splits(
             f" [{study['kappa_ci'][0]:.3f}, {study['kappa_ci'][1]:.3f}],"
             f" AUROC {study['auroc']:.3f}, n={study['n']} studies"
         )
+        variables = steps.state_variables(state)
+        study_browser.write_if_wanted(config, workdir, split, spec, dataset, model, variables)
     return state, results
 
 

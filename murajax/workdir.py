@@ -60,6 +60,7 @@ PLOT_FILES = {
 }
 """The plots of a binary evaluation grouped by body part (MURA's); see `plot_files`."""
 REFERRAL_PLOT = "referral.png"  # with metrics.json's `triage` section (murajax.triage)
+BROWSER_DIR = "browser"  # eval/<split>/browser/index.html (murajax.study_browser)
 REPORT_FILE = "report.md"
 REPORT_ASSETS_DIR = "report"  # the report's own images, next to report.md
 EXAMPLES_FILE = "examples.png"
@@ -316,11 +317,13 @@ def read_sweep_state(sweep_workdir: str) -> dict[str, Any]:
 
 def recorded_threshold(workdir: str, steps: Sequence[int]) -> float | None:
     """The threshold an evaluation of exactly the checkpoints `steps` chose on the holdout
-    ('youden'), as its metrics.json records it; None if there is none."""
+    ('youden'), as its metrics.json records it, on the model's own (uncalibrated)
+    probabilities; None if there is none."""
     for body in read_evaluations(workdir).values():
         used = body.get("steps", [body.get("step")])
         if body.get("threshold_method") == "youden" and list(used) == list(steps):
-            return float(body["threshold"])
+            calibrated = body.get("calibration", {})
+            return float(calibrated.get("threshold_uncalibrated", body["threshold"]))
     return None
 
 

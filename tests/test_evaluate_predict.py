@@ -206,6 +206,47 @@ def test_predict_keeps_its_outputs_out_of_its_inputs_and_names_each_heatmap(work
     ]
 
 
+def test_predict_draws_each_chosen_attribution(workdir, tmp_path):
+    """`attributions`: one `<file name>_<method>.png` per image and method; an unknown
+    method is refused before anything is loaded."""
+    gray = (np.arange(12 * 10).reshape(12, 10) % 256).astype(np.uint8)
+    _png(tmp_path / "in" / "study1" / "image1.png", gray)
+    output, heatmaps = str(tmp_path / "p.csv"), str(tmp_path / "heat")
+    methods = ("gradcam", "ig", "occlusion")
+    predict.predict(
+        workdir,
+        [str(tmp_path / "in")],
+        output,
+        heatmaps_dir=heatmaps,
+        warn=pytest.fail,
+        attributions=methods,
+    )
+    names = sorted(os.listdir(os.path.join(heatmaps, "study1")))
+    assert names == [f"image1.png_{m}.png" for m in sorted(methods)]
+    for name in names:
+        with Image.open(os.path.join(heatmaps, "study1", name)) as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (10, 12)
+    with pytest.raises(errors.ConfigError, match="unknown attribution method 'lime'"):
+        predict.predict(workdir, [str(tmp_path / "in")], output, attributions=("lime",))
+
+
+def test_sanity_check_of_a_workdir_and_its_report_section(workdir):
+    from murajax import attribution_sanity
+    from murajax.report import run as report_run
+
+    result = attribution_sanity.check_workdir(workdir, count=3, methods=("gradcam", "ig"))
+    assert result["images"] == 3 and result["split"] == "validation" and result["step"] == 24
+    assert result["layers"] == ["logits", "dense1", "block2", "block1"]
+    folder = os.path.join(workdir, "eval", "validation")
+    with open(os.path.join(folder, "attribution_sanity.json")) as f:
+        assert json.load(f)["correlation"].keys() == {"gradcam", "ig"}
+    assert os.path.isfile(os.path.join(folder, "attribution_sanity.png"))
+    section = report_run.attributions_section(workdir)
+    assert section.startswith("## Attributions") and "| 4: block1 |" in section
+    assert "![Sanity check](eval/validation/attribution_sanity.png)" in section
+    assert report_run.attributions_section(os.path.dirname(workdir)) == ""
+
+
 def test_predict_groups_given_files_by_folder(workdir, tmp_path):
     gray = np.full((12, 10), 200, np.uint8)
     for folder in ("a", "b"):
@@ -302,6 +343,26 @@ def cli_results(run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]
             f"--input={junk}",
             f"--output={junk}/out.csv",
         ),
+        "attribution_without_heatmaps": (
+            "experiments.predict",
+            f"--workdir={workdir}",
+            f"--input={junk}",
+            f"--output={junk}/out.csv",
+            "--attribution=ig",
+        ),
+        "unknown_attribution": (
+            "experiments.predict",
+            f"--workdir={workdir}",
+            f"--input={junk}",
+            f"--output={junk}/out.csv",
+            f"--heatmaps={junk}/heat",
+            "--attribution=gradcam,lime",
+        ),
+        "unknown_sanity_method": (
+            "experiments.sanity_check",
+            f"--workdir={workdir}",
+            "--methods=ig,saliency",
+        ),
     }
     processes = {
         name: subprocess.Popen(
@@ -330,6 +391,9 @@ def cli_results(run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]
         ("unknown_step", "checkpoint 13 not found: available steps 8, 12, 16, 24"),
         ("bad_split", "split='train': expected one of validation, holdout"),
         ("nothing_readable", "nothing to score: no readable image among the 2 file(s)"),
+        ("attribution_without_heatmaps", "--attribution=ig needs --heatmaps=DIR"),
+        ("unknown_attribution", "unknown attribution method 'lime': expected one of gradcam"),
+        ("unknown_sanity_method", "unknown attribution method 'saliency'"),
     ],
 )
 def test_command_errors_are_one_line(cli_results, case, message):

@@ -36,6 +36,11 @@ def get_config(arg: str | None = None) -> Config:
     config.train.eval_every = 300
     config.train.checkpoint_every = 300
     config.eval.bootstrap_samples = 1000
+    # The study browser shows all three attributions (seconds at 64 px); occlusion slides a
+    # quarter-image square by an eighth.
+    config.eval.attributions = ("gradcam", "ig", "occlusion")
+    config.eval.occlusion_patch = 16
+    config.eval.occlusion_stride = 8
     if arg == "smoke":
         config.data.dataset = "mura_synthetic/tiny"
         config.data.cache = "none"  # seconds-long: nothing to gain

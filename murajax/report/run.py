@@ -6,7 +6,9 @@ body part and label (`report/examples.png`, the thesis's figures 2-4); the resul
 evaluation in `eval/<split>/metrics.json` (per body part: studies, kappa and AUROC with
 their 95% bootstrap CIs, beside the MURA paper's kappas) with links to its plots; the
 training curves (`report/training_curves.png`); and heatmaps of a few correctly and wrongly
-classified validation studies (`report/heatmaps.png`) where a model is given.
+classified validation studies (`report/heatmaps.png`) where a model is given; and the
+attribution sanity check (`eval/<split>/attribution_sanity.json`, written by
+`experiments.sanity_check`) where one was run.
 
 Everything is read from the workdir and the dataset, so the report can be written again at
 any time (`write_report(config, workdir)`), e.g. by `experiments.evaluate`. A section whose
@@ -19,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from murajax import attribution_maps, attribution_sanity, data, heatmaps, writers
 from murajax import config as config_lib
-from murajax import data, heatmaps, writers
 from murajax import workdir as workdir_lib
 from murajax.config import Config
 from murajax.data import DatasetSpec, ModelInputs, pipeline, preprocess
@@ -436,6 +438,13 @@ def results_section(
         ]
         if links:
             lines += ["Predictions: " + ", ".join(links) + ".", ""]
+        browser = os.path.join(directory, workdir_lib.BROWSER_DIR, "index.html")
+        if os.path.isfile(browser):
+            lines += [
+                f"Study browser (the worklist, each study's views with heatmaps; open it in a web"
+                f" browser): [{link(browser, workdir)}]({link(browser, workdir)}).",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -532,10 +541,10 @@ def heatmap_grid(
     dataset: DatasetSpec,
     split: str = "validation",
 ) -> tuple[list[list[np.ndarray | None]], list[str]]:
-    """For each (study_id, kind, prob): its first image and the overlay of its Grad-CAM
-    (`murajax.heatmaps`: of class 1, MURA's abnormal, or of the predicted class for more
-    classes; `spec`, the model's `models.ModelSpec`, says how to prepare the image), and the
-    row labels."""
+    """For each (study_id, kind, prob): its first image and an overlay per method of
+    `eval.attributions` (`murajax.attribution_maps`: of class 1, MURA's abnormal, or of the
+    predicted class for more classes; `spec`, the model's `models.ModelSpec`, says how to
+    prepare the image), and the row labels."""
     source, positions = data.split_source(config.data, split)
     meta = sources_lib.metadata(source).take(positions)
     preprocessing = pipeline.preprocess_spec(config.data, spec)
@@ -551,15 +560,21 @@ def heatmap_grid(
         labels.append(f"{kind}\n{group}p={prob:.2f}")
     if not records:
         return [], []
-    target = heatmaps.target_class(dataset.num_classes)
     images = pipeline.prepare_images(records, preprocessing)
-    maps = np.asarray(heatmaps.gradcam(model, variables, images, target=target))
+    black = attribution_maps.black_value(config.data, spec)
+    maps = [
+        attribution_maps.make_attribution_fn(
+            model, variables, method, config.eval, num_classes=dataset.num_classes, black=black
+        )(images)
+        for method in attribution_maps.check_methods(config.eval.attributions)
+    ]
     grid = []
-    for record, heatmap in zip(records, maps, strict=True):
+    for index, record in enumerate(records):
         picture = preprocess.resize_to_square(
             preprocess.decode_image(record["image"]), preprocessing.image_size, preprocessing.resize
         )[..., 0]
-        grid.append([picture, np.asarray(heatmaps.overlay(picture, heatmap))])
+        overlays = [np.asarray(heatmaps.overlay(picture, m[index])) for m in maps]
+        grid.append([picture, *overlays])
     return grid, labels
 
 
@@ -574,7 +589,8 @@ def heatmaps_section(
     count: int = 4,
     split: str = "validation",
 ) -> str:
-    """Grad-CAM heatmaps of a few correct and wrong studies of `split`, or why there are none."""
+    """Heatmaps (`eval.attributions`: Grad-CAM by default) of a few correct and wrong studies
+    of `split`, or why there are none."""
     lines = ["## Heatmaps", ""]
     predictions = workdir_lib.eval_file(workdir, split, workdir_lib.STUDY_PREDICTIONS_FILE)
     if spec is None or model is None or variables is None:
@@ -592,6 +608,7 @@ def heatmaps_section(
     rows = workdir_lib.read_csv(predictions)
     probs = {r["study_id"]: _shown_probability(r) for r in rows}
     chosen = [(sid, kind, probs[sid]) for sid, kind in pick_studies(rows, count)]
+    titles = [attribution_maps.TITLES.get(m, m) for m in config.eval.attributions]
     try:
         from murajax import plots  # here: matplotlib is slow to import
 
@@ -600,7 +617,7 @@ def heatmaps_section(
             grid,
             workdir_lib.report_asset(workdir, workdir_lib.HEATMAPS_FILE),
             row_labels=labels,
-            column_labels=["radiograph (first view)", "Grad-CAM"],
+            column_labels=["radiograph (first view)", *titles],
             title=f"{split}: where the model looks",
             cell_inches=2.4,
         )
@@ -619,13 +636,66 @@ def heatmaps_section(
             " predicted class's logit"
         )
     lines += [
-        f"Grad-CAM of the first image of {len(grid)} {split} studies, {len(grid) - wrong}"
+        f"{', '.join(titles)} (`eval.attributions`) of the first image of {len(grid)} {split}"
+        f" studies, {len(grid) - wrong}"
         f" correct and {wrong} wrong, the most confident of each kind ({explained}).",
         "",
         f"![Heatmaps]({link(path, workdir)})",
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- attributions
+
+
+def sanity_table(result: Mapping[str, Any]) -> str:
+    """The sanity check's mean rank correlations as a Markdown table: one row per step
+    (blocks re-initialised from the top, cumulatively), one column per method."""
+    methods = list(result.get("correlation", {}))
+    header = [
+        "Re-initialised down to",
+        *(attribution_maps.TITLES.get(m, m) for m in methods),
+    ]
+    names = ["(trained)", *result.get("layers", [])]
+    rows = [
+        [
+            f"{step}: {names[step]}" if step else names[0],
+            *(f"{result['correlation'][m][k]:.2f}" for m in methods),
+        ]
+        for k, step in enumerate(result.get("randomized", []))
+    ]
+    return table(header, rows)
+
+
+def attributions_section(workdir: str) -> str:
+    """The attribution sanity check of each split that has one, or "" where none was run."""
+    lines = ["## Attributions", ""]
+    root = os.path.join(workdir, workdir_lib.EVAL_DIR)
+    splits = workdir_lib.in_split_order(os.listdir(root)) if os.path.isdir(root) else []
+    found = False
+    for split in splits:
+        path = workdir_lib.eval_file(workdir, split, attribution_sanity.RESULT_FILE)
+        if not os.path.isfile(path):
+            continue
+        found = True
+        result = workdir_lib.read_json(path)
+        lines += [
+            f"### Sanity check: {split} (checkpoint step {result.get('step')})",
+            "",
+            "Cascading randomisation (Adebayo et al. 2018): the model's layers are"
+            " re-initialised block by block from the output down, and each method's maps of"
+            f" the first {result.get('images')} {split} images are compared with the trained"
+            " model's (mean Spearman rank correlation). A method that explains the model"
+            " gives other maps once its weights are gone: values well below 1.",
+            "",
+            sanity_table(result),
+            "",
+        ]
+        plot = workdir_lib.eval_file(workdir, split, attribution_sanity.PLOT_FILE)
+        if os.path.isfile(plot):
+            lines += [f"![Sanity check]({link(plot, workdir)})", ""]
+    return "\n".join(lines) if found else ""
 
 
 # --------------------------------------------------------------------------- the report
@@ -684,6 +754,7 @@ def write_report(
                 count=heatmaps,
             )
         )
+    sections += [s for s in (attributions_section(workdir),) if s]
     sections += [training_section(workdir), data_section(config, dataset)]
     if examples:
         sections.append(examples_section(config, workdir, dataset))

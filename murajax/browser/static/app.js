@@ -23,11 +23,15 @@
     return value.toFixed(digits === undefined ? 3 : digits);
   }
 
-  // The id without its group's prefix ("XR_WRIST/patient1/study1" -> "patient1/study1"):
+  // The id without its group's prefix ("valid/XR_WRIST/patient1/study1" -> "patient1/study1"):
   // the body part has its own column; the row's title and data-study-id keep the whole id.
   function shortId(study) {
-    const prefix = study.group ? study.group + "/" : "";
-    return prefix && study.id.startsWith(prefix) ? study.id.slice(prefix.length) : study.id;
+    // MURA's ids start "valid/XR_WRIST/...": drop everything up to the group's folder too.
+    const marker = study.group ? study.group + "/" : "";
+    const at = marker ? study.id.indexOf(marker) : -1;
+    return at >= 0 && (at === 0 || study.id[at - 1] === "/")
+      ? study.id.slice(at + marker.length)
+      : study.id;
   }
 
   function formatSet(set) {
