@@ -371,3 +371,23 @@ def test_three_classes_get_calibration_conformal_sets_and_referral(tmp_path):
     curve = section["referral"]
     assert curve["kept"][0] == 300 and curve["kept"][-1] == 150
     assert curve["accuracy"][-1] >= curve["accuracy"][0]  # the uncertain ones go first
+
+
+def test_new_images_are_decided_on_the_uncalibrated_threshold_an_evaluation_recorded(tmp_path):
+    """predict and export score the model's own probabilities: a calibrated evaluation's
+    threshold is handed to them on that scale, so their decisions are the evaluation's."""
+    from murajax import workdir as workdir_lib
+    from murajax.config import Config
+    from murajax.data import DatasetSpec
+
+    dataset = DatasetSpec("toy", ("normal", "abnormal"))
+    holdout, split = image_predictions(300, 5), image_predictions(100, 6)
+    config = Config()
+    config.eval.bootstrap_samples = 0
+    config.eval.threshold_method = "youden"
+    raw = _evaluate(tmp_path, config, "run", split, holdout, dataset)
+    config.eval.calibration = "temperature"
+    scaled = _evaluate(tmp_path, config, "run", split, holdout, dataset)
+    assert scaled["threshold"] != pytest.approx(raw["threshold"])
+    recorded = workdir_lib.recorded_threshold(str(tmp_path / "run"), [1])
+    assert recorded == pytest.approx(raw["threshold"])
