@@ -93,12 +93,26 @@ def collect_views(
     }
     views: dict[str, list[View]] = {}
     for images, ids, names in _image_batches(config, split, spec):
-        maps = {method: np.asarray(fn(images)) for method, fn in functions.items()}
+        maps = _maps(functions, images)
         for i, (study_id, name) in enumerate(zip(ids, names, strict=True)):
-            heatmaps = {method: maps[method][i] for method in methods}
+            heatmaps = {method: maps[method][i] for method in maps}
             view = View(name=name, image=display_image(images[i]), heatmaps=heatmaps)
             views.setdefault(study_id, []).append(view)
     return views
+
+
+def _maps(functions: dict[str, Any], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Each method's maps of `images`; a method the model cannot give (e.g. Grad-CAM of a
+    user's module that marks no feature map) is named once and dropped from `functions`,
+    and the browser shows the views without it."""
+    maps = {}
+    for method, fn in list(functions.items()):
+        try:
+            maps[method] = np.asarray(fn(images))
+        except ValueError as error:
+            print(f"[murajax] warning: the study browser draws no {method} heatmaps: {error}")
+            del functions[method]
+    return maps
 
 
 def read_studies(path: str) -> list[dict[str, str]]:

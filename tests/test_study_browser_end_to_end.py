@@ -86,3 +86,18 @@ def test_evaluate_rewrites_the_browser(run):
     reevaluate.reevaluate(run, "validation")
     assert os.path.getmtime(index) >= before
     assert os.path.isfile(os.path.join(os.path.dirname(index), "data.js"))
+
+
+def test_a_method_the_model_cannot_give_is_named_and_left_out(capsys):
+    import numpy as np
+
+    from murajax import study_browser
+
+    def no_features(images):
+        raise ValueError("MyNet marks no feature map: heatmaps need one")
+
+    functions = {"gradcam": no_features, "ig": lambda images: np.zeros(images.shape[:3])}
+    maps = study_browser._maps(functions, np.zeros((2, 8, 8, 1), np.float32))
+    assert list(maps) == ["ig"] and maps["ig"].shape == (2, 8, 8)
+    assert list(functions) == ["ig"]  # not tried again for the next batch
+    assert "draws no gradcam heatmaps: MyNet marks no feature map" in capsys.readouterr().out
