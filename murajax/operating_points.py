@@ -52,7 +52,7 @@ def parse(text: str) -> OperatingPoint:
             target = float("nan")
         if 0 < target <= 1:
             return OperatingPoint(kind, target)
-    raise ConfigError(f"eval.operating_points: {text!r} is invalid: expected {valid}")
+    raise ConfigError(f"config.eval.operating_points: {text!r} is invalid: expected {valid}")
 
 
 def _between(value: float, probs: np.ndarray, above: bool) -> float:

@@ -40,7 +40,7 @@ def test_operating_points_parse(text, expected):
 
 @pytest.mark.parametrize("text", ["sensitivity=1.5", "sensitivity=", "recall=0.9", "youden=1"])
 def test_bad_operating_points_are_named(text):
-    with pytest.raises(ConfigError, match=f"eval.operating_points: '{text}' is invalid"):
+    with pytest.raises(ConfigError, match=f"config.eval.operating_points: '{text}' is invalid"):
         operating_points.parse(text)
 
 
