@@ -4,7 +4,8 @@
         [--checkpoint=best|latest|STEP] [--ensemble=K]
 
 Reads `W/config.json`, restores the checkpoint(s) read-only and writes `W/eval/<split>/`
-(metrics.json, predictions.csv, image_predictions.csv, plots) like the end of training does,
+(metrics.json with its triage section, predictions.csv, image_predictions.csv, plots, and the
+study browser `browser/index.html` unless `eval.browser=False`) like the end of training does,
 holding W's lock (a run still training in W is named in one `error:` line: evaluate once it
 is done). `--ensemble=K` averages the
 image probabilities of the K checkpoints with the best holdout kappa (the MURA paper's final
