@@ -356,14 +356,13 @@ def write_evaluation(
     dataset = dataset or default_dataset(state)
     if threshold is None:
         threshold = resolve_threshold(config, split, predictions=state, holdout=holdout)
-    aggregation = config.eval.aggregation
-    chosen_on = _holdout_studies(config, split, state, holdout)
+    raw_studies = state.studies(config.eval.aggregation, threshold)
+    chosen_on = _holdout_studies(config, split, raw_studies, holdout)
     temperature = triage.fit_temperature(config, chosen_on) if chosen_on is not None else 1.0
     decision = triage.calibrated_threshold(threshold, temperature)
     body = metrics_body(
         config, split, state, step, decision, model, dataset, temperature=temperature
     )
-    raw_studies = state.studies(aggregation, threshold)
     columns: dict[str, np.ndarray] = {}
     if chosen_on is not None:
         body["triage"] = triage.triage_section(
@@ -377,8 +376,7 @@ def write_evaluation(
     out = workdir_lib.eval_dir(workdir, split)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, workdir_lib.METRICS_FILE), body)
-    studies = state.studies(aggregation, decision, triage.calibrator(temperature))
-    studies.update(columns)
+    studies = {**_calibrated_studies(raw_studies, temperature, decision), **columns}
     write_study_predictions(os.path.join(out, workdir_lib.STUDY_PREDICTIONS_FILE), studies, dataset)
     calibrated = _calibrated_state(state, temperature)
     write_image_predictions(
@@ -395,14 +393,15 @@ def write_evaluation(
 def _holdout_studies(
     config: Config,
     split: str,
-    state: EvalState,
+    own: dict[str, np.ndarray],
     holdout: Callable[[], Predictions] | None,
 ) -> dict[str, np.ndarray] | None:
     """The holdout's study table that the triage section and the calibration are chosen on:
-    `state`'s own on the holdout, else `holdout()`'s; None when there is none to choose on
-    (predictions scored on their own: no `triage` section; `eval.calibration` then refused)."""
+    `own` (the split's studies) on the holdout, else `holdout()`'s; None when there is none
+    to choose on (predictions scored on their own: no `triage` section; `eval.calibration`
+    then refused)."""
     if split == "holdout":
-        return state.studies(config.eval.aggregation)
+        return own
     if holdout is None:
         if config.eval.calibration != "none":
             raise ValueError(
@@ -411,6 +410,16 @@ def _holdout_studies(
             )
         return None
     return EvalState.from_dict(holdout()).studies(config.eval.aggregation)
+
+
+def _calibrated_studies(
+    studies: dict[str, np.ndarray], temperature: float, threshold: float
+) -> dict[str, np.ndarray]:
+    """The study table with its probabilities scaled by `temperature` and `pred` decided at
+    `threshold` (on the scaled probabilities)."""
+    calibrate = triage.calibrator(temperature)  # None: unchanged
+    prob = studies["prob"] if calibrate is None else calibrate(studies["prob"])
+    return {**studies, "prob": prob, "pred": metrics.predict(prob, threshold)}
 
 
 def _calibrated_state(state: EvalState, temperature: float) -> EvalState:

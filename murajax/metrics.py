@@ -615,14 +615,9 @@ class EvalState:
             return float("nan")
         return float(np.mean(self.loss))
 
-    def studies(
-        self, aggregation: str = "mean", threshold: float = 0.5, calibrate: Calibrate | None = None
-    ) -> Arrays:
-        """The per-study table (see `aggregate_studies`) with hard predictions `pred`; the
-        study probabilities mapped by `calibrate` first, if given."""
+    def studies(self, aggregation: str = "mean", threshold: float = 0.5) -> Arrays:
+        """The per-study table (see `aggregate_studies`) with hard predictions `pred`."""
         studies = aggregate_studies(self.study_id, self.prob, self.label, self.group, aggregation)
-        if calibrate is not None:
-            studies["prob"] = calibrate(studies["prob"])
         studies["pred"] = predict(studies["prob"], threshold)
         return studies
 

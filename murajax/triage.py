@@ -94,7 +94,9 @@ def calibrator(temperature: float) -> metrics.Calibrate | None:
 
 def calibrated_threshold(threshold: float, temperature: float) -> float:
     """The decision threshold on calibrated probabilities (temperature scaling is monotone,
-    so the same studies fall on each side)."""
+    so the same studies fall on each side); `threshold` itself for temperature 1."""
+    if temperature == 1.0:
+        return float(threshold)
     return float(calibration.apply_temperature(np.array([threshold]), temperature)[0])
 
 
