@@ -174,7 +174,7 @@ def summary_of(config: Config, body: Mapping[str, Any], out: str, dataset: Datas
         notes.append(
             f"Operating point {name} (chosen on holdout, threshold {point['threshold']:.3g}):"
             f" sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f},"
-            f" {point['flagged']} of {point['n']} studies flagged"
+            f" {point['flagged']:.0f} of {point['n']:.0f} studies flagged"
         )
     for alpha, entry in section.get("conformal", {}).items():
         split = entry["split"]
